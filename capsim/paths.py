@@ -1,0 +1,48 @@
+"""Where the shipped data lives, installed (wheel) or in a source checkout.
+
+A wheel carries ``hardware_catalog/`` and ``scenarios/`` inside the package as ``capsim/_data``;
+a source checkout (or an editable install) has them next to the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def _data_dir(name: str) -> Path:
+    installed = _PKG / "_data" / name
+    if installed.is_dir():
+        return installed
+    return _PKG.parent / name
+
+
+def shipped_catalog_dir() -> Path:
+    """The hardware catalog that ships with capsim."""
+    return _data_dir("hardware_catalog")
+
+
+def shipped_scenarios_dir() -> Path:
+    """The example scenarios (and their model cards) that ship with capsim."""
+    return _data_dir("scenarios")
+
+
+def shipped_models_dir() -> Path:
+    """Model cards that scenarios can name."""
+    return shipped_scenarios_dir() / "models"
+
+
+def resolve_scenario_path(path: str | Path) -> Path:
+    """``path`` if it exists; else a shipped scenario of that name (so examples run anywhere).
+
+    >>> resolve_scenario_path("scenarios/embedding.yaml").name
+    'embedding.yaml'
+    """
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (shipped_scenarios_dir() / p.name, shipped_scenarios_dir() / f"{p.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return p

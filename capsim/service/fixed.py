@@ -1,0 +1,148 @@
+"""Batch service times of fixed-shape models (one forward pass per request, batched).
+
+A batch of ``b`` requests does ``b`` times the FLOPs and activation traffic of one request and
+reads the weights once::
+
+    compute  = b * flops_per_sample / (peak[fmt] * eff_compute)
+    memory   = (weight_bytes + b * activation_bytes_per_sample) / (bandwidth * eff_memory)
+    time(b)  = max(compute, memory) + kernels * kernel_overhead + batch_overhead
+
+Small batches are memory- (or launch-) bound: the weights are read for a handful of requests.
+Larger ones become compute-bound, which is why batching buys throughput.
+
+>>> from capsim.catalog import load_catalog
+>>> from capsim.models import load_model_card
+>>> svc = FixedServiceModel(load_catalog()["t4"], load_model_card("resnet-50"), "fp16")
+>>> svc.batch(1).time_s < svc.batch(8).time_s < 8 * svc.batch(1).time_s
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.catalog import GIB, GPU
+from capsim.models import FixedModel
+from capsim.precision import get_precision
+from capsim.service.roofline import OpCost, OpTime, power_fraction, roofline_op_time
+
+#: CUDA context + framework workspace held on every card (PyTorch/TensorRT measure ~0.3-1 GiB).
+RESERVED_BYTES = 0.75 * GIB
+
+
+class Unsupported(ValueError):
+    """The card cannot run this configuration at all (reason in the message)."""
+
+
+@dataclass(frozen=True)
+class BatchEstimate:
+    """Predicted time of one batch and what bounds it."""
+
+    batch: int
+    time_s: float
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    bound: str
+    power_fraction: float
+    source: str
+
+    @property
+    def throughput(self) -> float:
+        """Requests per second while busy with batches of this size."""
+        return self.batch / self.time_s
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    weights_bytes: float
+    activation_bytes: float
+    reserved_bytes: float
+    usable_bytes: float
+    max_batch: int
+    fits: bool
+    reason: str
+
+    @property
+    def used_bytes(self) -> float:
+        return self.weights_bytes + self.activation_bytes + self.reserved_bytes
+
+
+class FixedServiceModel:
+    """Roofline batch times of a fixed-shape model on one card at one precision."""
+
+    source = "roofline"
+
+    def __init__(
+        self, gpu: GPU, model: FixedModel, precision: str, *, batch_overhead_s: float = 0.0
+    ):
+        self.gpu, self.model, self.batch_overhead_s = gpu, model, batch_overhead_s
+        self.precision = get_precision(precision)
+        fmt = self.precision.math_format(gpu.peak_tflops)
+        if fmt is None:
+            raise Unsupported(
+                f"{gpu.id} has no tensor-core format for {precision} "
+                f"(needs {' or '.join(self.precision.math)}; card has {', '.join(gpu.supported_formats())})"
+            )
+        self.math_format = fmt
+
+    def op(self, b: int) -> OpCost:
+        m, p = self.model, self.precision
+        return OpCost(
+            name=f"{m.name} forward x{b}",
+            flops=b * m.flops_per_sample,
+            bytes=m.params * p.weight_bytes + b * m.activation_elements_per_sample * p.act_bytes,
+            math_format=self.math_format,
+            kernels=m.kernels_per_forward,
+        )
+
+    def op_time(self, b: int) -> OpTime:
+        return roofline_op_time(self.gpu, self.op(b))
+
+    def batch(self, b: int) -> BatchEstimate:
+        """Time of one batch of ``b`` requests."""
+        t = self.op_time(b)
+        total = t.time_s + self.batch_overhead_s
+        return BatchEstimate(
+            batch=b,
+            time_s=total,
+            compute_s=t.compute_s,
+            memory_s=t.memory_s,
+            overhead_s=t.overhead_s + self.batch_overhead_s,
+            bound=t.bound,
+            power_fraction=power_fraction(
+                OpTime(t.name, total, t.compute_s, t.memory_s, t.overhead_s, t.bound),
+                self.gpu.power.memory_bound_fraction,
+            ),
+            source=t.source,
+        )
+
+    def batch_times(self, max_batch: int) -> np.ndarray:
+        """``times[b]`` for b = 0..max_batch (``times[0]`` = 0), for the engine."""
+        return np.array([0.0] + [self.batch(b).time_s for b in range(1, max_batch + 1)])
+
+    def power_fractions(self, max_batch: int) -> np.ndarray:
+        return np.array([0.0] + [self.batch(b).power_fraction for b in range(1, max_batch + 1)])
+
+    def memory_fit(self, max_batch: int) -> MemoryFit:
+        """Weights + activations of the largest batch + reserved, against usable memory."""
+        m, p = self.model, self.precision
+        weights = m.params * p.weight_bytes
+        per_sample = 2 * m.peak_activation_elements_per_sample * p.act_bytes  # in + out buffers
+        usable = self.gpu.usable_memory_bytes
+        room = usable - RESERVED_BYTES - weights
+        largest = int(room // per_sample) if room > 0 else 0
+        act = max_batch * per_sample
+        fits = largest >= max_batch
+        reason = (
+            "fits"
+            if fits
+            else (
+                f"weights {weights / GIB:.2f} GiB + activations {act / GIB:.2f} GiB (batch "
+                f"{max_batch}) + reserved {RESERVED_BYTES / GIB:.2f} GiB > usable "
+                f"{usable / GIB:.2f} GiB on {self.gpu.id} at {p.name}"
+            )
+        )
+        return MemoryFit(weights, act, RESERVED_BYTES, usable, largest, fits, reason)

@@ -1,0 +1,511 @@
+"""The batched fleet: replicas serving fixed-shape requests with Triton-style dynamic batching.
+
+Requests are not SimPy processes or Python objects: they are positions in a sorted numpy array of
+arrival times. The FIFO queue is the range ``[head, arrived)`` of that array, so taking a batch
+is moving ``head``; nothing per request happens in Python. One *batcher* process hands batches to
+free replicas, and a replica's batch ends with one timeout event, so the cost of a run grows with
+the number of batches, not requests. Per-request start and finish times are expanded from the
+batch log at the end (``np.repeat``).
+
+Dynamic batching as Triton does it: when a replica is free and requests wait, the batch starts at
+once if ``max_batch`` requests are there; otherwise it waits until the oldest request has waited
+``max_queue_delay`` (or the batch fills), then takes up to ``max_batch``. With zero delay the
+batcher is greedy: an idle replica takes whatever is waiting.
+
+>>> import numpy as np
+>>> arr = np.array([0.0, 0.1, 0.2])
+>>> r = run_batched(arr, EngineConfig(replicas=1, batch_times=np.array([0.0, 0.5, 0.6])))
+>>> r.finish.round(2).tolist()   # first alone, then the two that waited go together
+[0.5, 1.1, 1.1]
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs for one configuration (no scenario objects)."""
+
+    replicas: int
+    batch_times: np.ndarray  # seconds for batch size b at index b; index 0 unused
+    max_queue_delay_s: float = 0.0
+    router: str = "shared_queue"  # shared_queue | round_robin | join_shortest_queue
+    max_queue_length: int | None = None
+    max_wait_s: float = math.inf
+    jitter: np.ndarray | None = None  # multiplicative factor per batch (CRN), or None
+
+    @property
+    def max_batch(self) -> int:
+        return len(self.batch_times) - 1
+
+
+@dataclass
+class RunResult:
+    """Per-request arrays (request order) plus the batch log of one run."""
+
+    arrival: np.ndarray
+    start: np.ndarray
+    finish: np.ndarray
+    replica: np.ndarray
+    batch_size: np.ndarray
+    rejected: np.ndarray
+    batch_start: np.ndarray
+    batch_duration: np.ndarray
+    batch_sizes: np.ndarray
+    batch_replica: np.ndarray
+    horizon: float
+    end_time: float
+    replicas: int
+    unstable: bool = False
+    unstable_reason: str = ""
+    timeline: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def served(self) -> np.ndarray:
+        return ~np.isnan(self.finish)
+
+    @property
+    def latency(self) -> np.ndarray:
+        """End-to-end latency of served requests, in arrival order."""
+        s = self.served
+        return self.finish[s] - self.arrival[s]
+
+    @property
+    def wait(self) -> np.ndarray:
+        s = self.served
+        return self.start[s] - self.arrival[s]
+
+
+class _BatchLog:
+    """Append-only log of batches (Python lists: cheaper than numpy per element)."""
+
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.dur: list[float] = []
+        self.size: list[int] = []
+        self.rep: list[int] = []
+
+
+class _SharedQueue:
+    """One FIFO queue over the arrival array, served by a pool of free replicas.
+
+    Callback-driven: :meth:`step` starts every batch it can and returns; it runs again when a
+    replica is released or a timer (next arrival, batching deadline) fires. It also looks ahead:
+    when the next arrival comes before any scheduled event (``env.peek()``), nothing can change
+    in between, so it starts that batch at the arrival time without an event of its own.
+    """
+
+    def __init__(self, env: simpy.Environment, arrival: np.ndarray, cfg: EngineConfig):
+        self.env, self.arr, self.cfg = env, arrival, cfg
+        self.n = len(arrival)
+        self.log = _BatchLog()
+        self.free = list(range(cfg.replicas - 1, -1, -1))
+        self.n_replicas = cfg.replicas
+        self.retiring: set[int] = set()
+        self.waiting_free = False
+        self.timer_at = math.inf
+        self.vnow = 0.0
+        self.head = 0  # next request (service order) to start
+        self.done = False
+        self.unstable_reason = ""
+        # admission (only with max_queue_length): positions admitted, in arrival order
+        self.limit = cfg.max_queue_length
+        self.admitted = np.empty(self.n, dtype=np.int64) if self.limit else None
+        self.adm_tail = 0
+        self.scanned = 0
+        self.arr_list = arrival.tolist()  # Python floats: cheaper to index one at a time
+        self.bt = [float(x) for x in cfg.batch_times]  # Python floats: cheaper to index
+        self.jitter = cfg.jitter.tolist() if cfg.jitter is not None else None
+        self.K = cfg.max_batch
+        self._callbacks: dict[int, object] = {}
+
+    # -- admission --------------------------------------------------------------------------
+    def _admit_until(self, now: float) -> None:
+        """Admit or reject the arrivals up to ``now`` (no batch started since the last call)."""
+        hi = int(np.searchsorted(self.arr, now, side="right"))
+        if hi <= self.scanned:
+            return
+        room = max(self.limit - (self.adm_tail - self.head), 0)
+        take = min(room, hi - self.scanned)
+        self.admitted[self.adm_tail : self.adm_tail + take] = np.arange(
+            self.scanned, self.scanned + take
+        )
+        self.adm_tail += take
+        self.scanned = hi
+
+    # -- replicas (the seam an autoscaler uses) ---------------------------------------------
+    def release(self, r: int) -> None:
+        """Replica ``r`` finished its batch (or became ready): it takes work again."""
+        if r in self.retiring:
+            self.retiring.discard(r)
+            return
+        self.free.append(r)
+        if self.waiting_free:
+            self.waiting_free = False
+            self.step()
+
+    def add_replica(self) -> int:
+        """A new ready replica joins the pool; returns its id."""
+        r = self.n_replicas
+        self.n_replicas += 1
+        self.release(r)
+        return r
+
+    def retire_replica(self) -> int | None:
+        """Take one replica out: a free one at once, else the next to finish (it drains)."""
+        if self.free:
+            return self.free.pop(0)
+        busy = [r for r in range(self.n_replicas) if r not in self.retiring]
+        if not busy:
+            return None
+        self.retiring.add(busy[-1])
+        return busy[-1]
+
+    def _wait_until(self, t: float) -> None:
+        if t < self.timer_at:
+            self.timer_at = t
+            self.env.timeout(t - self.env.now).callbacks.append(self._on_timer)
+
+    def _on_timer(self, _ev: simpy.Event) -> None:
+        self.timer_at = math.inf
+        self.step()
+
+    def _start(self, now: float, b: int) -> None:
+        r = self.free.pop()
+        log = self.log
+        s = self.bt[b] if self.jitter is None else self.bt[b] * self.jitter[len(log.start)]
+        log.start.append(now)
+        log.dur.append(s)
+        log.size.append(b)
+        log.rep.append(r)
+        self.head += b
+        # a bare event scheduled like a Timeout, with this replica's release as its callback
+        ev = simpy.Event(self.env)
+        ev._ok = True
+        ev._value = None
+        ev.callbacks.append(self._releaser(r))
+        self.env.schedule(ev, simpy.events.NORMAL, now + s - self.env._now)
+
+    def _releaser(self, r: int):
+        cb = self._callbacks.get(r)
+        if cb is None:
+            cb = self._callbacks[r] = lambda _e: self.release(r)
+        return cb
+
+    def step(self) -> None:
+        """Start every batch that can start now (or before the next scheduled event)."""
+        if self.done:
+            return
+        env, arr, n, free = self.env, self.arr_list, self.n, self.free
+        queue = env._queue  # SimPy's event heap: queue[0][0] is the next event time
+        K, delay, max_wait = self.K, self.cfg.max_queue_delay_s, self.cfg.max_wait_s
+        limited = self.limit is not None
+        now = self.vnow if self.vnow > env._now else env._now
+        while free:
+            head = self.head
+            if limited:
+                self._admit_until(now)
+                if head == self.adm_tail:
+                    if self.scanned >= n:
+                        break
+                    t_next = arr[self.scanned]
+                    if not queue or t_next < queue[0][0]:
+                        now = t_next
+                        continue
+                    self._wait_until(t_next)
+                    break
+                t0 = arr[self.admitted[head]]
+            else:
+                if head >= n:
+                    break
+                t0 = arr[head]
+                if t0 > now:
+                    if not queue or t0 < queue[0][0]:
+                        now = t0
+                    else:
+                        self._wait_until(t0)
+                        break
+            if now - t0 > max_wait:
+                self.unstable_reason = (
+                    f"overloaded: at t={now:.1f}s a request had waited {now - t0:.1f}s "
+                    f"(> max_wait_s {max_wait:g}); the queue grows without bound"
+                )
+                self.done = True
+                break
+            if K == 1:
+                self._start(now, 1)
+                continue
+            if limited:
+                avail = self.adm_tail - head
+            else:
+                avail = bisect_right(arr, now, head) - head
+            if avail < K and delay > 0:
+                t_go = t0 + delay
+                if not limited and head + K - 1 < n:
+                    t_go = min(t_go, arr[head + K - 1])
+                if t_go > now:
+                    if not queue or t_go < queue[0][0]:
+                        now = t_go
+                        continue
+                    self._wait_until(t_go)
+                    break
+            self._start(now, avail if avail < K else K)
+        else:
+            self.waiting_free = True
+        self.vnow = now
+
+
+def _per_replica_streams(arrival: np.ndarray, cfg: EngineConfig) -> list[np.ndarray]:
+    """Round-robin: request i goes to replica i mod c (decided at arrival, as a proxy would)."""
+    c = cfg.replicas
+    return [np.arange(r, len(arrival), c) for r in range(c)]
+
+
+def _expand(
+    arrival: np.ndarray,
+    order: np.ndarray,
+    log: _BatchLog,
+    *,
+    horizon: float,
+    end_time: float,
+    replicas: int,
+    rejected: np.ndarray,
+    unstable_reason: str,
+) -> RunResult:
+    n = len(arrival)
+    bstart = np.asarray(log.start, dtype=float)
+    bdur = np.asarray(log.dur, dtype=float)
+    bsize = np.asarray(log.size, dtype=np.int64)
+    brep = np.asarray(log.rep, dtype=np.int64)
+    start = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    replica = np.full(n, -1, dtype=np.int32)
+    size = np.zeros(n, dtype=np.int32)
+    served = int(bsize.sum())
+    idx = order[:served]
+    start[idx] = np.repeat(bstart, bsize)
+    finish[idx] = np.repeat(bstart + bdur, bsize)
+    replica[idx] = np.repeat(brep, bsize)
+    size[idx] = np.repeat(bsize, bsize)
+    return RunResult(
+        arrival=arrival,
+        start=start,
+        finish=finish,
+        replica=replica,
+        batch_size=size,
+        rejected=rejected,
+        batch_start=bstart,
+        batch_duration=bdur,
+        batch_sizes=bsize,
+        batch_replica=brep,
+        horizon=horizon,
+        end_time=end_time,
+        replicas=replicas,
+        unstable=bool(unstable_reason),
+        unstable_reason=unstable_reason,
+    )
+
+
+def _run_shared(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResult:
+    env = simpy.Environment()
+    q = _SharedQueue(env, arrival, cfg)
+    q.step()
+    env.run()
+    n = len(arrival)
+    if q.limit is not None:
+        if not q.unstable_reason:
+            q._admit_until(math.inf)
+        order = q.admitted[: q.adm_tail]
+        rejected = np.ones(n, dtype=bool)
+        rejected[order] = False
+        if q.unstable_reason:
+            rejected[q.scanned :] = False  # never looked at: unserved, not rejected
+    else:
+        order = np.arange(n)
+        rejected = np.zeros(n, dtype=bool)
+    return _expand(
+        arrival,
+        order,
+        q.log,
+        horizon=horizon,
+        end_time=env.now,
+        replicas=cfg.replicas,
+        rejected=rejected,
+        unstable_reason=q.unstable_reason,
+    )
+
+
+def _run_round_robin(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResult:
+    """Each replica is its own single-server batcher on its share of the arrivals."""
+    one = EngineConfig(
+        replicas=1,
+        batch_times=cfg.batch_times,
+        max_queue_delay_s=cfg.max_queue_delay_s,
+        max_queue_length=cfg.max_queue_length,
+        max_wait_s=cfg.max_wait_s,
+        jitter=cfg.jitter,
+    )
+    parts = [(_run_shared(arrival[idx], one, horizon), idx) for idx in _per_replica_streams(arrival, cfg)]
+    return _merge(arrival, parts, cfg, horizon)
+
+
+def _merge(
+    arrival: np.ndarray, parts: list[tuple[RunResult, np.ndarray]], cfg: EngineConfig, horizon: float
+) -> RunResult:
+    n = len(arrival)
+    out = RunResult(
+        arrival=arrival,
+        start=np.full(n, np.nan),
+        finish=np.full(n, np.nan),
+        replica=np.full(n, -1, dtype=np.int32),
+        batch_size=np.zeros(n, dtype=np.int32),
+        rejected=np.zeros(n, dtype=bool),
+        batch_start=np.concatenate([p.batch_start for p, _ in parts]),
+        batch_duration=np.concatenate([p.batch_duration for p, _ in parts]),
+        batch_sizes=np.concatenate([p.batch_sizes for p, _ in parts]),
+        batch_replica=np.concatenate(
+            [np.full(len(p.batch_start), r) for r, (p, _) in enumerate(parts)]
+        ),
+        horizon=horizon,
+        end_time=max(p.end_time for p, _ in parts),
+        replicas=cfg.replicas,
+    )
+    reasons = []
+    for r, (p, idx) in enumerate(parts):
+        out.start[idx] = p.start
+        out.finish[idx] = p.finish
+        out.replica[idx] = np.where(p.replica >= 0, r, -1)
+        out.batch_size[idx] = p.batch_size
+        out.rejected[idx] = p.rejected
+        if p.unstable:
+            reasons.append(f"replica {r}: {p.unstable_reason}")
+    out.unstable = bool(reasons)
+    out.unstable_reason = reasons[0] if reasons else ""
+    order = np.argsort(out.batch_start, kind="stable")
+    out.batch_start, out.batch_duration = out.batch_start[order], out.batch_duration[order]
+    out.batch_sizes, out.batch_replica = out.batch_sizes[order], out.batch_replica[order]
+    return out
+
+
+def _run_jsq(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResult:
+    """Join-shortest-queue: each arrival goes to the replica with the fewest outstanding requests.
+
+    The decision needs the state at every arrival, so this router walks the arrivals one by one
+    (a Python loop, not a SimPy process per request): each replica is a single server with its
+    own FIFO queue and greedy/delayed batching, advanced lazily to the next arrival time.
+    """
+    c, n = cfg.replicas, len(arrival)
+    bt, K, delay = cfg.batch_times, cfg.max_batch, cfg.max_queue_delay_s
+    jitter, limit = cfg.jitter, cfg.max_queue_length
+    queues: list[list[int]] = [[] for _ in range(c)]  # waiting request ids per replica
+    qhead = [0] * c
+    busy_until = [0.0] * c
+    in_service = [0] * c
+    log = _BatchLog()
+    order: list[int] = []
+    rejected = np.zeros(n, dtype=bool)
+    unstable_reason = ""
+    nb = 0
+
+    def advance(r: int, until: float) -> None:
+        """Run replica r's batching decisions that happen strictly before ``until``."""
+        nonlocal nb, unstable_reason
+        q = queues[r]
+        while qhead[r] < len(q):
+            t_free = busy_until[r]
+            t0 = arrival[q[qhead[r]]]
+            t = max(t_free, t0)
+            waiting_at = qhead[r]
+            # requests in queue that have arrived by t
+            avail = len(q) - waiting_at
+            b = min(avail, K)
+            if b < K and delay > 0:
+                t = max(t, t0 + delay)
+                if len(q) - waiting_at >= K:
+                    t = max(t_free, arrival[q[waiting_at + K - 1]])
+            if t >= until:
+                return
+            if t - t0 > cfg.max_wait_s and not unstable_reason:
+                unstable_reason = (
+                    f"overloaded: at t={t:.1f}s a request on replica {r} had waited {t - t0:.1f}s "
+                    f"(> max_wait_s {cfg.max_wait_s:g})"
+                )
+            s = bt[b] if jitter is None else bt[b] * jitter[nb]
+            nb += 1
+            log.start.append(t)
+            log.dur.append(s)
+            log.size.append(b)
+            log.rep.append(r)
+            order.extend(q[waiting_at : waiting_at + b])
+            qhead[r] += b
+            busy_until[r] = t + s
+            in_service[r] = b
+
+    for i in range(n):
+        t = arrival[i]
+        best, best_len = 0, math.inf
+        for r in range(c):
+            advance(r, t)
+            outstanding = len(queues[r]) - qhead[r] + (in_service[r] if busy_until[r] > t else 0)
+            if outstanding < best_len:
+                best, best_len = r, outstanding
+        if limit is not None and len(queues[best]) - qhead[best] >= limit:
+            rejected[i] = True
+            continue
+        queues[best].append(i)
+        if unstable_reason:
+            break
+    for r in range(c):
+        advance(r, math.inf)
+    # the batch log is in per-replica order: sort by start, keeping each batch's members
+    sizes = np.asarray(log.size, dtype=np.int64)
+    starts = np.asarray(log.start)
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else np.zeros(0, np.int64)
+    srt = np.argsort(starts, kind="stable")
+    ord_arr = np.asarray(order, dtype=np.int64)
+    new_order = (
+        np.concatenate([ord_arr[first[j] : first[j] + sizes[j]] for j in srt])
+        if len(srt)
+        else ord_arr
+    )
+    log2 = _BatchLog()
+    log2.start = starts[srt].tolist()
+    log2.dur = np.asarray(log.dur)[srt].tolist()
+    log2.size = sizes[srt].tolist()
+    log2.rep = np.asarray(log.rep)[srt].tolist()
+    end = max([s + d for s, d in zip(log2.start, log2.dur, strict=True)], default=0.0)
+    return _expand(
+        arrival,
+        new_order,
+        log2,
+        horizon=horizon,
+        end_time=end,
+        replicas=c,
+        rejected=rejected,
+        unstable_reason=unstable_reason,
+    )
+
+
+def run_batched(
+    arrival: np.ndarray, cfg: EngineConfig, horizon: float | None = None
+) -> RunResult:
+    """Simulate one configuration on one request stream; arrays in, arrays out."""
+    if cfg.replicas < 1:
+        raise ValueError("replicas must be >= 1")
+    if cfg.jitter is not None and len(cfg.jitter) < len(arrival):
+        raise ValueError("jitter needs one factor per possible batch (len >= number of requests)")
+    h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
+    if cfg.router == "shared_queue":
+        return _run_shared(arrival, cfg, h)
+    if cfg.router == "round_robin":
+        return _run_round_robin(arrival, cfg, h)
+    if cfg.router == "join_shortest_queue":
+        return _run_jsq(arrival, cfg, h)
+    raise ValueError(f"unknown router {cfg.router!r}")
