@@ -97,7 +97,9 @@ class _CardFile(Strict):
     card: ModelCard
 
 
-def parse_model_card(data: object, *, file: str | os.PathLike | None) -> FixedModel | TransformerModel:
+def parse_model_card(
+    data: object, *, file: str | os.PathLike | None
+) -> FixedModel | TransformerModel:
     """Validate a model card given as a mapping (from YAML or inline in a scenario)."""
     if not isinstance(data, dict):
         raise InputError("a model card must be a mapping", file=file)
@@ -120,9 +122,7 @@ def available_model_names(scenario_dir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
-def load_model_card(
-    name: str, scenario_dir: Path | None = None
-) -> FixedModel | TransformerModel:
+def load_model_card(name: str, scenario_dir: Path | None = None) -> FixedModel | TransformerModel:
     """Find a card by name in ``<scenario_dir>/models`` then in the shipped cards."""
     for d in model_search_dirs(scenario_dir):
         f = d / f"{name}.yaml"

@@ -62,8 +62,12 @@ PRECISIONS: dict[str, Precision] = {
         Precision("tf32", 32, 32, 32, ("tf32",), "FP32 storage, TF32 tensor-core math"),
         Precision("fp16", 16, 16, 16, ("fp16",), "FP16 weights, activations and KV cache"),
         Precision("bf16", 16, 16, 16, ("bf16",), "BF16 weights, activations and KV cache"),
-        Precision("fp8", 8, 8, 8, ("fp8",), "FP8 (E4M3) weights, activations and KV cache, FP8 math"),
-        Precision("int8", 8, 8, 16, ("int8",), "W8A8 (SmoothQuant style), INT8 math, FP16 KV cache"),
+        Precision(
+            "fp8", 8, 8, 8, ("fp8",), "FP8 (E4M3) weights, activations and KV cache, FP8 math"
+        ),
+        Precision(
+            "int8", 8, 8, 16, ("int8",), "W8A8 (SmoothQuant style), INT8 math, FP16 KV cache"
+        ),
         Precision(
             "int4", 4, 16, 16, ("fp16", "bf16"), "W4A16 (AWQ/GPTQ style): 4-bit weights, FP16 math"
         ),

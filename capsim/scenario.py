@@ -187,7 +187,9 @@ Batching = Annotated[DynamicBatching | NoBatching | ContinuousBatching, Field(di
 class Fleet(Strict):
     batching: Batching = DynamicBatching(kind="dynamic")
     router: Literal["shared_queue", "round_robin", "join_shortest_queue"] = "shared_queue"
-    max_queue_length: int | None = Field(None, ge=1, description="queued requests beyond are rejected")
+    max_queue_length: int | None = Field(
+        None, ge=1, description="queued requests beyond are rejected"
+    )
     batch_overhead_ms: float = Field(
         0.1, ge=0, description="host/framework time per batch (scheduling, copies)"
     )
@@ -305,9 +307,7 @@ def _resolve_trace(data: dict, base: Path, file: Path) -> None:
         if not p.is_absolute():
             p = base / p
         if not p.is_file():
-            raise InputError(
-                f"trace file not found: {p}", file=file, where="traffic.arrivals.path"
-            )
+            raise InputError(f"trace file not found: {p}", file=file, where="traffic.arrivals.path")
         arrivals["path"] = str(p)
 
 
@@ -325,7 +325,11 @@ def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = N
             raise InputError(f"unknown precision {p}", file=file, where="candidates.precisions")
     prov = s.candidates.price_provider
     if prov is not None:
-        known = {prov_.provider for g in catalog.gpus.values() for prov_ in (g.price, *g.price.alternatives)}
+        known = {
+            prov_.provider
+            for g in catalog.gpus.values()
+            for prov_ in (g.price, *g.price.alternatives)
+        }
         if prov not in known:
             raise InputError(
                 f"no card lists provider '{prov}'; known: {', '.join(sorted(known))}",
@@ -334,9 +338,7 @@ def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = N
             )
 
 
-def load_scenario(
-    path: str | os.PathLike, catalog: Catalog | None = None
-) -> Scenario:
+def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Scenario:
     """Read, resolve (model card by name, trace path) and validate a scenario file."""
     file = resolve_scenario_path(path)
     data = load_yaml(file)
@@ -346,5 +348,7 @@ def load_scenario(
     _resolve_model(data, base, file)
     _resolve_trace(data, base, file)
     scenario = parse_model(Scenario, data, file=file)
-    check_against_catalog(scenario, catalog if catalog is not None else load_catalog(), file=str(file))
+    check_against_catalog(
+        scenario, catalog if catalog is not None else load_catalog(), file=str(file)
+    )
     return scenario

@@ -235,7 +235,9 @@ def trace_stream(spec: Trace, horizon: float, rng: np.random.Generator) -> Reque
 
 
 # --------------------------------------------------------------------------- sizes, horizon
-def token_lengths(spec: TokenLengths, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def token_lengths(
+    spec: TokenLengths, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Lognormal prompt and output lengths (medians and sigmas as given), clipped to [1, max]."""
     p = rng.lognormal(np.log(spec.prompt_median), spec.prompt_sigma, size=n)
     o = rng.lognormal(np.log(spec.output_median), spec.output_sigma, size=n)
@@ -281,7 +283,9 @@ def make_stream(s: Scenario, replication: int) -> RequestStream:
     if isinstance(a, Trace):
         stream = trace_stream(a, horizon, rng)
     else:
-        stream = RequestStream(arrival_times(a, horizon, rng, time_scale=scale), horizon, time_scale=scale)
+        stream = RequestStream(
+            arrival_times(a, horizon, rng, time_scale=scale), horizon, time_scale=scale
+        )
     if s.traffic.tokens is not None and stream.prompt_tokens is None:
         p, o = token_lengths(s.traffic.tokens, len(stream), np.random.default_rng(size_seq))
         stream = RequestStream(stream.arrival, stream.horizon, p, o, stream.time_scale)

@@ -47,7 +47,6 @@ class OpTime:
     source: str = "roofline"
 
 
-
 def roofline_op_time(
     gpu: GPU,
     op: OpCost,
@@ -58,7 +57,9 @@ def roofline_op_time(
     """Roofline time of one operator on one card (efficiencies default to the catalog's)."""
     peak = gpu.peak_flops(op.math_format)
     if peak is None:
-        raise ValueError(f"{gpu.id} has no {op.math_format} math (supported: {gpu.supported_formats()})")
+        raise ValueError(
+            f"{gpu.id} has no {op.math_format} math (supported: {gpu.supported_formats()})"
+        )
     eff_c = compute_efficiency if compute_efficiency is not None else gpu.efficiency.compute
     eff_m = memory_efficiency if memory_efficiency is not None else gpu.efficiency.memory
     compute = op.flops / (peak * eff_c)

@@ -352,12 +352,17 @@ def _run_round_robin(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> 
         max_wait_s=cfg.max_wait_s,
         jitter=cfg.jitter,
     )
-    parts = [(_run_shared(arrival[idx], one, horizon), idx) for idx in _per_replica_streams(arrival, cfg)]
+    parts = [
+        (_run_shared(arrival[idx], one, horizon), idx) for idx in _per_replica_streams(arrival, cfg)
+    ]
     return _merge(arrival, parts, cfg, horizon)
 
 
 def _merge(
-    arrival: np.ndarray, parts: list[tuple[RunResult, np.ndarray]], cfg: EngineConfig, horizon: float
+    arrival: np.ndarray,
+    parts: list[tuple[RunResult, np.ndarray]],
+    cfg: EngineConfig,
+    horizon: float,
 ) -> RunResult:
     n = len(arrival)
     out = RunResult(
@@ -493,9 +498,7 @@ def _run_jsq(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResul
     )
 
 
-def run_batched(
-    arrival: np.ndarray, cfg: EngineConfig, horizon: float | None = None
-) -> RunResult:
+def run_batched(arrival: np.ndarray, cfg: EngineConfig, horizon: float | None = None) -> RunResult:
     """Simulate one configuration on one request stream; arrays in, arrays out."""
     if cfg.replicas < 1:
         raise ValueError("replicas must be >= 1")

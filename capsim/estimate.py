@@ -1,0 +1,157 @@
+"""``capsim estimate``: the service time and memory fit of one model on one card.
+
+For a fixed-shape model: per batch size, the batch time, throughput, what bounds it (compute,
+memory or launch overhead) and the memory footprint. For a transformer, the LLM estimate
+(prefill, decode per token, KV capacity) from :mod:`capsim.service.llm`.
+
+>>> from capsim.catalog import load_catalog
+>>> from capsim.models import load_model_card
+>>> r = estimate(load_catalog()["t4"], load_model_card("resnet-50"), "int8", [1, 32])
+>>> [row["batch"] for row in r.rows]
+[1, 32]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from capsim.catalog import GIB, GPU
+from capsim.errors import InputError
+from capsim.models import FixedModel, TransformerModel
+from capsim.precision import PRECISIONS
+from capsim.service.fixed import FixedServiceModel, Unsupported
+
+
+@dataclass(frozen=True)
+class FixedEstimate:
+    gpu: str
+    model: str
+    precision: str
+    math_format: str
+    rows: list[dict[str, Any]]
+    memory: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": self.gpu,
+            "model": self.model,
+            "precision": self.precision,
+            "math_format": self.math_format,
+            "batches": self.rows,
+            "memory": self.memory,
+            "notes": self.notes,
+        }
+
+    def to_text(self) -> str:
+        head = (
+            f"{self.model} on {self.gpu} at {self.precision} (math on {self.math_format} "
+            f"tensor cores; source: roofline)"
+        )
+        cols = [
+            "batch",
+            "time_ms",
+            "throughput_rps",
+            "bound",
+            "compute_ms",
+            "memory_ms",
+            "overhead_ms",
+            "memory_gib",
+            "fits",
+        ]
+        table = [cols] + [[_fmt(r[c]) for c in cols] for r in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+        lines = [head, ""]
+        for j, row in enumerate(table):
+            lines.append("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        m = self.memory
+        lines += [
+            "",
+            f"memory: weights {m['weights_gib']:.2f} GiB, reserved {m['reserved_gib']:.2f} GiB, "
+            f"usable {m['usable_gib']:.2f} GiB; largest batch that fits: {m['max_batch']}",
+            *self.notes,
+        ]
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if v < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def estimate_fixed(
+    gpu: GPU, model: FixedModel, precision: str, batches: list[int]
+) -> FixedEstimate:
+    svc = FixedServiceModel(gpu, model, precision)
+    rows = []
+    for b in batches:
+        e = svc.batch(b)
+        fit = svc.memory_fit(b)
+        rows.append(
+            {
+                "batch": b,
+                "time_ms": e.time_s * 1e3,
+                "throughput_rps": e.throughput,
+                "bound": e.bound,
+                "compute_ms": e.compute_s * 1e3,
+                "memory_ms": e.memory_s * 1e3,
+                "overhead_ms": e.overhead_s * 1e3,
+                "memory_gib": fit.used_bytes / GIB,
+                "fits": fit.fits,
+                "source": e.source,
+            }
+        )
+    fit = svc.memory_fit(max(batches))
+    return FixedEstimate(
+        gpu.id,
+        model.name,
+        precision,
+        svc.math_format,
+        rows,
+        {
+            "weights_gib": fit.weights_bytes / GIB,
+            "reserved_gib": fit.reserved_bytes / GIB,
+            "usable_gib": fit.usable_bytes / GIB,
+            "max_batch": fit.max_batch,
+        },
+        [
+            f"roofline inputs: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x efficiency "
+            f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
+            f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
+            f"{gpu.kernel_overhead_us:g} us"
+        ],
+    )
+
+
+def estimate(
+    gpu: GPU,
+    model: FixedModel | TransformerModel,
+    precision: str,
+    batches: list[int],
+    *,
+    tp: int = 1,
+    prompt: int = 1024,
+    output: int = 256,
+):
+    """Estimate for either kind of model; raises InputError/Unsupported on bad combinations."""
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
+            where="--precision",
+        )
+    if isinstance(model, FixedModel):
+        if tp != 1:
+            raise InputError("--tp applies to transformer models only", where="--tp")
+        return estimate_fixed(gpu, model, precision, batches)
+    from capsim.service.llm import LLMEngineSettings, estimate_llm
+
+    try:
+        return estimate_llm(
+            gpu, model, precision, tp, max(batches), prompt, output, LLMEngineSettings()
+        )
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None

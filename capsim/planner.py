@@ -1,0 +1,245 @@
+"""The planner: for each card × precision × tensor parallelism, the fewest replicas that meet the
+SLO; then the cheapest of those.
+
+1. *Drop* what cannot run, with the reason: precision unsupported on the card, model does not
+   fit in memory, a single request already slower than the target.
+2. *Screen*: a capacity lower bound on the replica count (peak rate / the best throughput of
+   one replica) so the search starts near the answer.
+3. *Search*: grow the count until the SLO's upper confidence limit meets the target, then
+   bisect between the last failing and the first meeting count. Under common random numbers
+   p99 does not increase with the count, so bisection is valid.
+4. *Rank* the feasible configurations by $/hour (same traffic, so also by $ per request).
+
+>>> from capsim.scenario import load_scenario
+>>> result = plan(load_scenario("scenarios/vision.yaml"))
+>>> result.recommendation is not None
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from capsim.catalog import Catalog, load_catalog
+from capsim.precision import get_precision
+from capsim.scenario import Scenario
+from capsim.service.fixed import Unsupported
+from capsim.simulate import Config, Evaluation, make_service, memory_fit, simulate
+from capsim.workload import peak_rate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    gpu: str
+    precision: str
+    tp: int = 1
+
+    def label(self) -> str:
+        return f"{self.gpu} {self.precision}" + (f" tp{self.tp}" if self.tp > 1 else "")
+
+
+@dataclass
+class CandidateResult:
+    """Outcome for one card × precision × tp: the best feasible count, or why it lost."""
+
+    candidate: Candidate
+    status: str  # feasible | dropped | infeasible
+    reason: str
+    best: Evaluation | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
+    lower_bound: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlanResult:
+    scenario: Scenario
+    results: list[CandidateResult]
+    recommendation: CandidateResult | None
+    peak_rate_rps: float
+    catalog: Catalog | None = None
+
+    @property
+    def feasible(self) -> list[CandidateResult]:
+        return sorted(
+            (r for r in self.results if r.status == "feasible"),
+            key=_rank_key,
+        )
+
+    @property
+    def lost(self) -> list[CandidateResult]:
+        return [r for r in self.results if r.status != "feasible"]
+
+
+def candidates(s: Scenario) -> list[Candidate]:
+    c = s.candidates
+    return [Candidate(g, p, t) for g in c.gpus for p in c.precisions for t in c.tensor_parallel]
+
+
+def _screen(s: Scenario, cat: Catalog, cand: Candidate) -> tuple[CandidateResult | None, object]:
+    """Static checks: precision support, memory fit, single-request latency."""
+    gpu = cat[cand.gpu]
+    try:
+        svc = make_service(s, gpu, cand.precision, cand.tp)
+    except Unsupported as exc:
+        return CandidateResult(cand, "dropped", f"precision unsupported: {exc}"), None
+    fit = memory_fit(s, svc)
+    if not fit.fits:
+        return CandidateResult(cand, "dropped", f"does not fit: {fit.reason}"), None
+    return None, svc
+
+
+def replica_lower_bound(s: Scenario, svc, peak: float) -> int:
+    """Fewest replicas whose best-case throughput covers the peak offered rate."""
+    cap = svc.max_throughput_rps(s) if hasattr(svc, "max_throughput_rps") else None
+    if cap is None:
+        k = s.fleet.max_batch
+        times = svc.batch_times(k)
+        cap = max(b / times[b] for b in range(1, k + 1))
+    return max(1, math.ceil(peak / cap)) if cap > 0 else 1
+
+
+def _min_latency_check(s: Scenario, svc) -> str | None:
+    """A request alone on an idle replica already slower than the target cannot be fixed by scale."""
+    if s.is_llm:
+        return svc.idle_latency_violation(s) if hasattr(svc, "idle_latency_violation") else None
+    t1 = svc.batch(1).time_s
+    target = s.slo.latency_ms / 1000
+    if t1 > target:
+        return (
+            f"one request alone takes {t1 * 1000:.2f} ms > target {s.slo.latency_ms:g} ms "
+            f"({svc.batch(1).bound}-bound); more replicas cannot help"
+        )
+    return None
+
+
+def search_candidate(
+    s: Scenario,
+    cand: Candidate,
+    catalog: Catalog | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CandidateResult:
+    """Find the smallest replica count meeting the SLO for one candidate."""
+    cat = catalog if catalog is not None else load_catalog()
+    dropped, svc = _screen(s, cat, cand)
+    if dropped is not None:
+        return dropped
+    slow = _min_latency_check(s, svc)
+    if slow:
+        return CandidateResult(cand, "infeasible", slow)
+    peak = peak_rate(s)
+    lo_bound = replica_lower_bound(s, svc, peak)
+    cap = s.candidates.max_replicas
+    res = CandidateResult(cand, "infeasible", "", lower_bound=lo_bound)
+    if lo_bound > cap:
+        res.reason = (
+            f"needs at least {lo_bound} replicas for the peak {peak:.1f} req/s (max_replicas {cap})"
+        )
+        return res
+
+    cache: dict[int, Evaluation] = {}
+
+    def ev(n: int) -> Evaluation:
+        if n not in cache:
+            cfg = Config(cand.gpu, cand.precision, n, cand.tp)
+            if progress:
+                progress(f"{cand.label()}: {n} replicas")
+            cache[n] = simulate(s, cfg, catalog=cat)
+            res.evaluations.append(cache[n])
+        return cache[n]
+
+    # grow from the lower bound until feasible
+    fail, n = lo_bound - 1, lo_bound
+    while not ev(n).feasible:
+        fail = n
+        if n >= cap:
+            e = ev(n)
+            res.reason = f"cannot meet the target with up to {cap} replicas ({_miss(e)})"
+            return res
+        n = min(cap, max(n + 1, math.ceil(n * 1.5)))
+    ok = n
+    # bisect between the last failing and the first feasible count
+    while ok - fail > 1:
+        mid = (ok + fail) // 2
+        if ev(mid).feasible:
+            ok = mid
+        else:
+            fail = mid
+    res.status, res.best = "feasible", ev(ok)
+    res.reason = f"meets SLO with {ok} replicas"
+    res.evaluations.sort(key=lambda e: e.config.replicas)
+    return res
+
+
+def _miss(e: Evaluation) -> str:
+    c = e.primary
+    ci = c.ci
+    if not math.isfinite(ci.mean):
+        return e.verdict
+    return (
+        f"at {e.config.replicas}: p{c.percentile:g} {c.metric} {ci.mean * 1000:.1f} ms "
+        f"[{ci.low * 1000:.1f}, {ci.high * 1000:.1f}] vs target {c.target_s * 1000:g} ms; {e.verdict}"
+    )
+
+
+def _rank_key(r: CandidateResult) -> tuple[float, int, float]:
+    """Cheapest first; at equal price fewer GPUs, then the lower SLO upper limit."""
+    e = r.best
+    return (round(e.usd_per_hour, 6), e.config.gpus, e.primary.ci.high / e.primary.target_s)
+
+
+def _why_not_chosen(e: Evaluation, best: Evaluation) -> str:
+    if round(e.usd_per_hour, 6) > round(best.usd_per_hour, 6):
+        return (
+            f"more expensive: ${e.usd_per_hour:.2f}/h vs ${best.usd_per_hour:.2f}/h "
+            f"({e.config.replicas} replicas)"
+        )
+    return (
+        f"same price (${e.usd_per_hour:.2f}/h) but less SLO headroom: p{e.primary.percentile:g} "
+        f"upper limit {e.primary.ci.high * 1000:.1f} ms vs {best.primary.ci.high * 1000:.1f} ms"
+    )
+
+
+def _search_job(args: tuple[Scenario, Candidate, Catalog]) -> CandidateResult:
+    s, cand, cat = args
+    return search_candidate(s, cand, cat)
+
+
+def plan(
+    s: Scenario,
+    catalog: Catalog | None = None,
+    *,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> PlanResult:
+    """Search every candidate; the recommendation is the cheapest feasible configuration."""
+    cat = catalog if catalog is not None else load_catalog()
+    cands = candidates(s)
+    for c in cands:
+        get_precision(c.precision)
+    results: list[CandidateResult] = []
+    if jobs > 1 and len(cands) > 1:
+        workers = min(jobs, len(cands), os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futs = {pool.submit(_search_job, (s, c, cat)): c for c in cands}
+            for i, f in enumerate(as_completed(futs), 1):
+                results.append(f.result())
+                if progress:
+                    progress(f"[{i}/{len(cands)}] {futs[f].label()}: {results[-1].reason}")
+    else:
+        for i, c in enumerate(cands, 1):
+            results.append(search_candidate(s, c, cat))
+            if progress:
+                progress(f"[{i}/{len(cands)}] {c.label()}: {results[-1].reason}")
+    order = {c: i for i, c in enumerate(cands)}
+    results.sort(key=lambda r: order[r.candidate])
+    feasible = [r for r in results if r.status == "feasible"]
+    best = min(feasible, key=_rank_key, default=None)
+    for r in feasible:
+        if r is not best:
+            r.reason = _why_not_chosen(r.best, best.best)
+    return PlanResult(s, results, best, peak_rate(s), cat)

@@ -1,0 +1,81 @@
+"""The only place that writes result files: every write is atomic (temp file + rename)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from capsim.errors import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, default=_json_default, allow_nan=True) + "\n"
+
+
+def write_json(path: Path, data: Any) -> Path:
+    atomic_write_text(path, to_json(data))
+    return path
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    atomic_write_text(path, frame.to_csv(index=False))
+    return path
+
+
+def write_figure(path: Path, draw: Callable[[Any], Any], *, size=(7, 4.5)) -> Path:
+    """Draw with ``draw(ax)`` on a new figure and save it as PNG, atomically."""
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_plan(out: Path, result) -> list[Path]:
+    """plan.json, plan.csv (every simulated configuration) and two plots."""
+    from capsim.report.plots import plot_cost_vs_p99, plot_latency_cdf
+    from capsim.report.text import plan_dict, plan_frame
+
+    out.mkdir(parents=True, exist_ok=True)
+    finalists = [r.best for r in result.feasible[:5]]
+    return [
+        write_json(out / "plan.json", plan_dict(result)),
+        write_csv(out / "plan.csv", plan_frame(result)),
+        write_figure(out / "latency_cdf.png", lambda ax: plot_latency_cdf(ax, finalists)),
+        write_figure(out / "cost_vs_p99.png", lambda ax: plot_cost_vs_p99(ax, result)),
+    ]
+
+
+def write_evaluation(out: Path, ev) -> list[Path]:
+    from capsim.report.plots import plot_latency_cdf
+    from capsim.report.text import evaluation_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples = pd.DataFrame({k: pd.Series(v) for k, v in ev.summary.samples.items()})
+    return [
+        write_json(out / "simulate.json", evaluation_dict(ev)),
+        write_csv(out / "latency_samples.csv", samples),
+        write_figure(out / "latency_cdf.png", lambda ax: plot_latency_cdf(ax, [ev])),
+    ]

@@ -1,0 +1,291 @@
+"""Plain-text, JSON-ready and tabular views of results (no file I/O here)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from capsim.planner import CandidateResult, PlanResult
+from capsim.simulate import Evaluation
+
+MS = 1000.0
+
+
+def _ms(x: float) -> str:
+    return "inf" if not math.isfinite(x) else f"{x * MS:.1f}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(lines)
+
+
+def evaluation_row(e: Evaluation) -> dict[str, Any]:
+    """One flat row per evaluated configuration (for tables, CSV and JSON)."""
+    c = e.primary
+    sc = e.summary.scalars
+    row: dict[str, Any] = {
+        "gpu": e.config.gpu,
+        "precision": e.config.precision,
+        "tp": e.config.tp,
+        "replicas": e.config.replicas,
+        "gpus": e.config.gpus,
+        "feasible": e.feasible,
+        "verdict": e.verdict,
+        "slo_metric": c.metric,
+        "slo_percentile": c.percentile,
+        "target_ms": c.target_s * MS,
+        "p_ms": c.ci.mean * MS,
+        "p_ci_low_ms": c.ci.low * MS,
+        "p_ci_high_ms": c.ci.high * MS,
+        "replications": e.summary.replications,
+        "utilisation": sc["utilisation"].mean,
+        "throughput_rps": sc["throughput_rps"].mean,
+        "rejection_rate": e.rejection.mean,
+        "usd_per_hour": e.usd_per_hour,
+        "usd_per_1m_requests": e.usd_per_1m_requests,
+        "requests_per_joule": e.requests_per_joule,
+        "price_source": e.price.label,
+    }
+    for chk in e.checks:
+        row[f"{chk.metric}_p{chk.percentile:g}_ms"] = chk.ci.mean * MS
+        row[f"{chk.metric}_p{chk.percentile:g}_ci_high_ms"] = chk.ci.high * MS
+    for k in (
+        "output_tokens_per_s",
+        "usd_per_1m_output_tokens",
+        "usd_per_1m_tokens",
+        "joules_per_token",
+        "kv_utilisation",
+    ):
+        if k in e.extra:
+            row[k] = e.extra[k]
+    return row
+
+
+def plan_frame(result: PlanResult) -> pd.DataFrame:
+    """Every configuration the planner simulated, one row each."""
+    rows = []
+    for r in result.results:
+        for e in r.evaluations:
+            row = evaluation_row(e)
+            row["candidate_status"] = r.status
+            row["chosen"] = r.best is e
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def candidate_dict(r: CandidateResult) -> dict[str, Any]:
+    return {
+        "gpu": r.candidate.gpu,
+        "precision": r.candidate.precision,
+        "tp": r.candidate.tp,
+        "status": r.status,
+        "reason": r.reason,
+        "replica_lower_bound": r.lower_bound,
+        "best": evaluation_row(r.best) if r.best else None,
+        "evaluated_replica_counts": [e.config.replicas for e in r.evaluations],
+    }
+
+
+def plan_dict(result: PlanResult) -> dict[str, Any]:
+    s = result.scenario
+    rec = result.recommendation
+    return {
+        "scenario": s.name,
+        "model": s.model.name,
+        "slo": s.slo.model_dump(),
+        "peak_rate_rps": result.peak_rate_rps,
+        "recommendation": candidate_dict(rec) if rec else None,
+        "trace": trace_lines(result) if rec else [],
+        "ranked": [candidate_dict(r) for r in result.feasible],
+        "lost": [candidate_dict(r) for r in result.lost],
+    }
+
+
+def trace_lines(result: PlanResult) -> list[str]:
+    """Where the recommendation's numbers come from: price, efficiencies, service times."""
+    from capsim.catalog import load_catalog
+    from capsim.simulate import make_service
+
+    rec = result.recommendation
+    assert rec is not None and rec.best is not None
+    s, e = result.scenario, rec.best
+    cat = result.catalog or load_catalog()
+    gpu = cat[e.config.gpu]
+    svc = make_service(s, gpu, e.config.precision, e.config.tp)
+    out = [
+        f"price: {e.price.label} x {e.config.gpus} GPUs = ${e.usd_per_hour:.2f}/h "
+        f"(catalog {gpu.id}: sources.price = {gpu.sources.get('price', '?')})",
+        f"roofline: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s {svc.math_format} x "
+        f"efficiency {gpu.efficiency.compute}; bandwidth {gpu.bandwidth_gb_s:g} GB/s x "
+        f"efficiency {gpu.efficiency.memory}; kernel overhead {gpu.kernel_overhead_us:g} us "
+        f"(sources.efficiency = {gpu.sources.get('efficiency', '?')})",
+    ]
+    if not s.is_llm:
+        mb = max(1, round(e.summary.scalars["mean_batch"].mean))
+        b = svc.batch(mb)
+        out.append(
+            f"service time: batch of {mb} (mean batch size) = {b.time_s * MS:.2f} ms "
+            f"({b.bound}-bound: compute {b.compute_s * MS:.2f} ms, memory {b.memory_s * MS:.2f} ms, "
+            f"overhead {b.overhead_s * MS:.2f} ms); source: {b.source}"
+        )
+    else:
+        out.extend(svc.trace_lines() if hasattr(svc, "trace_lines") else [])
+    sc = e.summary.scalars
+    out.append(
+        f"simulated: {e.summary.replications} replications, utilisation "
+        f"{sc['utilisation'].mean:.0%}, throughput {sc['throughput_rps'].mean:.1f} req/s, "
+        f"energy {sc['energy_j'].mean / 3.6e6:.3f} kWh per run"
+    )
+    return out
+
+
+def format_plan(result: PlanResult) -> str:
+    s = result.scenario
+    p = s.slo.percentile
+    lines = [
+        f"capsim plan: {s.name} ({s.model.name}); SLO p{p:g} "
+        + ", ".join(f"{n} <= {t * MS:g} ms" for n, t in _targets(s))
+        + f"; peak offered load {result.peak_rate_rps:.1f} req/s",
+        "",
+    ]
+    ranked = result.feasible
+    if ranked:
+        rows = []
+        for i, r in enumerate(ranked, 1):
+            e = r.best
+            c = e.primary
+            rows.append(
+                [
+                    str(i),
+                    r.candidate.label(),
+                    str(e.config.replicas),
+                    f"{_ms(c.ci.mean)} [{_ms(c.ci.low)}, {_ms(c.ci.high)}]",
+                    f"{e.summary.scalars['utilisation'].mean:.0%}",
+                    f"{e.usd_per_hour:.2f}",
+                    f"{e.usd_per_1m_requests:.2f}",
+                    f"{e.requests_per_joule:.2f}",
+                ]
+            )
+        lines.append("Feasible configurations, cheapest first:")
+        lines.append(
+            _table(
+                rows,
+                [
+                    "#",
+                    "config",
+                    "replicas",
+                    f"p{p:g} {ranked[0].best.primary.metric} ms [95% CI]",
+                    "util",
+                    "$/hour",
+                    "$/1M req",
+                    "req/J",
+                ],
+            )
+        )
+    else:
+        lines.append("No configuration meets the SLO.")
+    lines.append("")
+    rec = result.recommendation
+    if rec is not None:
+        e = rec.best
+        c = e.primary
+        lines.append(
+            f"Recommendation: {e.config.label()} at ${e.usd_per_hour:.2f}/h "
+            f"(p{p:g} {c.metric} {_ms(c.ci.mean)} ms, upper 95% limit {_ms(c.ci.high)} ms "
+            f"<= target {c.target_s * MS:g} ms)"
+        )
+        lines += [f"  {t}" for t in trace_lines(result)]
+        lines.append("")
+    lost = [r for r in result.results if r is not rec]
+    if lost:
+        lines.append("Why the others lost:")
+        rows = [[r.candidate.label(), r.status, r.reason] for r in lost]
+        lines.append(_table(rows, ["config", "status", "reason"]))
+    return "\n".join(lines)
+
+
+def _targets(s) -> list[tuple[str, float]]:
+    from capsim.simulate import slo_targets
+
+    return slo_targets(s)
+
+
+def format_evaluation(e: Evaluation) -> str:
+    """Full metrics of one configuration."""
+    s = e.summary
+    lines = [f"{e.config.label()}: {e.verdict}", ""]
+    rows = []
+    for name, qs in s.quantiles.items():
+        for p, ci in qs.items():
+            rows.append([name, f"p{p:g}", f"{_ms(ci.mean)}", f"[{_ms(ci.low)}, {_ms(ci.high)}]"])
+    lines.append(_table(rows, ["metric", "percentile", "ms", "95% CI"]))
+    lines.append("")
+    srows = []
+    for k, ci in s.scalars.items():
+        v = ci.mean
+        srows.append([k, f"{v:.4g}", f"[{ci.low:.4g}, {ci.high:.4g}]" if ci.n > 1 else ""])
+    lines.append(_table(srows, ["quantity (per replication)", "mean", "95% CI"]))
+    lines.append("")
+    lines.append(
+        f"cost: ${e.usd_per_hour:.2f}/h ({e.price.label}); ${e.usd_per_1m_requests:.2f} per 1M "
+        f"requests; {e.requests_per_joule:.2f} requests/J"
+    )
+    for k, v in e.extra.items():
+        lines.append(f"{k}: {v:.4g}")
+    lines.append(
+        "SLO: "
+        + "; ".join(
+            f"p{c.percentile:g} {c.metric} {_ms(c.ci.mean)} ms [{_ms(c.ci.low)}, {_ms(c.ci.high)}] "
+            f"vs {c.target_s * MS:g} ms: {c.verdict}"
+            for c in e.checks
+        )
+        + f"; rejections {e.rejection.mean:.3%}"
+    )
+    if s.unstable:
+        lines.append(f"UNSTABLE: {s.unstable_reason}")
+    return "\n".join(lines)
+
+
+def evaluation_dict(e: Evaluation) -> dict[str, Any]:
+    s = e.summary
+    return {
+        "config": {
+            "gpu": e.config.gpu,
+            "precision": e.config.precision,
+            "tp": e.config.tp,
+            "replicas": e.config.replicas,
+        },
+        "feasible": e.feasible,
+        "verdict": e.verdict,
+        "unstable": s.unstable,
+        "unstable_reason": s.unstable_reason,
+        "replications": s.replications,
+        "latency_ms": {
+            name: {f"p{p:g}": ci.to_dict(MS) for p, ci in qs.items()}
+            for name, qs in s.quantiles.items()
+        },
+        "scalars": {k: ci.to_dict() for k, ci in s.scalars.items()},
+        "slo": [
+            {
+                "metric": c.metric,
+                "percentile": c.percentile,
+                "target_ms": c.target_s * MS,
+                "ci_ms": c.ci.to_dict(MS),
+                "verdict": c.verdict,
+            }
+            for c in e.checks
+        ],
+        "cost": {
+            "usd_per_hour": e.usd_per_hour,
+            "usd_per_1m_requests": e.usd_per_1m_requests,
+            "requests_per_joule": e.requests_per_joule,
+            "price": e.price.label,
+        },
+        "extra": dict(e.extra),
+    }
