@@ -40,6 +40,14 @@ class Efficiency(Strict):
 
     compute: float = Field(0.7, gt=0, le=1, description="fraction of dense peak FLOP/s")
     memory: float = Field(0.8, gt=0, le=1, description="fraction of peak memory bandwidth")
+    compute_by_format: dict[str, float] = Field(
+        default_factory=dict,
+        description="per math format overrides of `compute` (e.g. fp8: 0.709 on H100)",
+    )
+
+    def compute_for(self, fmt: str) -> float:
+        """Compute efficiency for one math format (the override, else the default)."""
+        return self.compute_by_format.get(fmt, self.compute)
 
 
 class Interconnect(Strict):

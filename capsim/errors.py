@@ -46,34 +46,45 @@ def _loc_text(loc: Iterable[Any]) -> str:
     return out
 
 
-def _accepted_fields(model: type[BaseModel] | None, loc: tuple) -> list[str]:
-    """Field names of the sub-model at ``loc`` (best effort, for 'did you mean')."""
-    if model is None:
-        return []
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or not (
-            isinstance(current, type) and issubclass(current, BaseModel)
-        ):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        current = _first_model(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return []
-
-
-def _first_model(annotation: Any) -> Any:
-    """The BaseModel inside ``list[X]``, ``X | None`` and friends (first one found)."""
+def _union_members(annotation: Any) -> list[type[BaseModel]]:
+    """The BaseModel classes inside ``A | B``, ``list[A]``, ``Annotated[...]`` and friends."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    out: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _first_model(arg)
-        if found is not None:
-            return found
-    return None
+        out.extend(_union_members(arg))
+    return out
+
+
+def _kind_of(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("kind")
+    args = getattr(field.annotation, "__args__", ()) if field else ()
+    return args[0] if args else None
+
+
+def _walk(model: type[BaseModel] | None, loc: tuple) -> tuple[type[BaseModel] | None, tuple]:
+    """Follow ``loc`` through nested models; drop union tags (``dynamic``) from the path shown.
+
+    Returns the model at the end of the path (if any) and the path as the user wrote it.
+    """
+    current: list[type[BaseModel]] = [model] if model is not None else []
+    shown: list = []
+    for part in loc:
+        if isinstance(part, int):
+            shown.append(part)
+            continue
+        by_kind = {_kind_of(m): m for m in current if _kind_of(m) is not None}
+        if len(current) > 1 and part in by_kind:
+            current = [by_kind[part]]  # a discriminator tag, not a field the user wrote
+            continue
+        shown.append(part)
+        nxt: list[type[BaseModel]] = []
+        for m in current:
+            f = m.model_fields.get(part)
+            if f is not None:
+                nxt.extend(_union_members(f.annotation))
+        current = nxt
+    return (current[0] if len(current) == 1 else None), tuple(shown)
 
 
 def format_validation_error(
@@ -83,31 +94,34 @@ def format_validation_error(
     lines = []
     for e in exc.errors():
         loc = tuple(e.get("loc", ()))
-        # pydantic puts the discriminator tag value into loc for unions: drop it for readability
-        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-        where = _loc_text(loc)
         etype = e.get("type", "")
         if etype == "extra_forbidden":
+            parent, shown = _walk(model, loc[:-1])
             key = str(loc[-1]) if loc else "?"
-            accepted = _accepted_fields(model, loc)
+            accepted = sorted(parent.model_fields) if parent is not None else []
             hint = difflib.get_close_matches(key, accepted, n=1)
             msg = f"unknown field '{key}'"
             if hint:
                 msg += f" (did you mean '{hint[0]}'?)"
             if accepted:
                 msg += f"; accepted here: {', '.join(accepted)}"
-            where = _loc_text(loc[:-1])
-        elif etype == "missing":
-            msg = "this field is required"
-        elif etype == "union_tag_invalid":
-            ctx = e.get("ctx", {})
-            msg = f"unknown kind {ctx.get('tag')!r}; accepted: {ctx.get('expected_tags')}"
-        elif etype == "union_tag_not_found":
-            msg = f"needs a 'kind' field; accepted kinds: {e.get('ctx', {}).get('discriminator')}"
+            where = _loc_text(shown)
         else:
-            msg = e.get("msg", "invalid value")
-            if "input" in e and not isinstance(e["input"], (dict, list)):
-                msg += f" (got {e['input']!r})"
+            _, shown = _walk(model, loc)
+            where = _loc_text(shown)
+            if etype == "missing":
+                msg = "this field is required"
+            elif etype == "union_tag_invalid":
+                ctx = e.get("ctx", {})
+                msg = f"unknown kind {ctx.get('tag')!r}; accepted: {ctx.get('expected_tags')}"
+            elif etype == "union_tag_not_found":
+                msg = (
+                    f"needs a 'kind' field; accepted kinds: {e.get('ctx', {}).get('discriminator')}"
+                )
+            else:
+                msg = e.get("msg", "invalid value")
+                if "input" in e and not isinstance(e["input"], (dict, list)):
+                    msg += f" (got {e['input']!r})"
         lines.append(f"{where}: {msg}" if where else msg)
     text = lines[0] if len(lines) == 1 else "\n  ".join(["invalid input:", *lines])
     return InputError(text, file=file)

@@ -121,7 +121,7 @@ class TraceData:
 def _parse_times(col: pd.Series, fmt: str, file: str, column: str) -> np.ndarray:
     if fmt in ("auto", "seconds"):
         num = pd.to_numeric(col, errors="coerce")
-        if fmt == "seconds" or num.notna().all():
+        if fmt == "seconds" or num.notna().mean() >= 0.5:
             _first_bad(num.isna(), col, file, column, "a number of seconds")
             return num.to_numpy(dtype=float)
     dt = pd.to_datetime(col, errors="coerce", format="mixed")

@@ -130,7 +130,7 @@ class FixedServiceModel:
         """Weights + activations of the largest batch + reserved, against usable memory."""
         m, p = self.model, self.precision
         weights = m.params * p.weight_bytes
-        per_sample = 2 * m.peak_activation_elements_per_sample * p.act_bytes  # in + out buffers
+        per_sample = m.peak_activation_elements_per_sample * p.act_bytes  # live set incl. in+out
         usable = self.gpu.usable_memory_bytes
         room = usable - RESERVED_BYTES - weights
         largest = int(room // per_sample) if room > 0 else 0

@@ -60,7 +60,11 @@ def roofline_op_time(
         raise ValueError(
             f"{gpu.id} has no {op.math_format} math (supported: {gpu.supported_formats()})"
         )
-    eff_c = compute_efficiency if compute_efficiency is not None else gpu.efficiency.compute
+    eff_c = (
+        compute_efficiency
+        if compute_efficiency is not None
+        else gpu.efficiency.compute_for(op.math_format)
+    )
     eff_m = memory_efficiency if memory_efficiency is not None else gpu.efficiency.memory
     compute = op.flops / (peak * eff_c)
     memory = op.bytes / (gpu.bandwidth * eff_m)
