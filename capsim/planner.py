@@ -170,7 +170,7 @@ def search_candidate(
         else:
             fail = mid
     res.status, res.best = "feasible", ev(ok)
-    res.reason = f"meets SLO with {ok} replicas"
+    res.reason = f"meets SLO with {_replicas(ok)}"
     res.evaluations.sort(key=lambda e: e.config.replicas)
     return res
 
@@ -186,6 +186,10 @@ def _miss(e: Evaluation) -> str:
     )
 
 
+def _replicas(n: int) -> str:
+    return f"{n} replica" + ("" if n == 1 else "s")
+
+
 def _rank_key(r: CandidateResult) -> tuple[float, int, float]:
     """Cheapest first; at equal price fewer GPUs, then the lower SLO upper limit."""
     e = r.best
@@ -196,7 +200,7 @@ def _why_not_chosen(e: Evaluation, best: Evaluation) -> str:
     if round(e.usd_per_hour, 6) > round(best.usd_per_hour, 6):
         return (
             f"more expensive: ${e.usd_per_hour:.2f}/h vs ${best.usd_per_hour:.2f}/h "
-            f"({e.config.replicas} replicas)"
+            f"({_replicas(e.config.replicas)})"
         )
     return (
         f"same price (${e.usd_per_hour:.2f}/h) but less SLO headroom: p{e.primary.percentile:g} "
