@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from capsim.catalog import Catalog, load_catalog
+from capsim.cost import price_per_gpu_hour
 from capsim.precision import get_precision
 from capsim.scenario import Scenario
 from capsim.service.fixed import Unsupported
@@ -47,7 +48,7 @@ class CandidateResult:
     """Outcome for one card × precision × tp: the best feasible count, or why it lost."""
 
     candidate: Candidate
-    status: str  # feasible | dropped | infeasible
+    status: str  # feasible | dropped | infeasible | skipped
     reason: str
     best: Evaluation | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
@@ -213,6 +214,27 @@ def _search_job(args: tuple[Scenario, Candidate, Catalog]) -> CandidateResult:
     return search_candidate(s, cand, cat)
 
 
+#: candidates are simulated in waves of this many, cheapest lower bound first; a candidate whose
+#: capacity lower bound already costs more than the best feasible one is not simulated. Fixed
+#: (not tied to --jobs) so that the result does not depend on the parallelism.
+WAVE = 4
+
+
+def lower_bound_cost(
+    s: Scenario, cat: Catalog, cand: Candidate
+) -> tuple[float, int, CandidateResult | None]:
+    """($/hour at the capacity lower bound, that bound) — or the reason the candidate is out."""
+    dropped, svc = _screen(s, cat, cand)
+    if dropped is not None:
+        return math.inf, 0, dropped
+    slow = _min_latency_check(s, svc)
+    if slow:
+        return math.inf, 0, CandidateResult(cand, "infeasible", slow)
+    lb = replica_lower_bound(s, svc, peak_rate(s))
+    price = price_per_gpu_hour(cat[cand.gpu], s.candidates.price_provider).usd_per_hour
+    return price * lb * cand.tp, lb, None
+
+
 def plan(
     s: Scenario,
     catalog: Catalog | None = None,
@@ -220,25 +242,62 @@ def plan(
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> PlanResult:
-    """Search every candidate; the recommendation is the cheapest feasible configuration."""
+    """Search every candidate; the recommendation is the cheapest feasible configuration.
+
+    Candidates that cannot run are dropped with their reason; the others are simulated in
+    order of their lower-bound cost, and those that cannot beat the best found so far even at
+    their capacity lower bound are reported as such without being simulated.
+    """
     cat = catalog if catalog is not None else load_catalog()
     cands = candidates(s)
     for c in cands:
         get_precision(c.precision)
     results: list[CandidateResult] = []
-    if jobs > 1 and len(cands) > 1:
-        workers = min(jobs, len(cands), os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futs = {pool.submit(_search_job, (s, c, cat)): c for c in cands}
-            for i, f in enumerate(as_completed(futs), 1):
-                results.append(f.result())
+    queue: list[tuple[float, int, int, Candidate]] = []
+    for i, c in enumerate(cands):
+        cost, lb, out = lower_bound_cost(s, cat, c)
+        if out is not None:
+            results.append(out)
+        else:
+            queue.append((cost, i, lb, c))
+    queue.sort()
+    best_cost = math.inf
+    pool = (
+        ProcessPoolExecutor(max_workers=min(jobs, os.cpu_count() or 1))
+        if jobs > 1 and len(queue) > 1
+        else None
+    )
+    done = len(results)
+    try:
+        for w in range(0, len(queue), WAVE):
+            todo = []
+            for cost, _, lb, c in queue[w : w + WAVE]:
+                if cost > best_cost + 1e-9:
+                    results.append(
+                        CandidateResult(
+                            c,
+                            "skipped",
+                            f"more expensive even at its capacity lower bound: {_replicas(lb)} "
+                            f"= ${cost:.2f}/h > ${best_cost:.2f}/h (not simulated)",
+                            lower_bound=lb,
+                        )
+                    )
+                else:
+                    todo.append(c)
+            if pool is not None:
+                wave = list(pool.map(_search_job, [(s, c, cat) for c in todo]))
+            else:
+                wave = [search_candidate(s, c, cat) for c in todo]
+            for r in wave:
+                done += 1
                 if progress:
-                    progress(f"[{i}/{len(cands)}] {futs[f].label()}: {results[-1].reason}")
-    else:
-        for i, c in enumerate(cands, 1):
-            results.append(search_candidate(s, c, cat))
-            if progress:
-                progress(f"[{i}/{len(cands)}] {c.label()}: {results[-1].reason}")
+                    progress(f"[{done}/{len(cands)}] {r.candidate.label()}: {r.reason}")
+                if r.status == "feasible":
+                    best_cost = min(best_cost, r.best.usd_per_hour)
+            results.extend(wave)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     order = {c: i for i, c in enumerate(cands)}
     results.sort(key=lambda r: order[r.candidate])
     feasible = [r for r in results if r.status == "feasible"]
