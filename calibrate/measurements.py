@@ -1,0 +1,258 @@
+"""Strict loader of a ``capsim-calibration/1`` measurements directory.
+
+``load_measurements(dir)`` returns ``(meta, rows)``: ``meta`` is the parsed ``meta.json`` and
+``rows`` a list of dicts, one per CSV row, with every column of the format as a key (``str`` for
+kind/precision/impl, ``int`` or ``float`` for numbers, ``None`` for an empty cell). Anything that
+does not match the format raises :class:`MeasurementsError`, whose message names the file, and the
+row and column when there is one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .schema import (
+    COLUMN_NAMES,
+    COLUMN_TYPES,
+    CSV_FILE,
+    FORMAT,
+    FORMAT_NAME,
+    KINDS,
+    META_FILE,
+    NO_PRECISION,
+    PRECISIONS,
+    REQUIRED_META_KEYS,
+    TIMED_KINDS,
+    required_columns,
+)
+
+_INT = re.compile(r"^[+-]?[0-9]+$")
+
+
+class MeasurementsError(ValueError):
+    """A measurements directory that does not follow the format.
+
+    ``file``, ``row`` (1-based data row) and ``column`` say where, when known.
+    """
+
+    def __init__(
+        self, message: str, *, file: Path, row: int | None = None, column: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.file, self.row, self.column = file, row, column
+
+
+def _fail(
+    file: Path,
+    what: str,
+    row: int | None = None,
+    line: int | None = None,
+    column: str | None = None,
+) -> MeasurementsError:
+    where = str(file)
+    if row is not None:
+        where += f": row {row}" + (f" (line {line})" if line is not None else "")
+    if column is not None:
+        where += f", column '{column}'"
+    return MeasurementsError(f"{where}: {what}", file=file, row=row, column=column)
+
+
+def load_measurements(directory: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read and validate ``meta.json`` and ``measurements.csv`` in ``directory``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise _fail(d, "not a directory (expected a capsim calibration directory)")
+    meta = load_meta(d / META_FILE)
+    rows = load_rows(d / CSV_FILE)
+    if meta["n_rows"] != len(rows):
+        raise _fail(
+            d / CSV_FILE,
+            f"has {len(rows)} rows but {META_FILE} says n_rows = {meta['n_rows']} "
+            "(truncated or mismatched files)",
+        )
+    return meta, rows
+
+
+# -- meta.json ---------------------------------------------------------------------------------
+def load_meta(path: Path) -> dict[str, Any]:
+    """Parse ``meta.json`` and check its format name, version and required keys."""
+    if not path.is_file():
+        raise _fail(path, "missing: not a capsim calibration directory")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(meta, dict):
+        raise _fail(path, "must hold a JSON object")
+    _check_format(path, meta.get("format"))
+    missing = [k for k in REQUIRED_META_KEYS if k not in meta]
+    if missing:
+        raise _fail(path, "missing key(s) " + ", ".join(repr(k) for k in missing))
+    _check_meta_types(path, meta)
+    return meta
+
+
+def _check_format(path: Path, fmt: object) -> None:
+    if fmt is None:
+        raise _fail(path, f"missing key 'format' (expected {FORMAT!r})")
+    if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME + "/"):
+        raise _fail(path, f"format {fmt!r} is not a capsim calibration format ({FORMAT!r})")
+    if fmt != FORMAT:
+        raise _fail(path, f"format version {fmt!r} is not supported; this loader reads {FORMAT!r}")
+
+
+def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
+    expected = {
+        "device": dict,
+        "precisions": dict,
+        "budget": dict,
+        "skipped": list,
+        "columns": dict,
+        "backend": str,
+        "harness_version": str,
+        "created_utc": str,
+    }
+    for key, typ in expected.items():
+        if not isinstance(meta[key], typ):
+            raise _fail(path, f"key {key!r} must be a JSON {typ.__name__}")
+    n = meta["n_rows"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise _fail(path, f"key 'n_rows' must be a non-negative integer, not {n!r}")
+    if meta["device"].get("kind") not in ("cpu", "cuda"):
+        raise _fail(
+            path, f"device.kind must be 'cpu' or 'cuda', not {meta['device'].get('kind')!r}"
+        )
+
+
+# -- measurements.csv --------------------------------------------------------------------------
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """Parse and validate every row of ``measurements.csv``."""
+    if not path.is_file():
+        raise _fail(path, "missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"not UTF-8 text ({exc.reason})") from exc
+    if not text.strip():
+        raise _fail(path, "empty file (expected a header line and one row per measurement)")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = _check_header(path, next(reader), text)
+    records = [(reader.line_num, fields) for fields in reader]
+    if not text.endswith("\n"):
+        n = len(records)
+        raise _fail(
+            path,
+            "truncated last row (the file does not end with a newline)",
+            row=n,
+            line=records[-1][0] if records else None,
+        )
+    rows = []
+    for i, (line, fields) in enumerate(records, start=1):
+        if len(fields) != len(header):
+            what = "truncated last row" if i == len(records) else "wrong number of fields"
+            raise _fail(
+                path, f"{what}: {len(fields)} fields, expected {len(header)}", row=i, line=line
+            )
+        rows.append(_parse_row(path, i, line, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def _check_header(path: Path, header: list[str], text: str) -> list[str]:
+    if "\n" not in text:
+        raise _fail(path, "truncated: only a partial header line and no rows")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise _fail(path, "duplicate column(s) " + ", ".join(repr(c) for c in dupes))
+    missing = [c for c in COLUMN_NAMES if c not in header]
+    if missing:
+        raise _fail(path, "missing column(s) " + ", ".join(repr(c) for c in missing))
+    unknown = [c for c in header if c not in COLUMN_NAMES]
+    if unknown:
+        raise _fail(
+            path, "unknown column(s) " + ", ".join(repr(c) for c in unknown) + f" (not in {FORMAT})"
+        )
+    return header
+
+
+def _parse_row(path: Path, row: int, line: int, cells: dict[str, str]) -> dict[str, Any]:
+    kind = cells["kind"].strip()
+    if kind not in KINDS:
+        raise _fail(
+            path,
+            f"unknown kind {kind!r} (one of {', '.join(KINDS)})",
+            row=row,
+            line=line,
+            column="kind",
+        )
+    required = set(required_columns(kind))
+    out: dict[str, Any] = {}
+    for name in COLUMN_NAMES:
+        raw = cells[name].strip()
+        if raw == "":
+            if name in required:
+                raise _fail(
+                    path,
+                    f"missing value (required for kind {kind!r})",
+                    row=row,
+                    line=line,
+                    column=name,
+                )
+            out[name] = None
+            continue
+        try:
+            out[name] = _parse_cell(name, raw)
+        except ValueError as exc:
+            raise _fail(path, str(exc), row=row, line=line, column=name) from None
+    _check_consistency(path, row, line, out)
+    return out
+
+
+def _parse_cell(name: str, raw: str) -> Any:
+    typ = COLUMN_TYPES[name]
+    if typ == "str":
+        if name == "precision" and raw not in PRECISIONS + (NO_PRECISION,):
+            raise ValueError(f"unknown precision {raw!r} (one of {', '.join(PRECISIONS)}, none)")
+        return raw
+    if typ == "int":
+        if not _INT.match(raw):
+            raise ValueError(f"{raw!r} is not an integer")
+        value: float = int(raw)
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+        if math.isnan(value):
+            raise ValueError("NaN is not allowed")
+        if math.isinf(value):
+            raise ValueError(f"{raw!r} is not finite")
+    if value < 0:
+        raise ValueError(f"negative value {raw}")
+    return value
+
+
+def _check_consistency(path: Path, row: int, line: int, r: dict[str, Any]) -> None:
+    if r["kind"] not in TIMED_KINDS:
+        return
+    if r["repeats"] < 1:
+        raise _fail(
+            path, "a timed row needs at least 1 repeat", row=row, line=line, column="repeats"
+        )
+    if r["inner"] < 1:
+        raise _fail(path, "must be at least 1", row=row, line=line, column="inner")
+    order = ("min_s", "p10_s", "median_s", "p90_s")
+    for lo, hi in zip(order, order[1:], strict=False):
+        if r[lo] > r[hi] * (1 + 1e-9) + 1e-15:
+            raise _fail(
+                path, f"{r[lo]} is greater than {hi} = {r[hi]}", row=row, line=line, column=lo
+            )

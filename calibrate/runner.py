@@ -1,0 +1,81 @@
+"""``run()``: pick a backend, plan the sweep, measure within the budget, write the directory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .backends import select_backend
+from .errors import CalibrationError
+from .metadata import utc_now
+from .output import check_target, write_directory
+from .schema import PRECISIONS
+from .session import ProgressFn, Session
+
+DEFAULT_BUDGET_S = 900.0
+DEFAULT_QUICK_BUDGET_S = 30.0
+
+
+def run(
+    out_dir: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    budget_seconds: float | None = None,
+    quick: bool = False,
+    precisions: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Measure this machine and write a ``capsim-calibration/1`` directory to ``out_dir``.
+
+    ``budget_seconds`` bounds the whole run (default 900 s, or 30 s with ``quick``);
+    ``precisions`` restricts the GEMM sweep (default: every supported one); ``progress`` receives
+    :class:`~calibrate.progress.ProgressEvent` objects. Raises :class:`CalibrationError` on bad
+    arguments, an unusable backend or an existing non-empty ``out_dir`` (unless ``overwrite``).
+    Returns the directory written.
+    """
+    started = time.perf_counter()
+    created = utc_now()
+    out = Path(out_dir)
+    budget = _budget(budget_seconds, quick)
+    requested = normalize_precisions(precisions)
+    check_target(out, overwrite)
+    be = select_backend(backend, device, seed)
+    try:
+        session = Session(be, quick, requested, budget, started, progress)
+        rows = session.execute()
+        meta = session.meta(created, {"backend": backend, "device": device}, seed)
+    finally:
+        be.close()
+    return write_directory(out, meta, rows, overwrite)
+
+
+def normalize_precisions(precisions: Iterable[str] | None) -> list[str] | None:
+    """``["fp16,bf16", "int8"]`` -> ``["fp16", "bf16", "int8"]``; unknown names are an error."""
+    if precisions is None:
+        return None
+    names: list[str] = []
+    for item in precisions:
+        for name in str(item).replace(",", " ").split():
+            name = name.strip().lower()
+            if name not in PRECISIONS:
+                raise CalibrationError(
+                    f"unknown precision {name!r}: choose from {', '.join(PRECISIONS)}"
+                )
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise CalibrationError("--precisions needs at least one precision")
+    return names
+
+
+def _budget(budget_seconds: float | None, quick: bool) -> float:
+    if budget_seconds is None:
+        return DEFAULT_QUICK_BUDGET_S if quick else DEFAULT_BUDGET_S
+    budget = float(budget_seconds)
+    if not budget > 0 or budget == float("inf"):
+        raise CalibrationError(f"the budget must be a positive number of seconds, not {budget}")
+    return budget

@@ -1,0 +1,141 @@
+"""The on-disk format ``capsim-calibration/1``: names, columns and what each kind of row needs.
+
+This module is the single source of truth shared by the writer (:mod:`calibrate.output`) and the
+strict loader (:mod:`calibrate.measurements`). ``calibrate/README.md`` documents the same columns
+for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_NAME = "capsim-calibration"
+FORMAT_VERSION = 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+
+META_FILE = "meta.json"
+CSV_FILE = "measurements.csv"
+
+#: Precisions in the order they are reported. ``none`` is used by rows that compute nothing.
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+NO_PRECISION = "none"
+
+#: Kinds of rows, in the order the CSV is sorted.
+KINDS = (
+    "launch",
+    "bandwidth_copy",
+    "bandwidth_read",
+    "gemm",
+    "attention_decode",
+    "attention_prefill",
+    "forward_block",
+    "forward_resnet50",
+    "power_idle",
+    "power_busy",
+)
+
+TIMED_KINDS = frozenset(KINDS) - {"power_idle"}
+POWER_KINDS = frozenset({"power_idle", "power_busy"})
+
+
+@dataclass(frozen=True)
+class Column:
+    """One CSV column: its name, value type (``str``, ``int`` or ``float``) and meaning."""
+
+    name: str
+    type: str
+    doc: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("kind", "str", "what was measured; one of KINDS"),
+    Column(
+        "precision", "str", "number format of the math (fp64 fp32 tf32 fp16 bf16 fp8 int8 none)"
+    ),
+    Column("impl", "str", "the call that did the work, e.g. numpy.matmul, torch._scaled_mm"),
+    Column("m", "int", "GEMM rows of A and C (tokens or batch); gemm and power_busy"),
+    Column("n", "int", "GEMM columns of B and C (output features); gemm and power_busy"),
+    Column("k", "int", "GEMM inner dimension (input features); gemm and power_busy"),
+    Column("batch", "int", "sequences (attention, forward_block) or images (resnet50)"),
+    Column("seq_len", "int", "context length L (decode) or prompt length (prefill, block)"),
+    Column("heads", "int", "attention heads (query heads = KV heads)"),
+    Column("head_dim", "int", "size of one attention head"),
+    Column("hidden", "int", "model width of forward_block (= heads * head_dim)"),
+    Column("ffn", "int", "gated-MLP intermediate size of forward_block"),
+    Column("tokens", "int", "tokens processed by one forward_block call (= batch * seq_len)"),
+    Column("buffer_bytes", "int", "size of the buffer a bandwidth row streams through"),
+    Column("flops", "float", "floating-point (or integer) operations of one call, FLOP"),
+    Column("bytes", "float", "minimum bytes read + written by one call (roofline traffic)"),
+    Column("median_s", "float", "median time of one call, seconds"),
+    Column("min_s", "float", "fastest call, seconds"),
+    Column("p10_s", "float", "10th percentile, seconds"),
+    Column("p90_s", "float", "90th percentile, seconds"),
+    Column("std_s", "float", "standard deviation of the call times, seconds"),
+    Column("repeats", "int", "timed samples (power rows: power samples)"),
+    Column("inner", "int", "calls per timed sample (times are already divided by it)"),
+    Column("gflops_per_s", "float", "derived: flops / median_s / 1e9"),
+    Column("gbytes_per_s", "float", "derived: bytes / median_s / 1e9"),
+    Column("power_w", "float", "median board power during the window, watts (power rows)"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+COLUMN_TYPES: dict[str, str] = {c.name: c.type for c in COLUMNS}
+TIMING_COLUMNS = ("median_s", "min_s", "p10_s", "p90_s", "std_s", "inner")
+
+_SHAPES: dict[str, tuple[str, ...]] = {
+    "launch": (),
+    "bandwidth_copy": ("buffer_bytes",),
+    "bandwidth_read": ("buffer_bytes",),
+    "gemm": ("m", "n", "k"),
+    "attention_decode": ("batch", "seq_len", "heads", "head_dim"),
+    "attention_prefill": ("batch", "seq_len", "heads", "head_dim"),
+    "forward_block": ("batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens"),
+    "forward_resnet50": ("batch",),
+    "power_idle": (),
+    "power_busy": ("m", "n", "k"),
+}
+
+
+def required_columns(kind: str) -> tuple[str, ...]:
+    """Columns that must be non-empty in a row of ``kind``; the others may be empty."""
+    base = ("kind", "precision", "flops", "bytes", "repeats")
+    timing = TIMING_COLUMNS + ("gflops_per_s", "gbytes_per_s") if kind in TIMED_KINDS else ()
+    power = ("power_w",) if kind in POWER_KINDS else ()
+    return base + _SHAPES[kind] + timing + power
+
+
+def columns_doc() -> dict[str, str]:
+    """``{column: "type; meaning"}`` as written into ``meta.json``."""
+    return {c.name: f"{c.type}; {c.doc}" for c in COLUMNS}
+
+
+#: Keys that every ``meta.json`` has (the loader checks them).
+REQUIRED_META_KEYS = (
+    "format",
+    "harness_version",
+    "created_utc",
+    "backend",
+    "device",
+    "precisions",
+    "budget",
+    "skipped",
+    "n_rows",
+    "columns",
+)
+
+#: Keys that ``meta.json``'s ``device`` object always has (``null`` when unknown or not relevant).
+DEVICE_KEYS = (
+    "kind",
+    "name",
+    "index",
+    "compute_capability",
+    "memory_bytes",
+    "multiprocessors",
+    "cache_bytes",
+    "pci_bus_id",
+    "driver_version",
+    "cuda_version",
+    "cuda_driver_version",
+    "clocks",
+    "power_limit_w",
+)
