@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing capsim
     sys.path.insert(0, str(ROOT))
 
-from capsim.catalog import GPU, load_gpu_file  # noqa: E402
+from capsim.catalog import GPU, SOURCED_FIELDS, load_gpu_file  # noqa: E402
 from capsim.models import load_model_card  # noqa: E402
 from capsim.paths import shipped_catalog_dir  # noqa: E402
 from capsim.service.llm import LLMEngineSettings, LLMServiceModel  # noqa: E402
@@ -73,17 +73,7 @@ def spec_gpu(gpu_id: str, **overrides: object) -> GPU:
     return GPU(**fields)
 
 
-_SOURCED = [
-    "memory_gib",
-    "usable_memory_gib",
-    "bandwidth_gb_s",
-    "peak_tflops",
-    "efficiency",
-    "kernel_overhead_us",
-    "interconnect",
-    "power",
-    "price",
-]
+_SOURCED = list(SOURCED_FIELDS)
 
 
 def load_gpu(gpu_id: str) -> GPU:
