@@ -150,8 +150,11 @@ def estimate(
     from capsim.service.llm import LLMEngineSettings, estimate_llm
 
     try:
-        return estimate_llm(
+        est = estimate_llm(
             gpu, model, precision, tp, max(batches), prompt, output, LLMEngineSettings()
         )
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
+    if est.prefill_s is None:  # the card cannot run it at all (precision or tp split)
+        raise Unsupported(est.fit.reason)
+    return est

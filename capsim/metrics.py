@@ -29,6 +29,7 @@ class RunMetrics:
     unstable_reason: str = ""
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     batch_quantiles: dict[str, dict[float, CI]] = field(default_factory=dict)
+    timeseries: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. time_s, kv_utilisation
 
 
 def series_metrics(
@@ -74,6 +75,7 @@ class Summary:
     unstable: bool
     unstable_reason: str
     samples: dict[str, np.ndarray]
+    timeseries: dict[str, np.ndarray] = field(default_factory=dict)  # mean over replications
 
     def q(self, name: str, p: float) -> CI:
         return self.quantiles[name][p]
@@ -109,4 +111,18 @@ def summarise(runs: Sequence[RunMetrics], confidence: float) -> Summary:
         bool(unstable),
         unstable[0].unstable_reason if unstable else "",
         samples,
+        _mean_timeseries(runs),
     )
+
+
+def _mean_timeseries(runs: Sequence[RunMetrics]) -> dict[str, np.ndarray]:
+    """Element-wise mean of the runs' time series (those of the first run's shape)."""
+    out: dict[str, np.ndarray] = {}
+    for name, first in runs[0].timeseries.items():
+        same = [
+            r.timeseries[name]
+            for r in runs
+            if np.shape(r.timeseries.get(name)) == np.shape(first)
+        ]
+        out[name] = np.mean(np.vstack(same), axis=0)
+    return out

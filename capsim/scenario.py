@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from capsim.catalog import Catalog, Strict, load_catalog
 from capsim.errors import InputError, load_yaml, parse_model
@@ -135,12 +135,39 @@ class TokenLengths(Strict):
     output_max: int = Field(2048, gt=0)
 
 
+class EmpiricalTokens(Strict):
+    """Prompt/output token lengths drawn as (prompt, output) pairs from the rows of a CSV trace.
+
+    Pairs are sampled jointly with replacement, so the correlation between prompt and output
+    lengths in the trace is kept; lengths are clipped to [1, max].
+    """
+
+    kind: Literal["empirical"]
+    trace: str = Field(description="CSV file (relative to the scenario file)")
+    prompt_column: str = "ContextTokens"
+    output_column: str = "GeneratedTokens"
+    prompt_max: int = Field(8192, gt=0)
+    output_max: int = Field(2048, gt=0)
+
+
+def _tokens_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return str(v.get("kind", "lognormal"))
+    return getattr(v, "kind", "lognormal")
+
+
+Tokens = Annotated[
+    Annotated[TokenLengths, Tag("lognormal")] | Annotated[EmpiricalTokens, Tag("empirical")],
+    Discriminator(_tokens_kind),
+]
+
+
 class Traffic(Strict):
     arrivals: Arrivals
     horizon_s: float | None = Field(
         None, gt=0, description="span of traffic to simulate (default: 1 h, or the trace span)"
     )
-    tokens: TokenLengths | None = None
+    tokens: Tokens | None = None
 
 
 # --------------------------------------------------------------------------- SLO, fleet
@@ -186,7 +213,13 @@ Batching = Annotated[DynamicBatching | NoBatching | ContinuousBatching, Field(di
 
 class Fleet(Strict):
     batching: Batching = DynamicBatching(kind="dynamic")
-    router: Literal["shared_queue", "round_robin", "join_shortest_queue"] = "shared_queue"
+    router: Literal[
+        "shared_queue",
+        "round_robin",
+        "join_shortest_queue",
+        "least_outstanding_requests",  # LLM: fewest unfinished requests (see capsim.sim.llm)
+        "least_outstanding_tokens",  # LLM: fewest unfinished prompt + output tokens
+    ] = "shared_queue"
     max_queue_length: int | None = Field(
         None, ge=1, description="queued requests beyond are rejected"
     )
@@ -311,6 +344,17 @@ def _resolve_trace(data: dict, base: Path, file: Path) -> None:
         arrivals["path"] = str(p)
 
 
+def _resolve_tokens(data: dict, base: Path, file: Path) -> None:
+    tokens = (data.get("traffic") or {}).get("tokens")
+    if isinstance(tokens, dict) and tokens.get("kind") == "empirical" and tokens.get("trace"):
+        p = Path(str(tokens["trace"]))
+        if not p.is_absolute():
+            p = base / p
+        if not p.is_file():
+            raise InputError(f"trace file not found: {p}", file=file, where="traffic.tokens.trace")
+        tokens["trace"] = str(p)
+
+
 def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
     """Unknown GPUs and unknown price providers are errors naming the field."""
     for i, g in enumerate(s.candidates.gpus):
@@ -347,6 +391,7 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     base = file.parent
     _resolve_model(data, base, file)
     _resolve_trace(data, base, file)
+    _resolve_tokens(data, base, file)
     scenario = parse_model(Scenario, data, file=file)
     check_against_catalog(
         scenario, catalog if catalog is not None else load_catalog(), file=str(file)

@@ -286,6 +286,25 @@ def _priced(s, gpu, config, summary, checks, rej, feasible, verdict) -> Evaluati
     thr = summary.scalars["throughput_rps"].mean
     energy = summary.scalars["energy_j"].mean
     served = summary.scalars["served"].mean
+    extra: dict[str, float] = {}
+    if s.is_llm and "output_tokens" in summary.scalars:
+        sc = summary.scalars
+        out_s = sc["output_tokens_per_s"].mean
+        span = sc["span_s"].mean
+        tok_s = sc["total_tokens"].mean / span if span > 0 else 0.0
+        extra = {
+            "output_tokens_per_s": out_s,
+            "usd_per_1m_output_tokens": usd_h / (out_s * 3600) * 1e6 if out_s > 0 else math.inf,
+            "usd_per_1m_tokens": usd_h / (tok_s * 3600) * 1e6 if tok_s > 0 else math.inf,
+            "joules_per_token": energy / sc["total_tokens"].mean
+            if sc["total_tokens"].mean > 0
+            else math.inf,
+            "joules_per_output_token": energy / sc["output_tokens"].mean
+            if sc["output_tokens"].mean > 0
+            else math.inf,
+            "kv_utilisation": sc["kv_utilisation_mean"].mean,
+            "kv_utilisation_peak": sc["kv_utilisation_peak"].mean,
+        }
     return Evaluation(
         config=config,
         summary=summary,
@@ -297,6 +316,7 @@ def _priced(s, gpu, config, summary, checks, rej, feasible, verdict) -> Evaluati
         usd_per_hour=usd_h,
         usd_per_1m_requests=usd_h / (thr * 3600) * 1e6 if thr > 0 else math.inf,
         requests_per_joule=served / energy if energy > 0 else 0.0,
+        extra=extra,
     )
 
 

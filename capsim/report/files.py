@@ -74,8 +74,12 @@ def write_evaluation(out: Path, ev) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     samples = pd.DataFrame({k: pd.Series(v) for k, v in ev.summary.samples.items()})
-    return [
+    paths = [
         write_json(out / "simulate.json", evaluation_dict(ev)),
         write_csv(out / "latency_samples.csv", samples),
         write_figure(out / "latency_cdf.png", lambda ax: plot_latency_cdf(ax, [ev])),
     ]
+    series = getattr(ev.summary, "timeseries", None)
+    if series:  # e.g. LLM runs: KV-cache utilisation over time (mean over replications)
+        paths.append(write_csv(out / "timeseries.csv", pd.DataFrame(series)))
+    return paths

@@ -135,7 +135,8 @@ def trace_lines(result: PlanResult) -> list[str]:
             f"overhead {b.overhead_s * MS:.2f} ms); source: {b.source}"
         )
     else:
-        out.extend(svc.trace_lines() if hasattr(svc, "trace_lines") else [])
+        if hasattr(svc, "trace_lines"):
+            out.extend(svc.trace_lines(mean_batch=e.summary.scalars["mean_batch"].mean))
     sc = e.summary.scalars
     out.append(
         f"simulated: {e.summary.replications} replications, utilisation "
@@ -156,6 +157,7 @@ def format_plan(result: PlanResult) -> str:
     ]
     ranked = result.feasible
     if ranked:
+        multi = len(ranked[0].best.checks) > 1  # several SLO metrics: name the binding one
         rows = []
         for i, r in enumerate(ranked, 1):
             e = r.best
@@ -165,7 +167,8 @@ def format_plan(result: PlanResult) -> str:
                     str(i),
                     r.candidate.label(),
                     str(e.config.replicas),
-                    f"{_ms(c.ci.mean)} [{_ms(c.ci.low)}, {_ms(c.ci.high)}]",
+                    (f"{c.metric} " if multi else "")
+                    + f"{_ms(c.ci.mean)} [{_ms(c.ci.low)}, {_ms(c.ci.high)}]",
                     f"{e.summary.scalars['utilisation'].mean:.0%}",
                     f"{e.usd_per_hour:.2f}",
                     f"{e.usd_per_1m_requests:.2f}",
@@ -180,7 +183,7 @@ def format_plan(result: PlanResult) -> str:
                     "#",
                     "config",
                     "replicas",
-                    f"p{p:g} {ranked[0].best.primary.metric} ms [95% CI]",
+                    f"p{p:g} {'binding SLO' if multi else ranked[0].best.primary.metric} ms [95% CI]",
                     "util",
                     "$/hour",
                     "$/1M req",
@@ -201,6 +204,15 @@ def format_plan(result: PlanResult) -> str:
             f"<= target {c.target_s * MS:g} ms)"
         )
         lines += [f"  {t}" for t in trace_lines(result)]
+        if "usd_per_1m_output_tokens" in e.extra:  # LLM: cost per token, energy, KV cache
+            x = e.extra
+            lines.append(
+                f"  per token: ${x['usd_per_1m_output_tokens']:.3f} per 1M output tokens, "
+                f"${x['usd_per_1m_tokens']:.3f} per 1M tokens (prompt + output), "
+                f"{x['joules_per_output_token']:.3f} J per output token; "
+                f"{x['output_tokens_per_s']:,.0f} output tokens/s; KV cache "
+                f"{x['kv_utilisation']:.0%} used on average"
+            )
         lines.append("")
     lost = [r for r in result.results if r is not rec]
     if lost:
