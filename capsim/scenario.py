@@ -333,26 +333,18 @@ def _resolve_model(data: dict, base: Path, file: Path) -> None:
         parse_model_card(model, file=f"{file} (model)")
 
 
-def _resolve_trace(data: dict, base: Path, file: Path) -> None:
-    arrivals = (data.get("traffic") or {}).get("arrivals")
-    if isinstance(arrivals, dict) and arrivals.get("kind") == "trace" and arrivals.get("path"):
-        p = Path(str(arrivals["path"]))
+def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, key: str) -> None:
+    """Make ``traffic.<section>.<key>`` (a CSV path, when ``kind`` matches) absolute and check it."""
+    spec = (data.get("traffic") or {}).get(section)
+    if isinstance(spec, dict) and spec.get("kind") == kind and spec.get(key):
+        p = Path(str(spec[key]))
         if not p.is_absolute():
             p = base / p
         if not p.is_file():
-            raise InputError(f"trace file not found: {p}", file=file, where="traffic.arrivals.path")
-        arrivals["path"] = str(p)
-
-
-def _resolve_tokens(data: dict, base: Path, file: Path) -> None:
-    tokens = (data.get("traffic") or {}).get("tokens")
-    if isinstance(tokens, dict) and tokens.get("kind") == "empirical" and tokens.get("trace"):
-        p = Path(str(tokens["trace"]))
-        if not p.is_absolute():
-            p = base / p
-        if not p.is_file():
-            raise InputError(f"trace file not found: {p}", file=file, where="traffic.tokens.trace")
-        tokens["trace"] = str(p)
+            raise InputError(
+                f"trace file not found: {p}", file=file, where=f"traffic.{section}.{key}"
+            )
+        spec[key] = str(p)
 
 
 def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
@@ -390,8 +382,8 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
         raise InputError("a scenario must be a mapping of fields", file=file)
     base = file.parent
     _resolve_model(data, base, file)
-    _resolve_trace(data, base, file)
-    _resolve_tokens(data, base, file)
+    _resolve_file(data, base, file, "arrivals", "trace", "path")
+    _resolve_file(data, base, file, "tokens", "empirical", "trace")
     scenario = parse_model(Scenario, data, file=file)
     check_against_catalog(
         scenario, catalog if catalog is not None else load_catalog(), file=str(file)
