@@ -252,7 +252,9 @@ def _token_pairs_cached(path: str, mtime: float, p_col: str, o_col: str) -> Trac
         raise InputError(f"cannot read token trace CSV: {exc}".splitlines()[0], file=path) from None
     if df.empty:
         raise InputError("the token trace has no rows", file=path)
-    return TraceData(np.zeros(len(df)), _token_column(df, p_col, path), _token_column(df, o_col, path))
+    return TraceData(
+        np.zeros(len(df)), _token_column(df, p_col, path), _token_column(df, o_col, path)
+    )
 
 
 def token_pairs(spec: EmpiricalTokens) -> tuple[np.ndarray, np.ndarray]:

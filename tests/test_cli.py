@@ -154,7 +154,12 @@ def test_plan_json_is_machine_readable(runner, write_scenario):
     assert rec["status"] == "feasible"
     best = rec["best"]
     assert best["p_ci_high_ms"] <= best["target_ms"]
-    assert {lost["status"] for lost in data["lost"]} <= {"dropped", "infeasible", "feasible", "skipped"}
+    assert {lost["status"] for lost in data["lost"]} <= {
+        "dropped",
+        "infeasible",
+        "feasible",
+        "skipped",
+    }
 
 
 def test_same_seed_same_numbers_different_seed_different_samples(runner, write_scenario):
