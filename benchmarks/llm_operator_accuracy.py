@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing capsim
 from capsim.catalog import GPU, SOURCED_FIELDS, load_gpu_file  # noqa: E402
 from capsim.models import load_model_card  # noqa: E402
 from capsim.paths import shipped_catalog_dir  # noqa: E402
-from capsim.service.llm import LLMEngineSettings, LLMServiceModel  # noqa: E402
+from capsim.service.llm import LLMEngineSettings, LLMServiceModel, default_op_timer  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vidur_profiling"
 
@@ -101,7 +101,8 @@ def predict(gpu: GPU, profile: pd.DataFrame) -> pd.DataFrame:
     settings = LLMEngineSettings(max_num_batched_tokens=16)  # small tables: we call breakdown
     parts = []
     for tp, group in profile.groupby("tp"):
-        svc = LLMServiceModel(gpu, model, "fp16", int(tp), settings)
+        # the roofline on purpose (calibrated entries would otherwise use their measured tables)
+        svc = LLMServiceModel(gpu, model, "fp16", int(tp), settings, default_op_timer)
         times = {n: _op_times(svc, int(n)) for n in group["num_tokens"].unique()}
         for col in ("time_s", "compute_s", "memory_s", "overhead_s"):
             vals = [

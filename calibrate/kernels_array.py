@@ -55,10 +55,14 @@ class BlockWeights:
 
 
 def init_block(xp: Any, normal: Any, hidden: int, ffn: int, dtype: Any) -> BlockWeights:
-    """Random weights scaled by 1/sqrt(fan_in); ``normal(shape)`` draws standard normals."""
+    """Random weights scaled by 1/sqrt(fan_in); ``normal(shape)`` draws standard normals.
+
+    Weights are stored (fan_out, fan_in) as in ``nn.Linear`` and as the GEMM rows' ``W[n, k]``,
+    so the block's GEMMs are the kernels the GEMM sweep measures.
+    """
 
     def linear(fan_in: int, fan_out: int) -> Any:
-        return (normal((fan_in, fan_out)) * (1.0 / math.sqrt(fan_in))).astype(dtype)
+        return (normal((fan_out, fan_in)) * (1.0 / math.sqrt(fan_in))).astype(dtype)
 
     ones = xp.ones(hidden, dtype=dtype)
     return BlockWeights(
@@ -72,15 +76,23 @@ def init_block(xp: Any, normal: Any, hidden: int, ffn: int, dtype: Any) -> Block
     )
 
 
+def linear(xp: Any, x: Any, weight: Any) -> Any:
+    """x @ weight.T over the last axis (weight stored (out, in)) as ONE GEMM of
+    (batch * seq_len) rows, as torch's ``F.linear`` and serving engines do (``matmul`` of a
+    3-D array would run one GEMM per sequence)."""
+    out = xp.matmul(x.reshape(-1, x.shape[-1]), weight.T)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def block_forward(xp: Any, x: Any, w: BlockWeights, heads: int, mask: Any) -> Any:
     """One block over x of shape (batch, seq_len, hidden) with causal attention."""
     batch, seq_len, hidden = x.shape
     head_dim = hidden // heads
     h = rmsnorm(xp, x, w.norm1)
-    qkv = xp.matmul(h, w.wqkv).reshape(batch, seq_len, 3, heads, head_dim)
+    qkv = linear(xp, h, w.wqkv).reshape(batch, seq_len, 3, heads, head_dim)
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)
     a = attention(xp, q, k, v, mask).transpose(0, 2, 1, 3).reshape(batch, seq_len, hidden)
-    x = x + xp.matmul(a, w.wo)
+    x = x + linear(xp, a, w.wo)
     h = rmsnorm(xp, x, w.norm2)
-    gated = silu(xp, xp.matmul(h, w.w_gate)) * xp.matmul(h, w.w_up)
-    return x + xp.matmul(gated, w.w_down)
+    gated = silu(xp, linear(xp, h, w.w_gate)) * linear(xp, h, w.w_up)
+    return x + linear(xp, gated, w.w_down)

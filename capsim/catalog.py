@@ -19,10 +19,11 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from capsim.calibration import Calibration
 from capsim.errors import InputError, load_yaml, parse_model
 from capsim.paths import shipped_catalog_dir
 
@@ -121,8 +122,9 @@ class GPU(Strict):
     price: Pricing
     sources: dict[str, str] = Field(description="field name -> where its number came from")
     notes: str | None = None
-    calibration: dict[str, Any] | None = Field(
-        None, description="measured tables (see capsim calibrate); absent = roofline only"
+    calibration: Calibration | None = Field(
+        None,
+        description="measured tables and fitted curves (capsim calibrate); absent = roofline only",
     )
 
     @field_validator("peak_tflops")
@@ -140,6 +142,8 @@ class GPU(Strict):
         missing = [f for f in SOURCED_FIELDS if f not in self.sources]
         if missing:
             raise ValueError(f"sources must name where each number came from; missing: {missing}")
+        if self.calibration is not None and "calibration" not in self.sources:
+            raise ValueError("sources must have a 'calibration' entry when calibration is given")
         return self
 
     def peak_flops(self, fmt: str) -> float | None:

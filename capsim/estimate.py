@@ -45,9 +45,10 @@ class FixedEstimate:
         }
 
     def to_text(self) -> str:
+        sources = ", ".join(dict.fromkeys(str(r.get("source", "roofline")) for r in self.rows))
         head = (
             f"{self.model} on {self.gpu} at {self.precision} (math on {self.math_format} "
-            f"tensor cores; source: roofline)"
+            f"tensor cores; source: {sources or 'roofline'})"
         )
         cols = [
             "batch",
@@ -123,8 +124,22 @@ def estimate_fixed(
             f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
             f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
             f"{gpu.kernel_overhead_us:g} us"
-        ],
+        ]
+        + _calibration_notes(gpu),
     )
+
+
+def _calibration_notes(gpu: GPU) -> list[str]:
+    """What a calibrated entry's times come from (nothing for an uncalibrated one)."""
+    if gpu.calibration is None:
+        return []
+    from capsim.service.calibrated import source_of
+
+    return [
+        source_of(gpu),
+        "fitted = spec roofline / fitted efficiency at this arithmetic intensity + kernels x "
+        f"{gpu.calibration.kernel_overhead_us:g} us (capsim calibrate compare --gpu {gpu.id})",
+    ]
 
 
 def estimate(

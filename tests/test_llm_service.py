@@ -254,7 +254,7 @@ def test_custom_op_timer_is_used_everywhere(h100):
 
     model = load_model_card("llama-2-7b")
     settings = LLMEngineSettings(max_num_batched_tokens=512)
-    base = LLMServiceModel(h100, model, "fp16", 2, settings)
+    base = LLMServiceModel(h100, model, "fp16", 2, settings, timer=default_op_timer)
     slow = LLMServiceModel(h100, model, "fp16", 2, settings, timer=slow_timer)
     shape = IterationShape.of([(300, 0)], [1000] * 10)
     sched = settings.scheduler_overhead_ms * 1e-3
@@ -268,7 +268,8 @@ def test_custom_op_timer_is_used_everywhere(h100):
 
 
 def test_iteration_time_is_monotone(h100):
-    svc = LLMServiceModel(h100, load_model_card("llama-3.1-8b"), "fp16")
+    # the roofline (a calibrated entry's measured tables keep real kernels' small jumps)
+    svc = LLMServiceModel(h100, load_model_card("llama-3.1-8b"), "fp16", timer=default_op_timer)
     assert np.all(np.diff(svc.token_table) >= 0) and np.all(np.diff(svc.logits_table) >= 0)
     prefill = [svc.iteration_time(t, 0, 0, prefill_work(t), 1) for t in range(1, 8193, 37)]
     assert np.all(np.diff(prefill) > 0)

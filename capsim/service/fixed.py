@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,14 +72,27 @@ class MemoryFit:
 
 
 class FixedServiceModel:
-    """Roofline batch times of a fixed-shape model on one card at one precision."""
+    """Batch times of a fixed-shape model on one card at one precision: the roofline, or the
+    entry's fitted efficiency curves when it is calibrated (``timer``: force one, e.g.
+    :func:`roofline_op_time`)."""
 
     source = "roofline"
 
     def __init__(
-        self, gpu: GPU, model: FixedModel, precision: str, *, batch_overhead_s: float = 0.0
+        self,
+        gpu: GPU,
+        model: FixedModel,
+        precision: str,
+        *,
+        batch_overhead_s: float = 0.0,
+        timer: Callable[[GPU, OpCost], OpTime] | None = None,
     ):
         self.gpu, self.model, self.batch_overhead_s = gpu, model, batch_overhead_s
+        if timer is None and gpu.calibration is not None:
+            from capsim.service.calibrated import fixed_timer_for
+
+            timer = fixed_timer_for(gpu)
+        self.timer = timer or roofline_op_time
         self.precision = get_precision(precision)
         fmt = self.precision.math_format(gpu.peak_tflops)
         if fmt is None:
@@ -99,7 +113,7 @@ class FixedServiceModel:
         )
 
     def op_time(self, b: int) -> OpTime:
-        return roofline_op_time(self.gpu, self.op(b))
+        return self.timer(self.gpu, self.op(b))
 
     def batch(self, b: int) -> BatchEstimate:
         """Time of one batch of ``b`` requests."""

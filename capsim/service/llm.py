@@ -491,6 +491,15 @@ def default_op_timer(gpu: GPU, cost: OpCost, ctx: OpContext) -> OpTime:
     return roofline_op_time(gpu, cost)
 
 
+def _calibrated_timer(gpu: GPU) -> OpTimer | None:
+    """The entry's calibrated timer (measured tables, fitted curves), None if uncalibrated."""
+    if gpu.calibration is None:
+        return None
+    from capsim.service.calibrated import timer_for
+
+    return timer_for(gpu)
+
+
 # --------------------------------------------------------------------------------------------
 # Operator costs
 # --------------------------------------------------------------------------------------------
@@ -632,12 +641,13 @@ class IterationBreakdown:
         return rows
 
     def to_text(self, title: str = "") -> str:
-        head = f"{'op':<15}{'calls':>7}{'time ms':>10}{'share':>8}  bound"
+        head = f"{'op':<15}{'calls':>7}{'time ms':>10}{'share':>8}  {'bound':<9}source"
         out = [title] if title else []
         out.append(head)
         for r in self.to_rows():
             out.append(
-                f"{r['op']:<15}{r['calls']:>7}{r['time_ms']:>10.3f}{r['share']:>8.1%}  {r['bound']}"
+                f"{r['op']:<15}{r['calls']:>7}{r['time_ms']:>10.3f}{r['share']:>8.1%}  "
+                f"{r['bound']:<9}{r['source']}"
             )
         out.append(f"{'total':<15}{'':>7}{self.total_s * 1e3:>10.3f}")
         return "\n".join(out)
@@ -678,13 +688,15 @@ class LLMServiceModel:
         self.precision = _precision(precision)
         self.tp = tp
         self.settings = settings or LLMEngineSettings()
-        self.timer: OpTimer = timer or default_op_timer
+        # a calibrated catalog entry brings its own timer (capsim.service.calibrated)
+        self.timer: OpTimer = timer or _calibrated_timer(gpu) or default_op_timer
         problem = precision_problem(gpu, self.precision) or parallelism_problem(gpu, model, tp)
         if problem:
             raise ValueError(problem)
         self.shard = Shard.of(model, tp)
         self.formats = _formats(gpu, self.precision)
         self._vectorized = self.timer is default_op_timer
+        self._table_times = getattr(self.timer, "table_times", None)  # vectorised custom timer
         self._sched_s = self.settings.scheduler_overhead_ms * 1e-3
         size = self.settings.max_num_batched_tokens + 1
         self.token_table: np.ndarray = self._table(self._token_ops, size)
@@ -693,7 +705,9 @@ class LLMServiceModel:
         self._log = self.logits_table.tolist()
         self._size = size
         self._extra: dict[tuple[str, int], float] = {}
-        self._attn = self._attention_coefficients() if self._vectorized else None
+        roofline_attn = getattr(self.timer, "roofline_attention", None)
+        fast_attn = self._vectorized or bool(roofline_attn and roofline_attn(self.formats.attn))
+        self._attn = self._attention_coefficients() if fast_attn else None
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -885,6 +899,14 @@ class LLMServiceModel:
             total = np.zeros(size)
             for op in ops_of(t):
                 total += op.count * self._vector_time(op, t)
+        elif self._table_times is not None:
+            t = np.arange(size, dtype=float)
+            total = np.zeros(size)
+            for op in ops_of(t):
+                total += op.count * self._table_times(
+                    self.gpu, op.name, op.flops, op.bytes, op.fmt, op.kernels, op.n, op.k,
+                    self.tp, t,
+                )  # fmt: skip
         else:
             total = np.array([self._scalar_total(ops_of, int(t)) for t in range(size)])
         total[0] = 0.0

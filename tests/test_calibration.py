@@ -1,0 +1,268 @@
+"""Calibration: schema, the Vidur import, calibrated service times, fit / compare CLI, bad input.
+
+The CPU end-to-end run (harness -> fit -> held-out predictions -> plan) is in
+tests/test_calibration_cpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from capsim.calibration import Calibration, EfficiencyCurve, OpTable, Provenance
+from capsim.catalog import GPU, load_catalog, load_gpu_file
+from capsim.cli import main
+from capsim.models import load_model_card
+from capsim.paths import shipped_catalog_dir
+from capsim.service.calibrated import CalibratedTimer, timer_for
+from capsim.service.fixed import FixedServiceModel
+from capsim.service.llm import IterationShape, LLMEngineSettings, LLMServiceModel, default_op_timer
+from capsim.service.roofline import roofline_op_time
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDUR = ROOT.parent / "shared" / "data" / "vidur_profiling"
+CARDS = {"a100-80gb-sxm": "a100", "h100-sxm": "h100"}
+needs_vidur = pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur_profiling absent")
+
+#: capsim operator -> what Vidur measured for it (see capsim.calibration_fit.VIDUR_TABLES)
+LLAMA_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "mlp_act", "embed", "norm")
+
+
+def _gpu(gpu_id: str) -> GPU:
+    return load_gpu_file(shipped_catalog_dir() / f"{gpu_id}.yaml")
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def test_uncalibrated_entries_still_validate_and_calibration_needs_a_source():
+    cat = load_catalog()
+    assert cat["t4"].calibration is None and cat["l4"].calibration is None
+    h100 = cat["h100-sxm"]
+    assert h100.calibration is not None and "calibration" in h100.sources
+    data = h100.model_dump()
+    del data["sources"]["calibration"]
+    with pytest.raises(ValidationError, match="'calibration' entry"):
+        GPU.model_validate(data)
+    data = h100.model_dump()
+    data["calibration"]["surprise"] = 1  # extra="forbid"
+    with pytest.raises(ValidationError):
+        GPU.model_validate(data)
+
+
+def test_curve_and_table_validation():
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        EfficiencyCurve(
+            kind="gemm", format="fp16", x="intensity", at=[2, 1], efficiency=[1, 1], points=2
+        )
+    with pytest.raises(ValidationError, match="same length"):
+        EfficiencyCurve(kind="gemm", format="fp16", x="intensity", at=[1], efficiency=[1, 2], points=2)  # fmt: skip
+    with pytest.raises(ValidationError, match="differ in length"):
+        OpTable(op="norm", format="fp16", flops_per_token=0, bytes_per_token=8, tokens=[1, 2], time_us=[1])  # fmt: skip
+    t = OpTable(op="norm", format="fp16", flops_per_token=0, bytes_per_token=8, tokens=[1, 4], time_us=[2, 8])  # fmt: skip
+    assert t.seconds([2])[0] == pytest.approx(4e-6)  # log-log: halfway in log space
+    assert np.isnan(t.seconds([8])[0])  # outside the measured range
+
+
+# --- the Vidur import: shipped A100 / H100 entries --------------------------------------------
+
+
+@needs_vidur
+@pytest.mark.parametrize("gpu_id", sorted(CARDS))
+def test_vidur_import_predicts_every_measured_llama_op_within_10_percent(gpu_id):
+    """Every (op, tp, num_tokens) of Vidur's Llama-2-7B profile, predicted by capsim's LLM
+    service model on the shipped (calibrated) entry: within 10% (5% by construction of the
+    thinned tables). Worst at the time of writing: +5.0% on both cards (benchmarks/README.md).
+    capsim's norm (fused add + RMSNorm, 2 per layer) is compared with Vidur's mean of
+    input_layernorm and post_attention_layernorm plus one add; RoPE with Vidur's attn_rope."""
+    from capsim.calibration_fit import read_vidur, vidur_measured
+
+    gpu = _gpu(gpu_id)
+    med, _ = read_vidur(VIDUR / f"mlp_{CARDS[gpu_id]}_Llama-2-7b-hf.csv")
+    model = load_model_card("llama-2-7b")
+    settings = LLMEngineSettings(max_num_batched_tokens=16)
+    worst = (0.0, "")
+    points = 0
+    for tp in (1, 2, 4, 8):
+        svc = LLMServiceModel(gpu, model, "fp16", tp, settings)
+        timer = svc.timer
+        assert isinstance(timer, CalibratedTimer)
+        sub = med.xs(tp, level=1)
+        tokens = sub.index.to_numpy()
+        measured = {op: vidur_measured(sub, op).to_numpy() for op in (*LLAMA_OPS, "rope")}
+        for i, n in enumerate(tokens):
+            lines = {ln.op.name: ln.op for ln in svc.breakdown(prefill=[(int(n), 0)]).lines}
+            for op in LLAMA_OPS:
+                t = lines[op]
+                assert t.source == "measured", (op, tp, n, t.source)
+                err = t.time_s / measured[op][i] - 1
+                points += 1
+                if abs(err) > abs(worst[0]):
+                    worst = (err, f"{op} tp={tp} {n} tokens")
+        rope = next(t for t in gpu.calibration.tables if t.op == "rope" and t.tp == tp)
+        err = rope.seconds(tokens) / measured["rope"] - 1
+        points += len(tokens)
+        i = int(np.argmax(np.abs(err)))
+        if abs(err[i]) > abs(worst[0]):
+            worst = (float(err[i]), f"rope tp={tp} {tokens[i]} tokens")
+    print(f"\n{gpu_id}: {points} points, worst {worst[0]:+.2%} ({worst[1]})")
+    assert points == 8 * 4 * 259
+    assert abs(worst[0]) <= 0.10
+
+
+@needs_vidur
+@pytest.mark.parametrize("gpu_id", sorted(CARDS))
+def test_shipped_entries_are_what_the_import_writes(gpu_id, tmp_path, runner):
+    """Re-running the import on a copy reproduces the shipped calibration (but its date), keeps
+    the previous file as .bak and leaves every other field alone."""
+    cat = tmp_path / "cat"
+    shutil.copytree(shipped_catalog_dir(), cat)
+    before = (cat / f"{gpu_id}.yaml").read_bytes()
+    csv = VIDUR / f"mlp_{CARDS[gpu_id]}_Llama-2-7b-hf.csv"
+    res = runner.invoke(main, ["calibrate", "import-vidur", str(csv), "--gpu", gpu_id, "--catalog-dir", str(cat)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "8288 points" in res.output and "worst +5.0%" in res.output
+    assert (cat / f"{gpu_id}.yaml.bak").read_bytes() == before
+    new, old = load_gpu_file(cat / f"{gpu_id}.yaml"), _gpu(gpu_id)
+    strip = {"provenance": {"created"}}
+    assert new.calibration.model_dump(exclude=strip) == old.calibration.model_dump(exclude=strip)
+    assert new.model_dump(exclude={"calibration", "sources"}) == old.model_dump(exclude={"calibration", "sources"})  # fmt: skip
+    p = new.calibration.provenance
+    assert p.licence.startswith("MIT") and "Microsoft" in p.licence and p.commit == "7d47513"
+    assert "microsoft/vidur" in p.source and "Vidur" in p.attribution
+    assert "Vidur" in new.sources["calibration"] and "MIT" in new.sources["calibration"]
+
+
+def test_vidur_import_rejects_a_bad_profile_and_changes_nothing(tmp_path, runner):
+    cat = tmp_path / "cat"
+    shutil.copytree(shipped_catalog_dir(), cat)
+    before = (cat / "a100-80gb-sxm.yaml").read_bytes()
+    bad = tmp_path / "mlp_a100_bad.csv"
+    bad.write_text("num_tokens,num_tensor_parallel_workers\n1,1\n")
+    res = runner.invoke(main, ["calibrate", "import-vidur", str(bad), "--gpu", "a100-80gb-sxm", "--catalog-dir", str(cat)])  # fmt: skip
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "not a Vidur mlp.csv profile: missing column(s)" in res.output
+    assert (cat / "a100-80gb-sxm.yaml").read_bytes() == before
+    assert not (cat / "a100-80gb-sxm.yaml.bak").exists()
+
+
+# --- calibrated service times -----------------------------------------------------------------
+
+
+def test_sources_for_other_models_precisions_and_fixed_shapes():
+    h100 = _gpu("h100-sxm")
+    settings = LLMEngineSettings(max_num_batched_tokens=64)
+    # Llama-3.1-8B: its QKV (6144 x 4096) is Llama-2-7B's at tp=2 and its O projection and
+    # norms have Llama-2-7B's shapes -> measured; the bigger MLP -> fitted curve
+    svc = LLMServiceModel(h100, load_model_card("llama-3.1-8b"), "fp16", 1, settings)
+    src = {ln.op.name: ln.op.source for ln in svc.breakdown(prefill=[(300, 0)], decode=[900]).lines}
+    assert src["qkv_proj"] == src["o_proj"] == src["norm"] == "measured"
+    assert src["mlp_up"] == src["mlp_down"] == src["lm_head"] == "fitted"
+    assert src["rope_kv_write"] == "fitted"  # RoPE measured, the KV write scaled in
+    assert src["attn_prefill"] == src["attn_decode"] == "roofline"  # Vidur has no attention
+    assert src["all_reduce" if "all_reduce" in src else "embed"] in ("measured", "fitted")
+    # Llama-2-13B (hidden 5120): element-wise ops scaled from the measured ones
+    big = LLMServiceModel(h100, load_model_card("llama-2-13b"), "fp16", 1, settings)
+    lines = {ln.op.name: ln.op for ln in big.breakdown(prefill=[(512, 0)]).lines}
+    assert lines["norm"].source == "fitted" and lines["mlp_up"].source == "fitted"
+    # fp8 has no curve of its own: the fp16 curve at the same distance from the ridge
+    fp8 = LLMServiceModel(h100, load_model_card("llama-3.1-8b"), "fp8", 1, settings)
+    f8 = {ln.op.name: ln.op for ln in fp8.breakdown(prefill=[(2048, 0)]).lines}
+    f16 = {ln.op.name: ln.op for ln in svc.breakdown(prefill=[(2048, 0)]).lines}
+    assert f8["mlp_up"].source == "fitted"
+    assert 0.35 < f8["mlp_up"].time_s / f16["mlp_up"].time_s < 0.75
+    # fitted stays within a sane band of the roofline
+    roof = LLMServiceModel(h100, load_model_card("llama-2-13b"), "fp16", 1, settings, default_op_timer)  # fmt: skip
+    rl = {ln.op.name: ln.op for ln in roof.breakdown(prefill=[(512, 0)]).lines}
+    for op in ("qkv_proj", "mlp_up", "mlp_down", "norm"):
+        assert 0.8 < lines[op].time_s / rl[op].time_s < 3.0, op
+    # fixed-shape models: the fitted GEMM curve on calibrated cards, the roofline elsewhere
+    bge = load_model_card("bge-large-en")
+    assert FixedServiceModel(h100, bge, "fp16").batch(16).source == "fitted"
+    assert FixedServiceModel(h100, bge, "fp16", timer=roofline_op_time).batch(16).source == "roofline"  # fmt: skip
+    assert FixedServiceModel(_gpu("l4"), bge, "fp16").batch(16).source == "roofline"
+
+
+@pytest.mark.parametrize("gpu_id", sorted(CARDS))
+def test_calibrated_fast_path_equals_breakdown_and_stays_fast(gpu_id):
+    import time
+
+    gpu = _gpu(gpu_id)
+    for name, prec, tp in (("llama-3.1-8b", "fp16", 1), ("llama-2-13b", "int8", 2)):
+        if gpu.peak_flops("int8") is None and prec == "int8":
+            continue
+        svc = LLMServiceModel(gpu, load_model_card(name), prec, tp)
+        assert svc._attn is not None  # attention stays on the closed-form roofline path
+        rng = np.random.default_rng(3)
+        for _ in range(25):
+            pre = [(int(rng.integers(1, 1500)), int(rng.integers(0, 2000))) for _ in range(2)]
+            dec = [int(x) for x in rng.integers(1, 6000, size=int(rng.integers(0, 120)))]
+            shape = IterationShape.of(pre, dec)
+            assert svc.iteration_time(*shape) == pytest.approx(svc.breakdown(pre, dec).total_s, rel=1e-12)  # fmt: skip
+        # beyond the table (T > max_num_batched_tokens) and beyond the measured 4096 tokens
+        big = svc.breakdown([(9000, 0)])
+        assert svc.iteration_time(*IterationShape.of([(9000, 0)])) == pytest.approx(big.total_s, rel=1e-12)  # fmt: skip
+    svc = LLMServiceModel(gpu, load_model_card("llama-3.1-8b"), "fp16")
+    t0 = time.perf_counter()
+    for i in range(5000):
+        svc.iteration_time(200 + i % 300, 190, 190 * 1500, 5000.0, 191)
+    assert (time.perf_counter() - t0) / 5000 < 20e-6
+    t0 = time.perf_counter()
+    LLMServiceModel(gpu, load_model_card("llama-3.1-70b"), "fp16", 4)
+    assert time.perf_counter() - t0 < 1.0  # tables over 8193 token counts, vectorised
+
+
+def test_timer_for_uncalibrated_is_none_and_roofline_fallback_matches():
+    l4 = _gpu("l4")
+    assert timer_for(l4) is None
+    h100 = _gpu("h100-sxm")
+    cal = Calibration(
+        provenance=Provenance(source="t", method="t", device="t", created="2026-11-22", data="t"),
+        kernel_overhead_us=4,
+    )
+    empty = h100.model_copy(update={"calibration": cal})
+    model = load_model_card("llama-3.1-8b")
+    a = LLMServiceModel(empty, model, "fp16", 2)
+    b = LLMServiceModel(h100, model, "fp16", 2, timer=default_op_timer)
+    assert np.allclose(a.token_table, b.token_table, rtol=1e-12)
+    assert all(ln.op.source != "measured" for ln in a.breakdown([(100, 0)], [50]).lines)
+
+
+def test_estimate_says_which_source_each_operator_used(runner):
+    res = runner.invoke(main, ["estimate", "--gpu", "a100-80gb-sxm", "--model", "llama-2-7b", "--precision", "fp16", "--batch", "8"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.strip()}
+    assert lines["qkv_proj"].endswith("measured") and lines["attn_decode"].endswith("roofline")
+    assert lines["lm_head"].endswith("fitted")
+    res = runner.invoke(main, ["estimate", "--gpu", "a100-80gb-sxm", "--model", "llama-2-7b", "--precision", "fp16", "--format", "json"])  # fmt: skip
+    rows = json.loads(res.output)["decode_breakdown"]
+    assert {r["op"]: r["source"] for r in rows}["mlp_up"] == "measured"
+    res = runner.invoke(main, ["estimate", "--gpu", "h100-sxm", "--model", "resnet-50", "--precision", "fp16"])  # fmt: skip
+    assert "source: fitted" in res.output and "calibration: Vidur" in res.output
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def test_compare_stored_tables_table_csv_and_plot(runner, tmp_path):
+    out = tmp_path / "cmp"
+    res = runner.invoke(main, ["calibrate", "compare", "--gpu", "a100-80gb-sxm", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "meas/roof" in res.output and "qkv_proj" in res.output and "FLOP/B" in res.output
+    assert (out / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+    import pandas as pd
+
+    df = pd.read_csv(out / "compare.csv")
+    assert len(df) == sum(len(t.tokens) for t in _gpu("a100-80gb-sxm").calibration.tables)
+    assert {"measured_ms", "roofline_ms", "ratio", "achieved_tflops", "achieved_gb_s", "intensity"} <= set(df.columns)  # fmt: skip
+    big = df[(df.op == "mlp_up") & (df.tp == 1) & (df.tokens == 4096)].iloc[0]
+    assert 1.1 < big.ratio < 1.4  # real GEMMs reach ~72% of peak, the roofline assumes 86.9%
+    res = runner.invoke(main, ["calibrate", "compare", "--gpu", "t4"])
+    assert res.exit_code == 2 and "has no calibration" in res.output
+    res = runner.invoke(main, ["calibrate", "compare"])
+    assert res.exit_code == 2
