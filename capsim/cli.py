@@ -368,3 +368,9 @@ def catalog_validate(ctx, directory: Path | None) -> None:
     """
     cat = load_catalog(directory) if directory else _catalog(ctx)
     _emit(f"ok: {len(cat)} entries ({', '.join(cat)})")
+
+
+from capsim.cli_calibrate import calibrate_group  # noqa: E402
+
+main.add_command(calibrate_group, "calibrate")
+import capsim.cli_whatif  # noqa: E402, F401  (adds "capsim whatif" to main)

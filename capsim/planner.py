@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from capsim.catalog import Catalog, load_catalog
 from capsim.cost import price_per_gpu_hour
@@ -63,6 +64,7 @@ class PlanResult:
     recommendation: CandidateResult | None
     peak_rate_rps: float
     catalog: Catalog | None = None
+    autoscaled: Any = None  # capsim.plan_autoscale.AutoscaledPlan when the scenario autoscales
 
     @property
     def feasible(self) -> list[CandidateResult]:
@@ -305,4 +307,9 @@ def plan(
     for r in feasible:
         if r is not best:
             r.reason = _why_not_chosen(r.best, best.best)
-    return PlanResult(s, results, best, peak_rate(s), cat)
+    result = PlanResult(s, results, best, peak_rate(s), cat)
+    if s.autoscaling is not None:  # tune the policy per finalist, against the fixed baseline
+        from capsim.plan_autoscale import plan_autoscaled
+
+        result.autoscaled = plan_autoscaled(s, result, cat, jobs=jobs, progress=progress)
+    return result

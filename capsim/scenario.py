@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from capsim.autoscale import PolicySpec, WhatIf
 from capsim.catalog import Catalog, Strict, load_catalog
 from capsim.errors import InputError, load_yaml, parse_model
 from capsim.models import FixedModel, ModelCard, TransformerModel, load_model_card, parse_model_card
@@ -292,6 +293,10 @@ class Scenario(Strict):
     fleet: Fleet = Fleet()
     candidates: Candidates
     simulation: Simulation = Simulation()
+    autoscaling: PolicySpec | None = Field(
+        None, description="autoscaling policy (and cold start) used by plan and whatif"
+    )
+    whatif: WhatIf | None = Field(None, description="policy variants for capsim whatif")
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
@@ -359,6 +364,19 @@ def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = N
     for p in s.candidates.precisions:
         if p not in PRECISIONS:  # pragma: no cover - Literal already checks
             raise InputError(f"unknown precision {p}", file=file, where="candidates.precisions")
+    w = s.whatif
+    if w is not None and w.gpu is not None and w.gpu not in catalog.gpus:
+        raise InputError(
+            f"unknown GPU '{w.gpu}'; the catalog has: {', '.join(sorted(catalog.gpus))}",
+            file=file,
+            where="whatif.gpu",
+        )
+    if w is not None and w.precision is not None and w.precision not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{w.precision}'; accepted: {', '.join(PRECISIONS)}",
+            file=file,
+            where="whatif.precision",
+        )
     prov = s.candidates.price_provider
     if prov is not None:
         known = {

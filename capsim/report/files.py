@@ -60,12 +60,17 @@ def write_plan(out: Path, result) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     finalists = [r.best for r in result.feasible[:5]]
-    return [
+    paths = [
         write_json(out / "plan.json", plan_dict(result)),
         write_csv(out / "plan.csv", plan_frame(result)),
         write_figure(out / "latency_cdf.png", lambda ax: plot_latency_cdf(ax, finalists)),
         write_figure(out / "cost_vs_p99.png", lambda ax: plot_cost_vs_p99(ax, result)),
     ]
+    if getattr(result, "autoscaled", None) is not None:
+        from capsim.report.whatif import write_autoscaled
+
+        paths += write_autoscaled(out, result.autoscaled)
+    return paths
 
 
 def write_evaluation(out: Path, ev) -> list[Path]:
@@ -83,3 +88,20 @@ def write_evaluation(out: Path, ev) -> list[Path]:
     if series:  # e.g. LLM runs: KV-cache utilisation over time (mean over replications)
         paths.append(write_csv(out / "timeseries.csv", pd.DataFrame(series)))
     return paths
+
+
+def write_panels(path: Path, draws: list[Callable[[Any], Any]], *, title: str = "") -> Path:
+    """Stacked panels sharing the x axis, one ``draw(ax)`` each; saved as PNG, atomically."""
+    fig, axes = plt.subplots(len(draws), 1, figsize=(8, 2.4 * len(draws)), sharex=True)
+    try:
+        for ax, draw in zip(list(axes) if len(draws) > 1 else [axes], draws, strict=True):
+            draw(ax)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -104,7 +104,16 @@ def plan_dict(result: PlanResult) -> dict[str, Any]:
         "trace": trace_lines(result) if rec else [],
         "ranked": [candidate_dict(r) for r in result.feasible],
         "lost": [candidate_dict(r) for r in result.lost],
+        **_autoscaled(result),
     }
+
+
+def _autoscaled(result: PlanResult) -> dict[str, Any]:
+    if getattr(result, "autoscaled", None) is None:
+        return {}
+    from capsim.report.whatif import autoscaled_dict
+
+    return {"autoscaled": autoscaled_dict(result.autoscaled)}
 
 
 def trace_lines(result: PlanResult) -> list[str]:
@@ -126,6 +135,10 @@ def trace_lines(result: PlanResult) -> list[str]:
         f"efficiency {gpu.efficiency.memory}; kernel overhead {gpu.kernel_overhead_us:g} us "
         f"(sources.efficiency = {gpu.sources.get('efficiency', '?')})",
     ]
+    if gpu.calibration is not None:  # measured tables / fitted curves replace the roofline
+        from capsim.service.calibrated import source_of
+
+        out.append(f"{source_of(gpu)}; used for service times, the roofline only where it has none")
     if not s.is_llm:
         mb = max(1, round(e.summary.scalars["mean_batch"].mean))
         b = svc.batch(mb)
@@ -219,6 +232,10 @@ def format_plan(result: PlanResult) -> str:
         lines.append("Why the others lost:")
         rows = [[r.candidate.label(), r.status, r.reason] for r in lost]
         lines.append(_table(rows, ["config", "status", "reason"]))
+    if getattr(result, "autoscaled", None) is not None:
+        from capsim.report.whatif import format_autoscaled
+
+        lines += ["", format_autoscaled(result.autoscaled, s)]
     return "\n".join(lines)
 
 

@@ -1,0 +1,167 @@
+"""``capsim whatif``: compare autoscaling policies on the same traffic (a thin click command).
+
+Registered on the ``capsim`` group when imported (one import line at the bottom of
+:mod:`capsim.cli`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from capsim.errors import InputError, format_validation_error
+
+
+def parse_policy(text: str) -> Any:
+    """``KIND[:key=value,key=value]`` -> a validated policy spec (errors name the option).
+
+    >>> parse_policy("hpa:target=60,max_replicas=8").target
+    60.0
+    >>> parse_policy("fixed:replicas=4,name=four").label
+    'four'
+    """
+    from capsim.autoscale import PolicySpec
+
+    kind, _, rest = text.partition(":")
+    data: dict[str, Any] = {"kind": kind.strip()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(
+                f"cannot read '{item}' in '{text}'; expected key=value, e.g. "
+                "hpa:target=60,max_replicas=8",
+                where="--policy",
+            )
+        try:
+            data[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            data[key.strip()] = value
+    try:
+        return TypeAdapter(PolicySpec).validate_python(data)
+    except ValidationError as exc:
+        err = format_validation_error(exc, file=None)
+        raise InputError(f"{err.message} (in '{text}')", where="--policy") from None
+
+
+@click.command("whatif")
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--gpu", help="Catalog id (default: whatif.gpu, or the only candidate GPU).")
+@click.option("--precision", help="Precision (default: whatif.precision, or the only one).")
+@click.option("--tp", type=click.IntRange(1, 8), default=None, help="Tensor parallelism.")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="KIND[:k=v,...]",
+    help="A policy to compare (repeatable), e.g. hpa:target=60,max_replicas=8 or "
+    "kpa:target=10 or fixed:replicas=peak. Default: the scenario's whatif.policies, else its "
+    "autoscaling policy and a fixed fleet sized for the peak.",
+)
+@click.option(
+    "--replications", type=click.IntRange(2, 100), default=None, help="Override the scenario."
+)
+@click.option(
+    "--window",
+    "window_s",
+    type=click.FloatRange(1, 86400),
+    default=None,
+    help="Seconds per window for p99 over time (default 300).",
+)
+@click.option("--baseline", help="Policy name savings are measured against (default: a fixed one).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write whatif.json/.csv, hourly attainment, per-policy timeline CSV+PNG, latency CDFs.",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Parallel processes.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.pass_context
+def whatif(
+    ctx: click.Context,
+    scenario: Path,
+    gpu: str | None,
+    precision: str | None,
+    tp: int | None,
+    policies: tuple[str, ...],
+    replications: int | None,
+    window_s: float | None,
+    baseline: str | None,
+    fmt: str,
+    out: Path | None,
+    jobs: int,
+    quiet: bool,
+) -> None:
+    """Compare autoscaling policies on the same traffic, in real time.
+
+    Per policy: SLO attainment over the horizon and per hour, p99 with its confidence
+    interval, time in violation, rejections, GPU-hours, cost (billed from request to release,
+    so cold starts count), average and peak replicas, idle share, and the saving against a
+    fixed fleet.
+
+    \b
+    Example:
+      capsim whatif scenarios/embedding_autoscaled.yaml --out results/
+      capsim whatif scenarios/embedding_autoscaled.yaml --policy fixed:replicas=peak \\
+          --policy hpa:target=60,max_replicas=8 --policy kpa:target=8,max_replicas=8
+    """
+    from capsim.cli import _catalog, _emit, _progress, handle_errors
+
+    @handle_errors
+    def run() -> None:
+        from capsim.report.whatif import format_whatif, whatif_dict
+        from capsim.scenario import load_scenario
+        from capsim.whatif import whatif as run_whatif
+
+        cat = _catalog(ctx)
+        specs = [parse_policy(p) for p in policies] or None
+        s = load_scenario(scenario, cat)
+        result = run_whatif(
+            s,
+            cat,
+            specs,
+            gpu=gpu,
+            precision=precision,
+            tp=tp,
+            replications=replications,
+            window_s=window_s,
+            baseline=baseline,
+            jobs=jobs,
+            progress=_progress(quiet),
+        )
+        if fmt == "json":
+            from capsim.report.files import to_json
+
+            _emit(to_json(whatif_dict(result)))
+        else:
+            _emit(format_whatif(result))
+        if out is not None:
+            from capsim.report.whatif import write_whatif
+
+            paths = write_whatif(out, result)
+            click.echo(f"wrote {len(paths)} files to {out}", err=True)
+
+    run()
+
+
+def _register() -> None:
+    from capsim.cli import main
+
+    if "whatif" not in main.commands:
+        main.add_command(whatif)
+
+
+_register()

@@ -1,0 +1,463 @@
+"""What-if results as text, JSON-ready dicts, and plots (each plot draws on an ``ax`` given)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+
+from capsim.whatif import PolicyResult, WhatIfResult
+
+MS = 1000.0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*map(str, r)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _ms(x: float) -> str:
+    return "inf" if not math.isfinite(x) else f"{x * MS:.1f}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.2%}"
+
+
+def _describe(p: PolicyResult) -> str:
+    sp = p.spec
+    k = sp.kind
+    if k == "fixed":
+        n = p.fixed_replicas if sp.replicas == "peak" else sp.replicas
+        return f"fixed {n} replicas" + (" (sized for the peak)" if sp.replicas == "peak" else "")
+    if k == "hpa":
+        unit = "%" if sp.metric == "utilization" else ""
+        return (
+            f"HPA {sp.metric} target {sp.target:g}{unit}, {sp.min_replicas}-"
+            f"{sp.max_replicas or 'max'} replicas, down-stabilization "
+            f"{sp.scale_down.stabilization_window_s:g}s"
+        )
+    if k == "kpa":
+        return (
+            f"KPA {sp.metric} target {sp.target:g} x {sp.target_utilization_percentage:g}%, "
+            f"{sp.min_replicas}-{sp.max_replicas or 'max'} replicas, stable window "
+            f"{sp.stable_window_s:g}s"
+        )
+    if k == "scheduled":
+        return "scheduled " + ", ".join(f"{e.hour:g}h:{e.replicas}" for e in sp.schedule)
+    if k == "predictive":
+        return (
+            f"predictive {sp.target_rps_per_replica:g} req/s per replica, "
+            f"{sp.min_replicas}-{sp.max_replicas or 'max'} replicas"
+        )
+    return k
+
+
+def format_whatif(r: WhatIfResult) -> str:
+    s = r.scenario
+    pct = s.slo.percentile
+    target = s.slo.latency_ms
+    tp = f" tp{r.tp}" if r.tp > 1 else ""
+    lines = [
+        f"capsim whatif: {s.name} on {r.gpu} {r.precision}{tp} (${r.price_usd_per_gpu_hour:g}/GPU-h); "
+        f"SLO p{pct:g} <= {target:g} ms; {r.horizon_s / 3600:g} h in real time, "
+        f"{r.replications} replications, same traffic for every policy",
+        "",
+    ]
+    rows = []
+    for p in r.policies:
+        c = p.q()
+        sav = ""
+        if p.saving is not None:
+            sav = (
+                f"{p.saving.mean:+.2f} ({p.saving_share:+.0%})"
+                if p.saving_share is not None
+                else ""
+            )
+        rows.append(
+            [
+                p.name,
+                "yes" if p.meets_slo else "NO",
+                _pct(p.ci("attainment").mean),
+                _pct(p.ci("worst_hour_attainment").mean),
+                f"{_ms(c.mean)} [{_ms(c.low)}, {_ms(c.high)}]",
+                f"{p.ci('violation_s').mean / 60:.0f}",
+                f"{p.ci('rejected').mean:.0f}",
+                f"{p.ci('gpu_hours').mean:.1f}",
+                f"{p.ci('cost_usd').mean:.2f}",
+                sav,
+                f"{p.ci('replicas_avg').mean:.1f}/{max(x.scalars['replicas_peak'] for x in p.runs):.0f}",
+                f"{p.ci('idle_share').mean:.0%}",
+            ]
+        )
+    lines.append(
+        _table(
+            rows,
+            [
+                "policy",
+                "SLO",
+                "attain",
+                "worst h",
+                f"p{pct:g} ms [95% CI]",
+                "viol min",
+                "rejected",
+                "GPU-h",
+                "cost $",
+                f"saving $ vs {r.baseline}" if r.baseline else "saving $",
+                "avg/peak",
+                "idle",
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(
+        "attain: requests within the target over the horizon (worst h: the worst hour); viol "
+        f"min: minutes in {r.window_s / 60:g}-min windows whose p{pct:g} exceeds the target; "
+        "cost: GPU time billed from request to release; idle: billed time not busy "
+        "(warm idle + provisioning)."
+    )
+    lines.append("")
+    for p in r.policies:
+        extra = (
+            f"  {p.name}: {_describe(p)}; {p.ci('cold_starts').mean:.0f} cold starts, "
+            f"provisioning ${p.ci('provisioning_cost_usd').mean:.2f}, warm idle "
+            f"${p.ci('idle_cost_usd').mean:.2f}; energy {p.ci('energy_kwh').mean:.1f} kWh; "
+            f"{p.verdict}"
+        )
+        lines.append(extra)
+    base = r.baseline
+    winners = [p for p in r.policies if p.meets_slo and p.name != base and p.saving is not None]
+    if base and winners:
+        best = max(winners, key=lambda p: p.saving.mean)
+        lines.append("")
+        lines.append(
+            f"Cheapest policy meeting the SLO over the horizon: {best.name}, saving "
+            f"${best.saving.mean:.2f} [{best.saving.low:.2f}, {best.saving.high:.2f}] "
+            f"({best.saving_share:.0%}) against {base}."
+        )
+        if best.ci("violation_s").mean > 0:
+            clean = [p for p in winners if p.ci("violation_s").mean == 0]
+            note = (
+                f"  It spends {best.ci('violation_s').mean / 60:.0f} min in windows over the "
+                f"target (worst hour {best.ci('worst_hour_attainment').mean:.2%} within it)"
+            )
+            if clean:
+                c = max(clean, key=lambda p: p.saving.mean)
+                note += (
+                    f"; the cheapest with no such window is {c.name}, saving "
+                    f"${c.saving.mean:.2f} ({c.saving_share:.0%})"
+                )
+            lines.append(note + ".")
+    return "\n".join(lines)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def whatif_dict(r: WhatIfResult) -> dict[str, Any]:
+    s = r.scenario
+    pct = s.slo.percentile
+    out: dict[str, Any] = {
+        "scenario": s.name,
+        "config": {"gpu": r.gpu, "precision": r.precision, "tp": r.tp},
+        "price_usd_per_gpu_hour": r.price_usd_per_gpu_hour,
+        "slo": s.slo.model_dump(),
+        "horizon_s": r.horizon_s,
+        "window_s": r.window_s,
+        "replications": r.replications,
+        "baseline": r.baseline,
+        "policies": [],
+    }
+    for p in r.policies:
+        d: dict[str, Any] = {
+            "name": p.name,
+            "spec": p.spec.model_dump(mode="json", exclude_none=True),
+            "description": _describe(p),
+            "meets_slo": p.meets_slo,
+            "verdict": p.verdict,
+            f"p{pct:g}_ms": p.q().to_dict(MS),
+            "latency_ms": {f"p{q:g}": p.q(q).to_dict(MS) for q in sorted(p.runs[0].quantiles)},
+            "hourly_attainment": [_finite(x) for x in p.hourly_attainment],
+            "scalars": {k: p.ci(k).to_dict() for k in p.runs[0].scalars},
+            "saving_usd": p.saving.to_dict() if p.saving else None,
+            "saving_share": p.saving_share,
+        }
+        if p.fixed_replicas is not None:
+            d["fixed_replicas"] = p.fixed_replicas
+        if p.unstable:
+            d["unstable_reason"] = p.unstable_reason
+        out["policies"].append(d)
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+def plot_load(ax: Axes, p: PolicyResult) -> Axes:
+    tl = p.timeline
+    h = tl["t_s"] / 3600
+    ax.step(h, tl["offered_rps"], where="post", color="k", lw=1, label="offered load")
+    ax.set_ylabel("req/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def plot_replicas(ax: Axes, p: PolicyResult) -> Axes:
+    """Replicas by state (time-average per window), stacked, with busy replicas on top."""
+    tl = p.timeline
+    h = tl["t_s"] / 3600
+    ax.stackplot(
+        h,
+        tl["ready"],
+        tl["draining"],
+        tl["provisioning"],
+        labels=["ready", "draining", "provisioning"],
+        colors=["tab:green", "tab:orange", "tab:red"],
+        alpha=0.6,
+        step="post",
+    )
+    ax.step(h, tl["busy"], where="post", color="k", lw=0.8, label="busy")
+    ax.set_ylabel("replicas")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", ncol=4)
+    return ax
+
+
+def plot_window_p(ax: Axes, p: PolicyResult) -> Axes:
+    tl = p.timeline
+    h = tl["t_s"] / 3600
+    col = f"p{p.percentile:g}_s"
+    ax.step(h, tl[col] * MS, where="post", color="tab:blue", lw=1, label=f"p{p.percentile:g}")
+    ax.axhline(p.target_s * MS, color="k", ls="--", lw=1, label="target")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms")
+    ax.set_xlabel("hour")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def plot_cdfs(ax: Axes, r: WhatIfResult) -> Axes:
+    for p in r.policies:
+        x = p.samples
+        if len(x):
+            ax.plot(x * MS, np.arange(1, len(x) + 1) / len(x), label=p.name)
+    ax.axvline(r.scenario.slo.latency_ms, color="k", ls="--", lw=1, label="target")
+    ax.axhline(r.scenario.slo.percentile / 100, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "policy"
+
+
+def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
+    """whatif.json, whatif.csv, hourly_attainment.csv, per policy a timeline CSV and PNG, and
+    latency_cdf.png — every write atomic."""
+    from capsim.report.files import write_csv, write_figure, write_json, write_panels
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_json(out / "whatif.json", whatif_dict(r)),
+        write_csv(out / "whatif.csv", r.frame()),
+        write_csv(out / "hourly_attainment.csv", r.hourly_frame()),
+        write_figure(out / "latency_cdf.png", lambda ax: plot_cdfs(ax, r)),
+    ]
+    for p in r.policies:
+        slug = _slug(p.name)
+        paths.append(write_csv(out / f"timeline_{slug}.csv", p.timeline))
+        paths.append(
+            write_panels(
+                out / f"timeline_{slug}.png",
+                [
+                    lambda ax, p=p: plot_load(ax, p),
+                    lambda ax, p=p: plot_replicas(ax, p),
+                    lambda ax, p=p: plot_window_p(ax, p),
+                ],
+                title=f"{p.name}: {_describe(p)}",
+            )
+        )
+    return paths
+
+
+# --------------------------------------------------------------------------- plan (autoscaled)
+def autoscaled_frame(ap) -> Any:
+    """Every autoscaled trial of the plan, one row each."""
+    import pandas as pd
+
+    from capsim.plan_autoscale import knobs
+
+    rows = []
+    pct = None
+    for c in ap.candidates:
+        for t in c.trials:
+            r = t.result
+            pct = r.percentile
+            q = r.q()
+            rows.append(
+                {
+                    "gpu": c.gpu,
+                    "precision": c.precision,
+                    "tp": c.tp,
+                    "policy": t.spec.kind,
+                    "settings": knobs(t.spec),
+                    "meets_slo": r.meets_slo,
+                    "verdict": r.verdict,
+                    f"p{pct:g}_ms": q.mean * MS,
+                    f"p{pct:g}_ci_high_ms": q.high * MS,
+                    "attainment": r.ci("attainment").mean,
+                    "cost_usd": t.cost,
+                    "provisioning_cost_usd": r.ci("provisioning_cost_usd").mean,
+                    "idle_cost_usd": r.ci("idle_cost_usd").mean,
+                    "replicas_avg": r.ci("replicas_avg").mean,
+                    "baseline_replicas": c.peak_replicas,
+                    "baseline_usd": c.baseline_usd,
+                    "replications": len(r.runs),
+                    "chosen": c.best is t,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def autoscaled_dict(ap) -> dict[str, Any]:
+    from capsim.plan_autoscale import knobs
+
+    def cand(c) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "gpu": c.gpu,
+            "precision": c.precision,
+            "tp": c.tp,
+            "baseline": {
+                "replicas": c.peak_replicas,
+                "usd": c.baseline_usd,
+                "usd_per_hour": c.baseline_usd_per_hour,
+                "utilisation": c.baseline_utilisation,
+            },
+            "status": c.reason,
+            "trials": len(c.trials),
+        }
+        if c.best is not None:
+            r = c.best.result
+            d["best"] = {
+                "spec": c.best.spec.model_dump(mode="json", exclude_none=True),
+                "settings": knobs(c.best.spec),
+                "latency_ms": r.q().to_dict(MS),
+                "scalars": {k: r.ci(k).to_dict() for k in r.runs[0].scalars},
+                "saving_usd": c.saving_usd,
+                "saving_share": c.saving_share,
+            }
+        return d
+
+    rec = ap.recommendation
+    return {
+        "policy": ap.kind,
+        "horizon_s": ap.horizon_s,
+        "replications": ap.replications,
+        "candidates": [cand(c) for c in ap.candidates],
+        "recommendation": cand(rec) if rec else None,
+        "notes": ap.notes,
+    }
+
+
+def format_autoscaled(ap, scenario) -> str:
+    """The autoscaled section of ``capsim plan``: tuned policy vs the fixed peak fleet."""
+    from capsim.plan_autoscale import knobs
+
+    pct = scenario.slo.percentile
+    h = ap.horizon_s / 3600
+    lines = [
+        f"Autoscaled ({ap.kind}, tuned per candidate; {h:g} h in real time, {ap.replications} "
+        "replications, cold starts billed):",
+    ]
+    rows = []
+    for c in ap.candidates:
+        if c.best is None:
+            rows.append(
+                [
+                    c.label(),
+                    f"{c.peak_replicas} x ${c.baseline_usd_per_hour:.2f}/h = ${c.baseline_usd:.2f}",
+                    "-",
+                    c.reason,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            continue
+        r = c.best.result
+        q = r.q()
+        rows.append(
+            [
+                c.label(),
+                f"{c.peak_replicas} replicas ${c.baseline_usd:.2f}",
+                knobs(c.best.spec),
+                f"{_ms(q.mean)} [{_ms(q.low)}, {_ms(q.high)}]",
+                f"{r.ci('replicas_avg').mean:.1f}",
+                f"${c.best.cost:.2f}",
+                f"${r.ci('provisioning_cost_usd').mean:.2f} / ${r.ci('idle_cost_usd').mean:.2f}",
+                f"${c.saving_usd:.2f} ({c.saving_share:.0%})",
+                str(len(c.trials)),
+            ]
+        )
+    lines.append(
+        _table(
+            rows,
+            [
+                "config",
+                f"fixed for peak ({h:g} h)",
+                "tuned policy",
+                f"p{pct:g} ms [95% CI]",
+                "avg repl",
+                "cost",
+                "cold start / idle",
+                "saving",
+                "trials",
+            ],
+        )
+    )
+    rec = ap.recommendation
+    if rec is not None:
+        lines.append(
+            f"Autoscaled recommendation: {rec.label()} with {ap.kind} {knobs(rec.best.spec)}: "
+            f"${rec.best.cost:.2f} per {h:g} h vs ${rec.baseline_usd:.2f} for "
+            f"{rec.peak_replicas} fixed replicas (saving {rec.saving_share:.0%})"
+        )
+    for n in ap.notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def write_autoscaled(out: Path, ap) -> list[Path]:
+    """autoscaled.csv (every trial) and the recommended policy's timeline."""
+    from capsim.report.files import write_csv, write_panels
+
+    paths = [write_csv(out / "autoscaled.csv", autoscaled_frame(ap))]
+    rec = ap.recommendation
+    if rec is not None:
+        p = rec.best.result
+        paths.append(
+            write_panels(
+                out / "autoscaled_timeline.png",
+                [
+                    lambda ax: plot_load(ax, p),
+                    lambda ax: plot_replicas(ax, p),
+                    lambda ax: plot_window_p(ax, p),
+                ],
+                title=f"{rec.label()}: {_describe(p)}",
+            )
+        )
+    return paths
