@@ -56,7 +56,7 @@ def main() -> None:
         "fixed": FixedSpec(kind="fixed", replicas=4),
     }
     timing: dict[str, float] = {}
-    orig_lc, orig_measure = W.run_lifecycle, W.measure
+    orig_lc, orig_measure = W.run_lifecycle, W.measure_batched
 
     def lc(*a, **k):
         t = time.perf_counter()
@@ -70,7 +70,7 @@ def main() -> None:
         timing["measure"] = time.perf_counter() - t
         return r
 
-    W.run_lifecycle, W.measure = lc, meas
+    W.run_lifecycle, W.measure_batched = lc, meas
     print(
         "| policy | ticks | batches | simulate s | measure s | day s (incl. stream) | "
         "requests/s | replicas avg/peak | p99 ms |"
@@ -88,7 +88,7 @@ def main() -> None:
             f"| {name} ({spec.kind}, tick {spec.period_s:g} s) | {ticks:,} | {batches:,} | "
             f"{timing['simulate']:.1f} | {timing['measure']:.1f} | {total:.1f} | "
             f"{n / total / 1e6:.2f}M | {r.scalars['replicas_avg']:.1f}/"
-            f"{r.scalars['replicas_peak']:.0f} | {r.quantiles[99.0] * 1000:.1f} |"
+            f"{r.scalars['replicas_peak']:.0f} | {r.quantiles['latency'][99.0] * 1000:.1f} |"
         )
     if args.engine:
         from capsim.sim.batched import EngineConfig, run_batched

@@ -166,13 +166,7 @@ def tune_candidate(
             cache[key] = Trial(spec, res)
             trials.append(cache[key])
         r = cache[key].result
-        if r.unstable:
-            return False
-        run = r.runs[0]
-        return (
-            run.quantiles[r.percentile] <= r.target_s
-            and run.scalars["rejection_rate"] <= r.max_rejection_rate
-        )
+        return not r.unstable and r.screened(r.runs[0])
 
     def confirm(spec) -> Trial:
         """All replications: the confidence interval decides feasibility."""
@@ -274,9 +268,6 @@ def plan_autoscaled(
     horizon = sim_horizon(_real_time(s))[0]
     finalists = static.feasible[:top]
     notes = []
-    if s.is_llm:
-        notes.append("LLM engines cannot be autoscaled yet (ScalableFleet not implemented)")
-        finalists = []
     jobs_args = [
         (
             s,
@@ -317,6 +308,14 @@ def plan_autoscaled(
                 reason=reason,
             )
         )
-    ok = [c for c in cands if c.best is not None]
+    for c in cands:  # a policy that costs more than the fixed peak fleet is not a saving
+        if c.best is not None and c.best.cost >= c.baseline_usd:
+            c.reason = (
+                f"autoscaling does not pay: the cheapest setting meeting the SLO costs "
+                f"${c.best.cost:.2f} vs ${c.baseline_usd:.2f} for {c.peak_replicas} fixed replicas"
+            )
+    ok = [c for c in cands if c.best is not None and c.best.cost < c.baseline_usd]
     rec = min(ok, key=lambda c: c.best.cost, default=None)
+    if cands and rec is None:
+        notes.append("no autoscaled setting beat the fixed fleet sized for the peak")
     return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes)

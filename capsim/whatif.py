@@ -42,34 +42,18 @@ from capsim.autoscale import (
     make_policy,
 )
 from capsim.catalog import GPU, Catalog, load_catalog
-from capsim.cost import batch_energy_j, price_per_gpu_hour
+from capsim.cost import price_per_gpu_hour
 from capsim.errors import InputError
 from capsim.scenario import Poisson, Renewal, Scenario
 from capsim.sim.batched_fleet import BatchedFleet, Jitter
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
-from capsim.stats import CI, PERCENTILES, t_interval
+from capsim.sim.llm_fleet import ScalableLLMFleet
+from capsim.stats import CI, t_interval
+from capsim.whatif_metrics import AutoscaledRun, measure_batched, measure_llm
 from capsim.workload import jitter_rng, rate_multiplier, sim_horizon
-
-SAMPLE_SIZE = 20_000
-HOUR = 3600.0
 
 
 # =========================================================================== one run
-@dataclass
-class AutoscaledRun:
-    """One policy, one replication: scalars, per-hour and per-window arrays, a latency sample."""
-
-    policy: str
-    replication: int
-    scalars: dict[str, float]
-    quantiles: dict[float, float]
-    hourly_attainment: np.ndarray
-    timeline: dict[str, np.ndarray]
-    sample: np.ndarray
-    unstable: bool = False
-    unstable_reason: str = ""
-
-
 def _real_time(s: Scenario) -> Scenario:
     """The scenario without time compression (autoscaling needs real time)."""
     if s.simulation.compress_to_s is None:
@@ -78,14 +62,20 @@ def _real_time(s: Scenario) -> Scenario:
     return s.model_copy(update={"simulation": sim})
 
 
-def replica_capacity_rps(svc, max_batch: int) -> float:
-    """Best throughput of one replica (full batches)."""
-    t = svc.batch_times(max_batch)
-    return max(b / t[b] for b in range(1, max_batch + 1))
+def replica_capacity_rps(s: Scenario, svc) -> float:
+    """Best throughput of one replica: full batches (fixed-shape), or the LLM service's
+    optimistic bound (its compute and its largest KV-fitting decode batch)."""
+    if s.is_llm:
+        return svc.max_throughput_rps(s)
+    t = svc.batch_times(s.fleet.max_batch)
+    return max(b / t[b] for b in range(1, s.fleet.max_batch + 1))
 
 
 def weight_bytes(svc, tp: int = 1) -> float:
     """Bytes of weights one GPU loads at a cold start."""
+    fit = getattr(svc, "memory_fit", None)
+    if getattr(svc, "tp", None) is not None and fit is not None:  # LLM: already per GPU
+        return float(fit().weight_bytes)
     try:
         return float(svc.model.params * svc.precision.weight_bytes) / tp
     except AttributeError:
@@ -146,18 +136,17 @@ def run_policy(
 ) -> AutoscaledRun:
     """Simulate one policy over one replication in real time and measure it.
 
-    ``vectorise`` turns on the fleet's uncongested fast path (see ``BatchedFleet``): it pays
-    for its precomputation (~4 s per day at 500 req/s) only when replicas are idle most of the
-    time (a generous fixed fleet); autoscaled fleets run busy, so it is off by default.
+    The engine is the batched fleet for fixed-shape models and the continuous-batching LLM
+    fleet for transformers; both implement :class:`capsim.sim.lifecycle.ScalableFleet`.
+    ``vectorise`` turns on the batched fleet's uncongested fast path (see ``BatchedFleet``):
+    it pays for its precomputation (~4 s per day at 500 req/s) only when replicas are idle most
+    of the time (a generous fixed fleet); autoscaled fleets run busy, so it is off by default.
     """
-    from capsim.simulate import stream_for
+    from capsim.simulate import slo_targets, stream_for
 
     sr = _real_time(s)
     stream = stream_for(sr, replication)
-    arrival, horizon = stream.arrival, stream.horizon
-    K = s.fleet.max_batch
-    bt = svc.batch_times(K)
-    cap = replica_capacity_rps(svc, K)
+    horizon = stream.horizon
     wb = weight_bytes(svc, tp)
     cs = cold_start_of(s, spec)
     policy = make_policy(
@@ -167,15 +156,10 @@ def run_policy(
         lead_s=cs.mean_s(wb),
         prior=_prior(s, spec.season_s) if isinstance(spec, PredictiveSpec) else None,
     )
-    fleet = BatchedFleet(
-        arrival,
-        bt,
-        max_queue_delay_s=s.fleet.max_queue_delay_s,
-        max_queue_length=s.fleet.max_queue_length,
-        jitter=Jitter(jitter_rng(sr, replication), s.fleet.service_time_cv)
-        if s.fleet.service_time_cv > 0
-        else None,
-        vectorise=vectorise,
+    fleet = (
+        _llm_fleet(s, svc, stream)
+        if s.is_llm
+        else _batched_fleet(sr, svc, stream, replication, vectorise)
     )
     sampler = ColdStartSampler(cs, cold_start_seed(s.simulation.seed, replication), wb)
     lc = run_lifecycle(
@@ -183,237 +167,110 @@ def run_policy(
         policy,
         sampler,
         horizon=horizon,
-        initial=initial_replicas(s, spec, policy, cap),
+        initial=initial_replicas(s, spec, policy, replica_capacity_rps(s, svc)),
         max_wait_s=s.simulation.max_wait_s,
         abort_on_unstable=abort_on_unstable,
     )
-    return measure(
-        s,
-        gpu,
+    targets = dict(slo_targets(s))
+    kw = {"label": spec.label, "replication": replication, "tp": tp, "window_s": window_s}
+    if s.is_llm:
+        return measure_llm(s, gpu, fleet, lc, horizon, targets, **kw)
+    return measure_batched(s, gpu, svc, fleet, lc, stream.arrival, horizon, targets, **kw)
+
+
+def _batched_fleet(s: Scenario, svc, stream, replication: int, vectorise: bool) -> BatchedFleet:
+    return BatchedFleet(
+        stream.arrival,
+        svc.batch_times(s.fleet.max_batch),
+        max_queue_delay_s=s.fleet.max_queue_delay_s,
+        max_queue_length=s.fleet.max_queue_length,
+        jitter=Jitter(jitter_rng(s, replication), s.fleet.service_time_cv)
+        if s.fleet.service_time_cv > 0
+        else None,
+        vectorise=vectorise,
+    )
+
+
+def _llm_fleet(s: Scenario, svc, stream) -> ScalableLLMFleet:
+    """The engine's own overload check is off: waiting through a cold start is not overload;
+    the lifecycle judges (a wait over ``max_wait_s`` with no replica starting)."""
+    from capsim.sim.llm import llm_tokens
+
+    prompt, output = llm_tokens(stream)
+    return ScalableLLMFleet(
+        stream.arrival,
+        prompt,
+        output,
         svc,
-        fleet,
-        lc,
-        arrival,
-        horizon,
-        label=spec.label,
-        replication=replication,
-        tp=tp,
-        window_s=window_s,
-    )
-
-
-# =========================================================================== measurement
-def _window_edges(horizon: float, w: float) -> np.ndarray:
-    k = max(1, math.ceil(horizon / w - 1e-9))
-    return np.minimum(np.arange(k + 1) * w, horizon)
-
-
-def _occupancy(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Time-average number of intervals [start, end) open in each window."""
-    if len(starts) == 0:
-        return np.zeros(len(edges) - 1)
-    lo, hi = edges[:-1], edges[1:]
-    ov = np.minimum(ends[:, None], hi[None, :]) - np.maximum(starts[:, None], lo[None, :])
-    return np.clip(ov, 0, None).sum(axis=0) / np.maximum(hi - lo, 1e-12)
-
-
-def _peak(starts: np.ndarray, ends: np.ndarray) -> int:
-    if len(starts) == 0:
-        return 0
-    t = np.concatenate([starts, ends])
-    d = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
-    order = np.lexsort((d, t))  # at equal times, releases (-1) first
-    return int(np.cumsum(d[order]).max())
-
-
-def _per_window_sum(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Sums of ``x`` over index ranges ``[idx[k], idx[k+1])`` (``idx`` non-decreasing)."""
-    out = np.zeros(len(idx) - 1)
-    full = idx[1:] > idx[:-1]
-    if full.any():
-        out[full] = np.add.reduceat(x[: idx[-1]], idx[:-1][full], dtype=float)
-    return out
-
-
-def _busy_per_window(bstart, bdur, edges) -> np.ndarray:
-    """Busy replica-seconds per window (a batch crossing a boundary is split there).
-
-    ``bstart`` is sorted; only batches that start within the longest batch before a boundary
-    can cross it, so the split is a small correction to per-window sums.
-    """
-    nwin = len(edges) - 1
-    if len(bstart) == 0 or nwin == 0:
-        return np.zeros(nwin)
-    idx = np.searchsorted(bstart, edges, side="left")
-    out = _per_window_sum(bdur, idx)
-    longest = float(bdur.max())
-    lo = np.searchsorted(bstart, edges[1:] - longest, side="left")
-    for k, (a, b) in enumerate(zip(lo.tolist(), idx[1:].tolist(), strict=True)):
-        if b > a:
-            spill = np.clip(bstart[a:b] + bdur[a:b] - edges[k + 1], 0.0, None).sum()
-            out[k] -= spill
-            if k + 1 < nwin:
-                out[k + 1] += spill
-    return out
-
-
-def measure(
-    s: Scenario,
-    gpu: GPU,
-    svc,
-    fleet: BatchedFleet,
-    lc,
-    arrival: np.ndarray,
-    horizon: float,
-    *,
-    label: str,
-    replication: int,
-    tp: int,
-    window_s: float,
-) -> AutoscaledRun:
-    target = s.slo.latency_ms / 1000
-    pct = s.slo.percentile
-    bstart, bdur, bsize = fleet.batch_log()
-    served = int(bsize.sum())
-    if fleet.limit is None:
-        arr_served = arrival[:served]  # FIFO without rejections: a view, no copy
-    else:
-        arr_served = arrival[fleet.service_order()[:served]]
-    lat = np.repeat(bstart + bdur, bsize) - arr_served
-    n = len(arrival)
-    rejected = int(fleet.rejected_mask().sum())
-    ok = lat <= target
-    attainment = float(ok.sum() / n) if n else 1.0
-    # per hour (by arrival time); unserved and rejected requests count as misses
-    hours = np.append(np.arange(0.0, horizon, HOUR), horizon)
-    per_hour_all = np.diff(np.searchsorted(arrival, hours, side="left"))
-    hidx = np.searchsorted(arr_served, hours, side="left")
-    per_hour_ok = _per_window_sum(ok, hidx)
-    hourly = np.where(per_hour_all > 0, per_hour_ok / np.maximum(per_hour_all, 1), np.nan)
-    # windows: p99, offered load, replicas by state, busy, queue
-    edges = _window_edges(horizon, window_s)
-    nwin = len(edges) - 1
-    widx = np.searchsorted(arr_served, edges, side="left")
-    p_win = np.full(nwin, np.nan)
-    for k in range(nwin):
-        lo, hi = widx[k], widx[k + 1]
-        if hi > lo:
-            p_win[k] = np.percentile(lat[lo:hi], pct)
-    wlen = np.diff(edges)
-    violation_s = float(wlen[np.nan_to_num(p_win, nan=0.0) > target].sum())
-    offered = np.diff(np.searchsorted(arrival, edges, side="left")) / np.maximum(wlen, 1e-12)
-    states = lc.state_intervals()
-    occ = {k: _occupancy(a, b, edges) for k, (a, b) in states.items()}
-    busy_w = _busy_per_window(bstart, bdur, edges) / np.maximum(wlen, 1e-12)
-    # time-average queue per window: ∫(admitted arrivals - starts) dt
-    a_cnt = widx
-    a_sum = _per_window_sum(arr_served, widx)
-    bidx = np.searchsorted(bstart, edges, side="left")
-    b_cnt = _per_window_sum(bsize, bidx)
-    b_sum = _per_window_sum(bsize * bstart, bidx)
-    started_before = np.concatenate([[0.0], np.cumsum(b_cnt)])[:-1]
-    int_a = a_cnt[:-1] * wlen + ((a_cnt[1:] - a_cnt[:-1]) * edges[1:] - a_sum)
-    int_s = started_before * wlen + (b_cnt * edges[1:] - b_sum)
-    queue_w = (int_a - int_s) / np.maximum(wlen, 1e-12)
-    # money and energy (within the horizon)
-    price = price_per_gpu_hour(gpu, s.candidates.price_provider).usd_per_hour
-    billed = lc.billed_seconds(horizon)
-    prov = lc.provisioning_seconds(horizon)
-    replica_s = float(billed.sum())
-    prov_s = float(prov.sum())
-    serving_s = max(replica_s - prov_s, 0.0)
-    in_h = bstart < horizon
-    busy_s = float(np.minimum(bdur[in_h], horizon - bstart[in_h]).sum())
-    pf = svc.power_fractions(s.fleet.max_batch)
-    e_busy = batch_energy_j(gpu, bdur[in_h], pf[bsize[in_h]], tp)
-    e_idle = gpu.power.warm_idle_w * max(serving_s - busy_s, 0.0) * tp
-    e_prov = gpu.power.idle_w * prov_s * tp
-    rel = np.where(np.isnan(lc.released), np.inf, lc.released)
-    ok_ready = ~np.isnan(lc.ready)
-    ps = sorted(set(PERCENTILES) | {pct})
-    qv = np.percentile(lat, ps) if len(lat) else [math.inf] * len(ps)
-    q = {p: float(v) for p, v in zip(ps, qv, strict=True)}
-    if lc.unstable or served < n - rejected:
-        q = {p: math.inf for p in q}
-    rng = np.random.default_rng(replication)
-    sample = np.sort(
-        lat if len(lat) <= SAMPLE_SIZE else lat[rng.integers(0, len(lat), SAMPLE_SIZE)]
-    )
-    scalars = {
-        "arrived": float(n),
-        "served": float(served),
-        "rejected": float(rejected),
-        "rejection_rate": rejected / n if n else 0.0,
-        "attainment": attainment,
-        "worst_hour_attainment": float(np.nanmin(hourly)) if np.isfinite(hourly).any() else 1.0,
-        "violation_s": violation_s,
-        "violation_share": violation_s / horizon if horizon else 0.0,
-        "gpu_hours": replica_s * tp / HOUR,
-        "cost_usd": replica_s * tp / HOUR * price,
-        "usd_per_hour": replica_s * tp / horizon * price if horizon else 0.0,
-        "provisioning_gpu_hours": prov_s * tp / HOUR,
-        "provisioning_cost_usd": prov_s * tp / HOUR * price,
-        "idle_cost_usd": max(serving_s - busy_s, 0.0) * tp / HOUR * price,
-        "replicas_avg": replica_s / horizon if horizon else 0.0,
-        "replicas_peak": float(_peak(lc.requested, np.minimum(rel, horizon))),
-        "ready_avg": float(occ["ready"].mean() if nwin else 0.0),
-        "ready_peak": float(_peak(lc.ready[ok_ready], np.minimum(rel, horizon)[ok_ready])),
-        "cold_starts": float(np.sum(lc.requested > 0)),
-        "utilisation": busy_s / serving_s if serving_s > 0 else 0.0,
-        "idle_share": 1 - busy_s / replica_s if replica_s > 0 else 0.0,
-        "provisioning_share": prov_s / replica_s if replica_s > 0 else 0.0,
-        "energy_kwh": (e_busy + e_idle + e_prov) / 3.6e6,
-        "energy_busy_kwh": e_busy / 3.6e6,
-        "energy_idle_kwh": e_idle / 3.6e6,
-        "energy_provisioning_kwh": e_prov / 3.6e6,
-        "mean_batch": float(bsize.mean()) if len(bsize) else 0.0,
-        "mean_latency_s": float(lat.mean()) if len(lat) else math.nan,
-    }
-    timeline = {
-        "t_s": edges[:-1],
-        "offered_rps": offered,
-        "provisioning": occ["provisioning"],
-        "ready": occ["ready"],
-        "draining": occ["draining"],
-        "busy": busy_w,
-        "queue": queue_w,
-        f"p{pct:g}_s": p_win,
-    }
-    return AutoscaledRun(
-        label,
-        replication,
-        scalars,
-        q,
-        hourly,
-        timeline,
-        sample,
-        lc.unstable,
-        lc.unstable_reason,
+        svc.limits,
+        router=s.fleet.router,
+        max_queue_length=s.fleet.max_queue_length,
     )
 
 
 # =========================================================================== summaries
 @dataclass
 class PolicyResult:
-    """One policy over its replications."""
+    """One policy over its replications.
+
+    ``targets`` maps each SLO metric (``latency``; or ``ttft``, ``tpot``, ``e2e``) to its target
+    in seconds; the policy meets the SLO when every metric's upper confidence limit does.
+    """
 
     name: str
     spec: Any
     runs: list[AutoscaledRun]
     confidence: float
-    target_s: float
+    targets: dict[str, float]
     percentile: float
     max_rejection_rate: float
     fixed_replicas: int | None = None
     saving: CI | None = None  # vs the baseline, $ over the horizon (paired differences)
     saving_share: float | None = None
 
+    @classmethod
+    def of(
+        cls, s: Scenario, spec, runs: list[AutoscaledRun], fixed_replicas: int | None = None
+    ) -> PolicyResult:
+        from capsim.simulate import slo_targets
+
+        return cls(
+            spec.label,
+            spec,
+            runs,
+            s.simulation.confidence,
+            dict(slo_targets(s)),
+            s.slo.percentile,
+            s.slo.max_rejection_rate,
+            fixed_replicas,
+        )
+
     def ci(self, key: str) -> CI:
         return t_interval([r.scalars[key] for r in self.runs], self.confidence)
 
-    def q(self, p: float | None = None) -> CI:
+    def q(self, p: float | None = None, metric: str | None = None) -> CI:
+        """The ``p`` percentile (default: the SLO's) of ``metric`` (default: the binding one)."""
         p = self.percentile if p is None else p
-        return t_interval([r.quantiles[p] for r in self.runs], self.confidence)
+        m = metric or self.primary
+        return t_interval([r.quantiles[m][p] for r in self.runs], self.confidence)
+
+    @property
+    def primary(self) -> str:
+        """The binding metric: the highest upper confidence limit relative to its target."""
+        if len(self.targets) == 1:
+            return next(iter(self.targets))
+        return max(self.targets, key=lambda m: self.q(metric=m).high / self.targets[m])
+
+    @property
+    def target_s(self) -> float:
+        return self.targets[self.primary]
+
+    def screened(self, run: AutoscaledRun) -> bool:
+        """One run's point estimates within every target and the rejection limit."""
+        return (
+            all(run.quantiles[m][self.percentile] <= t for m, t in self.targets.items())
+            and run.scalars["rejection_rate"] <= self.max_rejection_rate
+        )
 
     @property
     def unstable(self) -> bool:
@@ -423,26 +280,33 @@ class PolicyResult:
     def unstable_reason(self) -> str:
         return next((r.unstable_reason for r in self.runs if r.unstable), "")
 
+    def _too_high(self) -> list[str]:
+        return [m for m, t in self.targets.items() if self.q(metric=m).high > t]
+
     @property
     def meets_slo(self) -> bool:
-        """p-target met at the upper confidence limit over the horizon, rejections within limit."""
+        """Every target met at the upper confidence limit over the horizon, rejections within
+        the limit."""
         if self.unstable:
             return False
-        return (
-            self.q().high <= self.target_s
-            and self.ci("rejection_rate").mean <= self.max_rejection_rate
-        )
+        return not self._too_high() and self.ci("rejection_rate").mean <= self.max_rejection_rate
 
     @property
     def verdict(self) -> str:
+        pct = f"p{self.percentile:g}"
         if self.unstable:
             return f"unstable ({self.unstable_reason})"
         if len(self.runs) < 2:
-            p = self.runs[0].quantiles[self.percentile] if self.runs else math.nan
-            return f"screened on one replication: p{self.percentile:g} {p * 1000:.1f} ms"
-        c = self.q()
-        if c.high > self.target_s:
-            return f"p{self.percentile:g} too high"
+            got = ", ".join(
+                f"{pct} {m} {self.runs[0].quantiles[m][self.percentile] * 1000:.1f} ms"
+                for m in self.targets
+            )
+            return f"screened on one replication: {got}"
+        high = self._too_high()
+        if high:
+            return (
+                f"{pct} {'/'.join(high)} too high" if len(self.targets) > 1 else f"{pct} too high"
+            )
         if self.ci("rejection_rate").mean > self.max_rejection_rate:
             return "too many rejections"
         return "meets SLO"
@@ -464,9 +328,10 @@ class PolicyResult:
             }
         )
 
-    @property
-    def samples(self) -> np.ndarray:
-        return np.sort(np.concatenate([r.sample for r in self.runs]))
+    def samples(self, metric: str | None = None) -> np.ndarray:
+        """Latency samples of ``metric`` (default: the binding one), all replications."""
+        m = metric or self.primary
+        return np.sort(np.concatenate([r.sample[m] for r in self.runs]))
 
 
 @dataclass
@@ -494,7 +359,7 @@ class WhatIfResult:
         rows = []
         pct = self.scenario.slo.percentile
         for p in self.policies:
-            c, cost = p.q(), p.ci("cost_usd")
+            cost = p.ci("cost_usd")
             row: dict[str, Any] = {
                 "policy": p.name,
                 "kind": p.spec.kind,
@@ -502,9 +367,16 @@ class WhatIfResult:
                 "verdict": p.verdict,
                 "attainment": p.ci("attainment").mean,
                 "worst_hour_attainment": p.ci("worst_hour_attainment").mean,
-                f"p{pct:g}_ms": c.mean * 1000,
-                f"p{pct:g}_ci_low_ms": c.low * 1000,
-                f"p{pct:g}_ci_high_ms": c.high * 1000,
+            }
+            for m in p.targets:
+                c = p.q(metric=m)
+                name = f"p{pct:g}" if m == "latency" else f"p{pct:g}_{m}"
+                row |= {
+                    f"{name}_ms": c.mean * 1000,
+                    f"{name}_ci_low_ms": c.low * 1000,
+                    f"{name}_ci_high_ms": c.high * 1000,
+                }
+            row |= {
                 "violation_min": p.ci("violation_s").mean / 60,
                 "rejected": p.ci("rejected").mean,
                 "gpu_hours": p.ci("gpu_hours").mean,
@@ -526,6 +398,8 @@ class WhatIfResult:
                 "saving_share": p.saving_share if p.saving_share is not None else math.nan,
                 "replications": len(p.runs),
             }
+            if "usd_per_1m_output_tokens" in p.runs[0].scalars:
+                row["usd_per_1m_output_tokens"] = p.ci("usd_per_1m_output_tokens").mean
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -621,16 +495,7 @@ def evaluate_policy(
         )
         if runs[-1].unstable and abort_on_unstable:
             break
-    return PolicyResult(
-        spec.label,
-        spec,
-        runs,
-        s.simulation.confidence,
-        s.slo.latency_ms / 1000,
-        s.slo.percentile,
-        s.slo.max_rejection_rate,
-        fixed_replicas,
-    )
+    return PolicyResult.of(s, spec, runs, fixed_replicas)
 
 
 def _job(args) -> AutoscaledRun:
@@ -658,12 +523,6 @@ def whatif(
     """Run each policy over ``replications`` real-time replications of the same traffic."""
     s = scenario
     cat = catalog if catalog is not None else load_catalog()
-    if s.is_llm:
-        raise InputError(
-            "what-if for LLM scenarios needs the LLM engine to implement "
-            "capsim.sim.lifecycle.ScalableFleet (not available yet)",
-            where="model",
-        )
     g, p, t = resolve_config(s, gpu, precision, tp)
     if g not in cat.gpus:
         raise InputError(
@@ -714,14 +573,10 @@ def whatif(
     for sp in specs:
         mine = sorted((r for r in runs if r.policy == sp.label), key=lambda r: r.replication)
         results.append(
-            PolicyResult(
-                sp.label,
+            PolicyResult.of(
+                s,
                 sp,
                 mine,
-                s.simulation.confidence,
-                s.slo.latency_ms / 1000,
-                s.slo.percentile,
-                s.slo.max_rejection_rate,
                 fixed_n if isinstance(sp, FixedSpec) and sp.replicas == "peak" else None,
             )
         )

@@ -69,7 +69,15 @@ def test_daily_cycle_autoscaled_fleet_is_cheaper_than_the_peak_fleet(write_scena
     assert "saving" in text and "hpa" in text
     assert len(hpa.hourly_attainment) == 4
     tl = hpa.timeline
-    assert {"offered_rps", "ready", "provisioning", "draining", "busy", "queue", "p99_s"} <= set(tl)
+    assert {
+        "offered_rps",
+        "ready",
+        "provisioning",
+        "draining",
+        "busy",
+        "queue",
+        "p99_latency_s",
+    } <= set(tl)
 
 
 def test_whatif_cli_outputs(runner, write_scenario, tmp_path):

@@ -31,6 +31,28 @@ def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.2%}"
 
 
+def _ci_ms(c) -> str:
+    return f"{_ms(c.mean)} [{_ms(c.low)}, {_ms(c.high)}]"
+
+
+def _metric_name(m: str) -> str:
+    """How a metric is named in a column: fixed-shape latency needs no name."""
+    return "" if m == "latency" else f" {m}"
+
+
+def slo_text(targets: dict[str, float], pct: float) -> str:
+    """``p99 <= 150 ms`` or ``p99 ttft <= 2000 ms, tpot <= 100 ms``."""
+    parts = [f"{m + ' ' if m != 'latency' else ''}<= {t * MS:g} ms" for m, t in targets.items()]
+    return f"p{pct:g} " + ", ".join(parts)
+
+
+def q_text(p: PolicyResult) -> str:
+    """The SLO percentile with its CI: one metric, or each metric by name."""
+    if len(p.targets) == 1:
+        return _ci_ms(p.q())
+    return "; ".join(f"{m} {_ci_ms(p.q(metric=m))}" for m in p.targets)
+
+
 def _describe(p: PolicyResult) -> str:
     sp = p.spec
     k = sp.kind
@@ -63,17 +85,16 @@ def _describe(p: PolicyResult) -> str:
 def format_whatif(r: WhatIfResult) -> str:
     s = r.scenario
     pct = s.slo.percentile
-    target = s.slo.latency_ms
+    targets = r.policies[0].targets
     tp = f" tp{r.tp}" if r.tp > 1 else ""
     lines = [
         f"capsim whatif: {s.name} on {r.gpu} {r.precision}{tp} (${r.price_usd_per_gpu_hour:g}/GPU-h); "
-        f"SLO p{pct:g} <= {target:g} ms; {r.horizon_s / 3600:g} h in real time, "
+        f"SLO {slo_text(targets, pct)}; {r.horizon_s / 3600:g} h in real time, "
         f"{r.replications} replications, same traffic for every policy",
         "",
     ]
     rows = []
     for p in r.policies:
-        c = p.q()
         sav = ""
         if p.saving is not None:
             sav = (
@@ -87,7 +108,7 @@ def format_whatif(r: WhatIfResult) -> str:
                 "yes" if p.meets_slo else "NO",
                 _pct(p.ci("attainment").mean),
                 _pct(p.ci("worst_hour_attainment").mean),
-                f"{_ms(c.mean)} [{_ms(c.low)}, {_ms(c.high)}]",
+                *[_ci_ms(p.q(metric=m)) for m in targets],
                 f"{p.ci('violation_s').mean / 60:.0f}",
                 f"{p.ci('rejected').mean:.0f}",
                 f"{p.ci('gpu_hours').mean:.1f}",
@@ -105,7 +126,7 @@ def format_whatif(r: WhatIfResult) -> str:
                 "SLO",
                 "attain",
                 "worst h",
-                f"p{pct:g} ms [95% CI]",
+                *[f"p{pct:g}{_metric_name(m)} ms [95% CI]" for m in targets],
                 "viol min",
                 "rejected",
                 "GPU-h",
@@ -119,7 +140,7 @@ def format_whatif(r: WhatIfResult) -> str:
     lines.append("")
     lines.append(
         "attain: requests within the target over the horizon (worst h: the worst hour); viol "
-        f"min: minutes in {r.window_s / 60:g}-min windows whose p{pct:g} exceeds the target; "
+        f"min: minutes in {r.window_s / 60:g}-min windows whose p{pct:g} exceeds a target; "
         "cost: GPU time billed from request to release; idle: billed time not busy "
         "(warm idle + provisioning)."
     )
@@ -183,8 +204,12 @@ def whatif_dict(r: WhatIfResult) -> dict[str, Any]:
             "description": _describe(p),
             "meets_slo": p.meets_slo,
             "verdict": p.verdict,
-            f"p{pct:g}_ms": p.q().to_dict(MS),
-            "latency_ms": {f"p{q:g}": p.q(q).to_dict(MS) for q in sorted(p.runs[0].quantiles)},
+            f"p{pct:g}_ms": {m: p.q(metric=m).to_dict(MS) for m in p.targets},
+            "percentiles_ms": {
+                m: {f"p{q:g}": p.q(q, m).to_dict(MS) for q in sorted(p.runs[0].quantiles[m])}
+                for m in p.targets
+            },
+            "binding_metric": p.primary,
             "hourly_attainment": [_finite(x) for x in p.hourly_attainment],
             "scalars": {k: p.ci(k).to_dict() for k in p.runs[0].scalars},
             "saving_usd": p.saving.to_dict() if p.saving else None,
@@ -231,11 +256,15 @@ def plot_replicas(ax: Axes, p: PolicyResult) -> Axes:
 
 
 def plot_window_p(ax: Axes, p: PolicyResult) -> Axes:
+    """The SLO percentile per window of each metric, with its target (dashed, same colour)."""
     tl = p.timeline
     h = tl["t_s"] / 3600
-    col = f"p{p.percentile:g}_s"
-    ax.step(h, tl[col] * MS, where="post", color="tab:blue", lw=1, label=f"p{p.percentile:g}")
-    ax.axhline(p.target_s * MS, color="k", ls="--", lw=1, label="target")
+    pct = f"p{p.percentile:g}"
+    colors = ["tab:blue", "tab:purple", "tab:brown"]
+    for (m, target), color in zip(p.targets.items(), colors, strict=False):
+        label = pct + _metric_name(m)
+        ax.step(h, tl[f"{pct}_{m}_s"] * MS, where="post", color=color, lw=1, label=label)
+        ax.axhline(target * MS, color=color, ls="--", lw=1, label=f"{label} target")
     ax.set_yscale("log")
     ax.set_ylabel("ms")
     ax.set_xlabel("hour")
@@ -244,15 +273,17 @@ def plot_window_p(ax: Axes, p: PolicyResult) -> Axes:
     return ax
 
 
-def plot_cdfs(ax: Axes, r: WhatIfResult) -> Axes:
+def plot_cdfs(ax: Axes, r: WhatIfResult, metric: str | None = None) -> Axes:
+    """Latency CDF of every policy for one metric (default: the first SLO metric)."""
+    m = metric or next(iter(r.policies[0].targets))
     for p in r.policies:
-        x = p.samples
+        x = p.samples(m)
         if len(x):
             ax.plot(x * MS, np.arange(1, len(x) + 1) / len(x), label=p.name)
-    ax.axvline(r.scenario.slo.latency_ms, color="k", ls="--", lw=1, label="target")
+    ax.axvline(r.policies[0].targets[m] * MS, color="k", ls="--", lw=1, label="target")
     ax.axhline(r.scenario.slo.percentile / 100, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("latency (ms)")
+    ax.set_xlabel(f"{'latency' if m == 'latency' else m} (ms)")
     ax.set_ylabel("fraction of requests")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -269,12 +300,15 @@ def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
     from capsim.report.files import write_csv, write_figure, write_json, write_panels
 
     out.mkdir(parents=True, exist_ok=True)
+    metrics = list(r.policies[0].targets)
     paths = [
         write_json(out / "whatif.json", whatif_dict(r)),
         write_csv(out / "whatif.csv", r.frame()),
         write_csv(out / "hourly_attainment.csv", r.hourly_frame()),
-        write_figure(out / "latency_cdf.png", lambda ax: plot_cdfs(ax, r)),
     ]
+    for m in metrics:
+        name = "latency_cdf.png" if len(metrics) == 1 else f"latency_cdf_{m}.png"
+        paths.append(write_figure(out / name, lambda ax, m=m: plot_cdfs(ax, r, m)))
     for p in r.policies:
         slug = _slug(p.name)
         paths.append(write_csv(out / f"timeline_{slug}.csv", p.timeline))
@@ -306,6 +340,7 @@ def autoscaled_frame(ap) -> Any:
             r = t.result
             pct = r.percentile
             q = r.q()
+            name = f"p{pct:g}{_metric_name(r.primary).replace(' ', '_')}"
             rows.append(
                 {
                     "gpu": c.gpu,
@@ -315,8 +350,8 @@ def autoscaled_frame(ap) -> Any:
                     "settings": knobs(t.spec),
                     "meets_slo": r.meets_slo,
                     "verdict": r.verdict,
-                    f"p{pct:g}_ms": q.mean * MS,
-                    f"p{pct:g}_ci_high_ms": q.high * MS,
+                    f"{name}_ms": q.mean * MS,
+                    f"{name}_ci_high_ms": q.high * MS,
                     "attainment": r.ci("attainment").mean,
                     "cost_usd": t.cost,
                     "provisioning_cost_usd": r.ci("provisioning_cost_usd").mean,
@@ -353,7 +388,7 @@ def autoscaled_dict(ap) -> dict[str, Any]:
             d["best"] = {
                 "spec": c.best.spec.model_dump(mode="json", exclude_none=True),
                 "settings": knobs(c.best.spec),
-                "latency_ms": r.q().to_dict(MS),
+                "latency_ms": {m: r.q(metric=m).to_dict(MS) for m in r.targets},
                 "scalars": {k: r.ci(k).to_dict() for k in r.runs[0].scalars},
                 "saving_usd": c.saving_usd,
                 "saving_share": c.saving_share,
@@ -399,13 +434,12 @@ def format_autoscaled(ap, scenario) -> str:
             )
             continue
         r = c.best.result
-        q = r.q()
         rows.append(
             [
                 c.label(),
                 f"{c.peak_replicas} replicas ${c.baseline_usd:.2f}",
                 knobs(c.best.spec),
-                f"{_ms(q.mean)} [{_ms(q.low)}, {_ms(q.high)}]",
+                q_text(r),
                 f"{r.ci('replicas_avg').mean:.1f}",
                 f"${c.best.cost:.2f}",
                 f"${r.ci('provisioning_cost_usd').mean:.2f} / ${r.ci('idle_cost_usd').mean:.2f}",

@@ -238,10 +238,20 @@ class Lifecycle:
         self._join(rec, self.env.now)
 
     def _on_released(self, fid: int, when: float) -> None:
+        """The engine says when replica ``fid`` is free: now or later (a known batch end), or
+        — called later, from a ``sync`` — when its last request finished."""
         rec = self.rec_of.pop(fid)
-        rec.drain = self.env.now
+        if math.isnan(rec.drain):  # called from retire_replica: the drain starts now
+            rec.drain = self.env.now
+            if when > self.env.now:
+                self.draining.append(rec)
         rec.released = when
-        if when > self.env.now:
+
+    def _retire(self, t: float) -> None:
+        fid = self.fleet.retire_replica(t, self._on_released)
+        rec = self.rec_of.get(fid) if fid is not None else None
+        if rec is not None:  # the release time is not known yet: draining until the engine says
+            rec.drain = t
             self.draining.append(rec)
 
     def reconcile(self, desired: int, t: float) -> None:
@@ -256,14 +266,14 @@ class Lifecycle:
             excess -= 1
         while excess > 0 and self.ready_count > 0:
             self._ready_change(t, -1)
-            self.fleet.retire_replica(t, self._on_released)
+            self._retire(t)
             excess -= 1
 
     # -- the process ----------------------------------------------------------------------
     def _observe(self, smp: FleetSample, prev: FleetSample, ready_s: float) -> Observation:
         dt = smp.t - prev.t
         busy_s = smp.busy_seconds - prev.busy_seconds
-        self.draining = [r for r in self.draining if r.released > smp.t]
+        self.draining = [r for r in self.draining if not r.released <= smp.t]  # NaN: draining
         return Observation(
             t=smp.t,
             period_s=dt,

@@ -279,7 +279,7 @@ class _Replica:
         self.chunks: list[tuple[int, int]] = []  # (request, chunk) of the step in flight
         self.D = 0  # decoding sequences
         self.sum_u = 0  # Σ u_i, context of i at iteration x is u_i + x
-        self.corr = [0] * bs  # KV block rounding by residue (see _Fleet._blocks)
+        self.corr = [0] * bs  # KV block rounding by residue (see LLMFleet._blocks)
         self.heap: list[tuple[int, int]] = []  # (iteration count when done, request)
         self.it = 0  # iterations completed
         self.busy = False  # a step is scheduled
@@ -300,7 +300,7 @@ class _Replica:
         self.pos = 0  # static routing: the next of them to arrive
 
 
-class _Fleet:
+class LLMFleet:
     """Replicas, the router and the arrival dispatcher on one SimPy environment."""
 
     def __init__(
@@ -367,6 +367,8 @@ class _Fleet:
         self.events = 0
         self.tokens_generated = 0
         self.prefill_tokens = 0
+        self.n_adm = 0  # requests admitted at least once, and the sum of their admission times
+        self.sum_adm = 0.0
         self.track_kv = limits.kv_blocks is not None
         # static routing (round robin, or one replica): who serves a request is known before
         # it arrives, so each replica takes its own arrivals at its iteration boundaries and
@@ -513,6 +515,8 @@ class _Fleet:
                 left -= c
                 if self.adm[i] != self.adm[i]:  # NaN: first admission
                     self.adm[i] = now
+                    self.n_adm += 1
+                    self.sum_adm += now
         if not rp.running:
             rp.busy = False
             if self.track_kv:
@@ -709,21 +713,25 @@ class _Fleet:
 
     _any_retired = False
 
-    def _accept(self, rp: _Replica, i: int) -> bool:
-        """Request i reaches replica rp: queue it, or reject it (too long, queue full)."""
+    def _refused(self, i: int) -> bool:
+        """What every replica refuses at arrival (vLLM): longer than ``max_model_len`` or than
+        the whole KV cache, or (without chunked prefill) a prompt over the token budget."""
         p, o = self.P[i], self.O[i]
-        if (
+        return (
             p + o > self.max_len
             or -(-(p + o) // self.bs) > self.total
             or (not self.chunked and p > self.budget)
-            or (self.max_queue is not None and len(rp.waiting) >= self.max_queue)
-        ):
+        )
+
+    def _accept(self, rp: _Replica, i: int) -> bool:
+        """Request i reaches replica rp: queue it, or reject it (too long, queue full)."""
+        if self._refused(i) or (self.max_queue is not None and len(rp.waiting) >= self.max_queue):
             self.rejected[i] = True
             return False
         self.rep[i] = rp.idx
         rp.waiting.append(i)
         rp.n_out += 1
-        rp.tok_out += p + o
+        rp.tok_out += self.P[i] + self.O[i]
         return True
 
     def route(self, i: int, now: float) -> None:
@@ -766,26 +774,6 @@ class _Fleet:
         if not rp.busy and not self.done:
             self.plan(rp, self.env._now)
 
-    # -- the autoscaler seam ------------------------------------------------------------------
-    def add_replica(self) -> int:
-        """A new ready replica joins the router's set; returns its id."""
-        if self.static:
-            raise RuntimeError("add_replica needs routing at arrival (static=False)")
-        rp = _Replica(len(self.reps), self.bs)
-        self.reps.append(rp)
-        return rp.idx
-
-    def retire_replica(self) -> int | None:
-        """Stop routing to the newest active replica; it drains its requests. Returns its id."""
-        if self.static:
-            raise RuntimeError("retire_replica needs routing at arrival (static=False)")
-        for rp in reversed(self.reps):
-            if rp.active:
-                rp.active = False
-                self._any_retired = True
-                return rp.idx
-        return None
-
 
 def run_llm(
     arrival: np.ndarray,
@@ -816,13 +804,21 @@ def run_llm(
     if len(prompt) and (np.min(prompt) < 1 or np.min(output) < 1):
         raise ValueError("prompt and output lengths must be >= 1 token")
     env = simpy.Environment()
-    fleet = _Fleet(
+    fleet = LLMFleet(
         env, arrival, prompt, output, timer, limits, replicas, router, max_wait_s,
         max_queue_length, fuse, static_routing,
     )  # fmt: skip
     fleet.start()
     env.run()
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
+    return run_result(fleet, arrival, prompt, output, h)
+
+
+def run_result(
+    fleet: LLMFleet, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, horizon: float
+) -> LLMRunResult:
+    """The per-request arrays and per-replica totals of a finished run of ``fleet``."""
+    limits, env, h = fleet.limits, fleet.env, horizon
     return LLMRunResult(
         arrival=np.asarray(arrival, dtype=float),
         prompt=np.asarray(prompt),
@@ -1069,18 +1065,25 @@ def _power_energy(gpu: GPU, res: LLMRunResult, tp: int, span: float) -> float:
     return (pre * p.max_w + dec * watts_dec + idle * p.warm_idle_w) * tp
 
 
-def run_llm_replication(
-    s, gpu: GPU, svc: LLMService, replicas: int, replication: int, stream
-) -> RunMetrics:
-    """Simulate one replication of an LLM configuration and measure TTFT, TPOT, e2e, cost."""
+def llm_tokens(stream) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt and output lengths of a request stream (at least one token each)."""
     if stream.prompt_tokens is None or stream.output_tokens is None:
         raise InputError(
             "LLM traffic needs token lengths: give traffic.tokens, or prompt_tokens_column and "
             "output_tokens_column for a trace",
             where="traffic.tokens",
         )
-    prompt = np.maximum(np.asarray(stream.prompt_tokens), 1)
-    output = np.maximum(np.asarray(stream.output_tokens), 1)
+    return (
+        np.maximum(np.asarray(stream.prompt_tokens), 1),
+        np.maximum(np.asarray(stream.output_tokens), 1),
+    )
+
+
+def run_llm_replication(
+    s, gpu: GPU, svc: LLMService, replicas: int, replication: int, stream
+) -> RunMetrics:
+    """Simulate one replication of an LLM configuration and measure TTFT, TPOT, e2e, cost."""
+    prompt, output = llm_tokens(stream)
     res = run_llm(
         stream.arrival,
         prompt,
