@@ -7,7 +7,6 @@ This is the only place where capsim calls into ``calibrate/`` (its ``run`` and
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -254,7 +253,9 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
             "predictions": result.predictions,
             "notes": result.notes,
         }
-        click.echo(json.dumps(data, indent=2))
+        from capsim.report.files import to_json
+
+        click.echo(to_json(data), nl=False)
     else:
         click.echo(result.to_text())
     if written:

@@ -162,14 +162,21 @@ def estimate(
         if tp != 1:
             raise InputError("--tp applies to transformer models only", where="--tp")
         return estimate_fixed(gpu, model, precision, batches)
-    from capsim.service.llm import LLMEngineSettings, estimate_llm
+    from capsim.service.llm import LLMEngineSettings, LLMEstimates, estimate_llm
 
-    try:
-        est = estimate_llm(
-            gpu, model, precision, tp, max(batches), prompt, output, LLMEngineSettings()
+    if prompt + output > model.max_context:
+        raise InputError(
+            f"prompt + output = {prompt + output:,} tokens exceeds {model.name}'s context of "
+            f"{model.max_context:,}",
+            where="--prompt/--output",
         )
+    try:
+        ests = [
+            estimate_llm(gpu, model, precision, tp, b, prompt, output, LLMEngineSettings())
+            for b in sorted(set(batches))
+        ]
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
-    if est.prefill_s is None:  # the card cannot run it at all (precision or tp split)
-        raise Unsupported(est.fit.reason)
-    return est
+    if ests[-1].prefill_s is None:  # the card cannot run it at all (precision or tp split)
+        raise Unsupported(ests[-1].fit.reason)
+    return LLMEstimates(ests)

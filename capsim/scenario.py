@@ -406,4 +406,37 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     check_against_catalog(
         scenario, catalog if catalog is not None else load_catalog(), file=str(file)
     )
+    if scenario.is_llm:
+        check_llm(scenario, catalog if catalog is not None else load_catalog(), file=str(file))
     return scenario
+
+
+def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
+    """What an LLM scenario needs beyond its schema: token lengths for every request, and
+    engine settings that the model allows (as vLLM checks them at start-up)."""
+    from capsim.service.llm import engine_settings
+
+    a = s.traffic.arrivals
+    if (
+        s.traffic.tokens is None
+        and isinstance(a, Trace)
+        and (a.prompt_tokens_column is None or a.output_tokens_column is None)
+    ):
+        raise InputError(
+            "LLM traffic needs token lengths: give traffic.tokens, or the trace's "
+            "prompt_tokens_column and output_tokens_column",
+            file=file,
+            where="traffic.tokens",
+        )
+    if s.traffic.tokens is None and not isinstance(a, Trace):
+        raise InputError(
+            "LLM traffic needs token lengths: give traffic.tokens (lognormal or empirical)",
+            file=file,
+            where="traffic.tokens",
+        )
+    engine = getattr(s.fleet.batching, "engine", {}) or {}
+    try:
+        for g in s.candidates.gpus:  # the card-dependent defaults differ
+            engine_settings(engine, s.model, catalog[g])
+    except InputError as exc:
+        raise InputError(exc.message, file=file, where=exc.where) from None

@@ -108,6 +108,17 @@ def memory_fit(s: Scenario, svc) -> MemoryFit:
     return svc.memory_fit(s.fleet.max_batch) if not s.is_llm else svc.memory_fit()
 
 
+def runnable_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1):
+    """:func:`make_service`, refusing (Unsupported) a configuration that does not fit in
+    memory — what ``simulate`` and ``whatif`` are asked to run must be able to run."""
+    svc = make_service(s, gpu, precision, tp)
+    fit = memory_fit(s, svc)
+    if not fit.fits:
+        tps = f" tp{tp}" if tp > 1 else ""
+        raise Unsupported(f"{gpu.id} {precision}{tps} does not fit: {fit.reason}")
+    return svc
+
+
 # --------------------------------------------------------------------------- streams (CRN)
 _STREAMS: dict[tuple[str, int], RequestStream] = {}
 _JITTER: dict[tuple[str, int, int], np.ndarray | None] = {}
@@ -258,7 +269,7 @@ def simulate(
     """
     cat = catalog if catalog is not None else load_catalog()
     gpu = cat[config.gpu]
-    svc = make_service(s, gpu, config.precision, config.tp)
+    svc = runnable_service(s, gpu, config.precision, config.tp)
     sim = s.simulation
     n0 = 1 if deterministic_traffic(s) else (replications or sim.replications)
     n_max = (

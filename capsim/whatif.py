@@ -528,9 +528,9 @@ def whatif(
         raise InputError(
             f"unknown GPU '{g}'; the catalog has: {', '.join(cat)}", where="whatif.gpu"
         )
-    from capsim.simulate import make_service
+    from capsim.simulate import runnable_service
 
-    make_service(s, cat[g], p, t)  # raises Unsupported for a precision the card lacks
+    runnable_service(s, cat[g], p, t)  # Unsupported: the card lacks the precision, or no fit
     specs = list(policies) if policies is not None else policies_for(s)
     if not specs:
         raise InputError("no policies to compare", where="whatif.policies")

@@ -233,7 +233,7 @@ def trace_stream(spec: Trace, horizon: float, rng: np.random.Generator) -> Reque
         idx = np.concatenate(parts_i)
         order = np.argsort(t, kind="stable")
         t, idx = t[order], idx[order]
-    inside = t < horizon
+    inside = t <= horizon  # the horizon defaults to the span: the last request is at it
     t, idx = t[inside], idx[inside]
     return RequestStream(
         t,

@@ -318,7 +318,10 @@ def test_estimate_llm(h100, t4):
     assert e.fit.fits and e.math_format == "fp8" and e.decode_context == 1024 + 128
     assert 0 < e.prefill_s < e.prefill_batch_s < 32 * e.prefill_s
     assert e.decode_tokens_per_s == pytest.approx(32 / e.decode_step_s)
-    assert e.max_batch == 256 and e.max_tokens_per_s > e.decode_tokens_per_s
+    # vLLM V1 on an 80 GB H100 allows 1024 sequences; the KV cache holds 1,011,328 tokens,
+    # so 790 sequences of 1,280 tokens
+    assert e.fit.kv_tokens == 1_011_328 and e.fit.max_num_seqs == 1024
+    assert e.max_batch == 1_011_328 // 1280 and e.max_tokens_per_s > e.decode_tokens_per_s
     assert e.decode_breakdown.total_s == pytest.approx(e.decode_step_s, rel=1e-12)
     text = e.to_text()
     assert "tokens/s" in text and "mlp_up" in text and e.batch_fits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,25 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _finite(o: Any) -> Any:
+    """Standard JSON has no NaN or infinity: they become null (an unstable run's p99 is
+    reported as null, its verdict says why)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_finite(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:  # numpy scalar
+        return _finite(o.item())
+    if hasattr(o, "tolist"):
+        return _finite(o.tolist())
+    return o
+
+
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_json_default, allow_nan=True) + "\n"
+    """Indented standard JSON (NaN and infinities as null)."""
+    return json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -44,9 +44,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from capsim.catalog import GIB, GPU, Strict
+from capsim.errors import InputError
 from capsim.models import TransformerModel
 from capsim.precision import Precision, get_precision
 from capsim.service.roofline import OpCost, OpTime, roofline_op_time
@@ -87,16 +88,17 @@ class LLMEngineSettings(Strict):
         8192,
         ge=1,
         description=(
-            "token budget of one iteration. vLLM V1 default for the OpenAI server: 8192 on GPUs "
-            "with >= 70 GiB other than A100, 2048 elsewhere (EngineArgs.get_batch_defaults)"
+            "token budget of one iteration. Unset: vLLM V1's default for the OpenAI server, "
+            "8192 on GPUs with >= 70 GiB other than A100, 2048 elsewhere "
+            "(EngineArgs.get_batch_defaults; see for_gpu)"
         ),
     )
     max_num_seqs: int = Field(
         256,
         ge=1,
         description=(
-            "most sequences in one iteration. vLLM default 256 (V1 raises it to 1024 on "
-            ">= 70 GiB GPUs other than A100)"
+            "most sequences in one iteration. Unset: vLLM V1's default, 1024 on >= 70 GiB GPUs "
+            "other than A100, 256 elsewhere (see for_gpu)"
         ),
     )
     chunked_prefill: bool = Field(
@@ -120,6 +122,28 @@ class LLMEngineSettings(Strict):
             "(vllm#23569): use ~0.5 for that"
         ),
     )
+
+    def for_gpu(self, gpu: GPU) -> LLMEngineSettings:
+        """These settings on ``gpu``: what was not set takes vLLM V1's card-dependent default
+        (``max_num_batched_tokens`` 8192 and ``max_num_seqs`` 1024 on cards with >= 70 GiB
+        other than A100, else 2048 and 256).
+
+        >>> from capsim.catalog import load_catalog
+        >>> cat = load_catalog()
+        >>> LLMEngineSettings().for_gpu(cat["l4"]).max_num_batched_tokens
+        2048
+        >>> LLMEngineSettings().for_gpu(cat["h100-sxm"]).max_num_seqs
+        1024
+        >>> LLMEngineSettings(max_num_batched_tokens=4096).for_gpu(cat["l4"]).max_num_batched_tokens
+        4096
+        """
+        big = gpu.memory_gib >= 70 and "a100" not in f"{gpu.id} {gpu.name}".lower()
+        update: dict[str, int] = {}
+        if "max_num_batched_tokens" not in self.model_fields_set:
+            update["max_num_batched_tokens"] = 8192 if big else 2048
+        if "max_num_seqs" not in self.model_fields_set:
+            update["max_num_seqs"] = 1024 if big else 256
+        return self.model_copy(update=update) if update else self
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +386,7 @@ def memory_fit(
     >>> fit.fits, fit.kv_bytes_per_token
     (True, 131072.0)
     """
-    st = settings or LLMEngineSettings()
+    st = (settings or LLMEngineSettings()).for_gpu(gpu)
     p = _precision(precision)
     ctx = int(context or st.max_model_len or model.max_context)
     usable = gpu.usable_memory_bytes * st.gpu_memory_utilization - st.reserved_gib * GIB
@@ -687,7 +711,7 @@ class LLMServiceModel:
         self.model = model
         self.precision = _precision(precision)
         self.tp = tp
-        self.settings = settings or LLMEngineSettings()
+        self.settings = (settings or LLMEngineSettings()).for_gpu(gpu)
         # a calibrated catalog entry brings its own timer (capsim.service.calibrated)
         self.timer: OpTimer = timer or _calibrated_timer(gpu) or default_op_timer
         problem = precision_problem(gpu, self.precision) or parallelism_problem(gpu, model, tp)
@@ -1054,6 +1078,17 @@ class LLMEstimate:
             d[name] = b.to_rows() if b is not None else None
         return d
 
+    def row(self) -> dict[str, Any]:
+        """This batch size's line of a per-batch table (seconds)."""
+        return {
+            "batch": self.batch,
+            "prefill_batch_s": self.prefill_batch_s,
+            "decode_step_s": self.decode_step_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "request_latency_s": self.request_latency_s,
+            "batch_fits": self.batch_fits,
+        }
+
     def to_text(self) -> str:
         """A human summary and the per-operator table of one decode step."""
         f = self.fit
@@ -1095,6 +1130,48 @@ class LLMEstimate:
         return "\n".join(lines)
 
 
+@dataclass
+class LLMEstimates:
+    """Several batch sizes of one configuration: a table of them, and the full estimate (memory,
+    ceiling, per-operator breakdown) of the largest."""
+
+    estimates: list[LLMEstimate]
+
+    @property
+    def largest(self) -> LLMEstimate:
+        return self.estimates[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.largest.to_dict(), "batches": [e.row() for e in self.estimates]}
+
+    def to_text(self) -> str:
+        e = self.largest
+        if e.prefill_s is None or len(self.estimates) == 1:
+            return e.to_text()
+        ms = 1e3
+        lines = e.to_text().splitlines()
+        head = lines[:3]
+        rows = [
+            f"         {x.batch:>6}  {x.prefill_batch_s * ms:>12.2f}  {x.decode_step_s * ms:>14.2f}"
+            f"  {x.decode_tokens_per_s:>12,.0f}  {x.request_latency_s:>9.3f}"
+            + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
+            for x in self.estimates
+        ]
+        body = [
+            f"prefill  1 prompt of {e.prompt:,} tokens: {e.prefill_s * ms:.2f} ms "
+            f"({e.prefill_iterations} iteration{'s' * (e.prefill_iterations > 1)})",
+            f"batches  decode at context {e.decode_context:,}; prefill of all the batch's "
+            f"prompts; request = prefill + {e.output} decode steps",
+            f"         {'batch':>6}  {'prefill ms':>12}  {'decode ms/step':>14}  "
+            f"{'tokens/s':>12}  {'request s':>9}",
+            *rows,
+        ]
+        tail = lines[3:]
+        start = next(i for i, x in enumerate(tail) if x.startswith("ceiling"))
+        end = next(i for i, x in enumerate(tail) if x.startswith("request"))
+        return "\n".join(head + body + tail[start:end] + tail[end + 1 :])
+
+
 def estimate_llm(
     gpu: GPU,
     model: TransformerModel,
@@ -1122,7 +1199,7 @@ def estimate_llm(
         raise ValueError(
             f"need batch >= 1, prompt >= 1, output >= 0 (got {batch}, {prompt}, {output})"
         )
-    st = settings or LLMEngineSettings()
+    st = (settings or LLMEngineSettings()).for_gpu(gpu)
     p = _precision(precision)
     full = prompt + output
     fit = memory_fit(gpu, model, p, tp, st, context=full)
@@ -1173,3 +1250,53 @@ def _prefill_time(svc: LLMServiceModel, iterations: list[list[tuple[int, int, bo
 def _decode_step(svc: LLMServiceModel, batch: int, context: int) -> float:
     """One decode iteration of ``batch`` sequences at ``context`` tokens each."""
     return svc.iteration_time(batch, batch, batch * context, 0.0, batch)
+
+
+def engine_settings(
+    engine: dict[str, Any], model: TransformerModel | None = None, gpu: GPU | None = None
+) -> LLMEngineSettings:
+    """``fleet.batching.engine`` validated; errors name ``fleet.batching.engine.<field>``.
+
+    With ``gpu``, the settings on that card (:meth:`LLMEngineSettings.for_gpu`). With
+    ``model``, also what vLLM checks against the model at start-up: ``max_model_len`` at most
+    the model's context, and without chunked prefill a token budget that holds a whole
+    ``max_model_len`` prompt (else a long prompt could never be scheduled).
+    """
+    try:
+        st = LLMEngineSettings(**engine)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        where = f"fleet.batching.engine.{loc}" if loc else "fleet.batching.engine"
+        if err.get("type") == "extra_forbidden":
+            accepted = ", ".join(sorted(LLMEngineSettings.model_fields))
+            msg = f"unknown engine setting '{loc}'; accepted: {accepted}"
+        else:
+            msg = err.get("msg", "invalid value")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+        raise InputError(msg, where=where) from None
+    if gpu is not None:
+        st = st.for_gpu(gpu)
+    if st.max_num_batched_tokens < st.max_num_seqs:
+        raise InputError(
+            f"max_num_batched_tokens ({st.max_num_batched_tokens}) must be >= max_num_seqs "
+            f"({st.max_num_seqs}), as vLLM requires",
+            where="fleet.batching.engine.max_num_batched_tokens",
+        )
+    if model is not None:
+        mml = st.max_model_len or model.max_context
+        if mml > model.max_context:
+            raise InputError(
+                f"max_model_len {mml:,} exceeds {model.name}'s context of "
+                f"{model.max_context:,} tokens",
+                where="fleet.batching.engine.max_model_len",
+            )
+        if not st.chunked_prefill and st.max_num_batched_tokens < mml:
+            raise InputError(
+                f"without chunked prefill max_num_batched_tokens ({st.max_num_batched_tokens:,}) "
+                f"must be >= max_model_len ({mml:,}), as vLLM requires: a longer prompt could "
+                "never be scheduled; raise the budget, lower max_model_len or chunk",
+                where="fleet.batching.engine.max_num_batched_tokens",
+            )
+    return st

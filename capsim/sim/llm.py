@@ -67,7 +67,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import simpy
-from pydantic import ValidationError
 
 from capsim.catalog import GIB, GPU
 from capsim.errors import InputError
@@ -78,6 +77,7 @@ from capsim.service.llm import (
     LLMEngineSettings,
     LLMServiceModel,
     MemoryFit,
+    engine_settings,
     parallelism_problem,
     precision_problem,
     prefill_work,
@@ -817,17 +817,27 @@ def run_llm(
 def run_result(
     fleet: LLMFleet, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, horizon: float
 ) -> LLMRunResult:
-    """The per-request arrays and per-replica totals of a finished run of ``fleet``."""
+    """The per-request arrays and per-replica totals of a finished run of ``fleet``.
+
+    A run that ended with requests neither served nor rejected is unstable: the engine could
+    not schedule them (a safety net; the settings checks should make it impossible).
+    """
     limits, env, h = fleet.limits, fleet.env, horizon
+    finish, rejected = np.asarray(fleet.fin), np.asarray(fleet.rejected, dtype=bool)
+    stuck = int(np.count_nonzero(np.isnan(finish) & ~rejected))
+    if stuck and not fleet.unstable_reason:
+        fleet.unstable_reason = (
+            f"{stuck} requests were never served: the engine could not schedule them"
+        )
     return LLMRunResult(
         arrival=np.asarray(arrival, dtype=float),
         prompt=np.asarray(prompt),
         output=np.asarray(output),
         admitted=np.asarray(fleet.adm),
         first_token=np.asarray(fleet.first),
-        finish=np.asarray(fleet.fin),
+        finish=finish,
         replica=np.asarray(fleet.rep, dtype=np.int32),
-        rejected=np.asarray(fleet.rejected, dtype=bool),
+        rejected=rejected,
         preemptions=np.asarray(fleet.npre, dtype=np.int32),
         horizon=h,
         end_time=float(env.now),
@@ -849,31 +859,6 @@ def run_result(
 # --------------------------------------------------------------------------------------------
 # The service a scenario uses: settings, memory, bounds, trace lines
 # --------------------------------------------------------------------------------------------
-
-
-def engine_settings(engine: dict[str, Any]) -> LLMEngineSettings:
-    """``fleet.batching.engine`` validated; errors name ``fleet.batching.engine.<field>``."""
-    try:
-        st = LLMEngineSettings(**engine)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        where = f"fleet.batching.engine.{loc}" if loc else "fleet.batching.engine"
-        if err.get("type") == "extra_forbidden":
-            accepted = ", ".join(sorted(LLMEngineSettings.model_fields))
-            msg = f"unknown engine setting '{loc}'; accepted: {accepted}"
-        else:
-            msg = err.get("msg", "invalid value")
-            if "input" in err and not isinstance(err["input"], dict | list):
-                msg += f" (got {err['input']!r})"
-        raise InputError(msg, where=where) from None
-    if st.max_num_batched_tokens < st.max_num_seqs:
-        raise InputError(
-            f"max_num_batched_tokens ({st.max_num_batched_tokens}) must be >= max_num_seqs "
-            f"({st.max_num_seqs}), as vLLM requires",
-            where="fleet.batching.engine.max_num_batched_tokens",
-        )
-    return st
 
 
 @functools.lru_cache(maxsize=16)
@@ -1043,7 +1028,7 @@ def make_llm_service(s, gpu: GPU, precision: str, tp: int) -> LLMService:
     :class:`~capsim.service.fixed.Unsupported` when the card lacks the precision or ``tp``
     does not split the model.
     """
-    st = engine_settings(getattr(s.fleet.batching, "engine", {}) or {})
+    st = engine_settings(getattr(s.fleet.batching, "engine", {}) or {}, s.model, gpu)
     svc = LLMService(gpu, s.model, precision, tp, st)
     svc.scenario = s
     return svc
