@@ -31,9 +31,10 @@ GIB = 2**30
 
 
 class Strict(BaseModel):
-    """Base of every schema model: unknown keys are an error, objects are immutable."""
+    """Base of every schema model: unknown keys are an error, numbers are finite (no NaN or
+    infinity), objects are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Efficiency(Strict):
@@ -88,7 +89,7 @@ class PriceOption(Strict):
 class Pricing(PriceOption):
     """The default on-demand price per GPU-hour, and alternatives by provider."""
 
-    alternatives: tuple[PriceOption, ...] = ()
+    alternatives: tuple[PriceOption, ...] = Field((), strict=False)  # a YAML list
 
 
 SOURCED_FIELDS = (

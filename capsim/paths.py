@@ -34,13 +34,17 @@ def shipped_models_dir() -> Path:
 
 
 def resolve_scenario_path(path: str | Path) -> Path:
-    """``path`` if it exists; else a shipped scenario of that name (so examples run anywhere).
+    """``path`` if it exists; else, for a bare name or ``scenarios/NAME`` (as the README's
+    examples write them), the shipped scenario of that name, so examples run from anywhere.
+    Any other missing path stays as given (and is reported as not found).
 
     >>> resolve_scenario_path("scenarios/embedding.yaml").name
     'embedding.yaml'
+    >>> str(resolve_scenario_path("/nowhere/embedding.yaml"))
+    '/nowhere/embedding.yaml'
     """
     p = Path(path)
-    if p.exists():
+    if p.exists() or p.is_absolute() or p.parent not in (Path("."), Path("scenarios")):
         return p
     for candidate in (shipped_scenarios_dir() / p.name, shipped_scenarios_dir() / f"{p.name}.yaml"):
         if candidate.is_file():

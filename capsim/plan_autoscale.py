@@ -268,6 +268,14 @@ def plan_autoscaled(
     horizon = sim_horizon(_real_time(s))[0]
     finalists = static.feasible[:top]
     notes = []
+    from capsim.errors import InputError
+    from capsim.workload import check_traffic
+
+    try:
+        check_traffic(_real_time(s))
+    except InputError as exc:  # the static plan stands; the day in real time does not fit
+        notes.append(f"autoscaling not tuned: in real time, {exc.message}")
+        finalists = []
     jobs_args = [
         (
             s,

@@ -205,9 +205,17 @@ def _why_not_chosen(e: Evaluation, best: Evaluation) -> str:
             f"more expensive: ${e.usd_per_hour:.2f}/h vs ${best.usd_per_hour:.2f}/h "
             f"({_replicas(e.config.replicas)})"
         )
+    same = f"same price (${e.usd_per_hour:.2f}/h)"
+    if e.config.gpus > best.config.gpus:
+        return f"{same} on more GPUs: {e.config.gpus} vs {best.config.gpus}"
+    mine, theirs = e.primary, best.primary
+    a, b = mine.ci.high / mine.target_s, theirs.ci.high / theirs.target_s
+    if round(a, 4) == round(b, 4):
+        return f"a tie: {same} and the same SLO headroom as the recommendation"
     return (
-        f"same price (${e.usd_per_hour:.2f}/h) but less SLO headroom: p{e.primary.percentile:g} "
-        f"upper limit {e.primary.ci.high * 1000:.1f} ms vs {best.primary.ci.high * 1000:.1f} ms"
+        f"{same} but less SLO headroom: p{mine.percentile:g} {mine.metric} upper limit "
+        f"{a:.1%} of its target vs {b:.1%} ({mine.ci.high * 1000:.2f} ms vs "
+        f"{theirs.ci.high * 1000:.2f} ms)"
     )
 
 

@@ -251,6 +251,14 @@ class Candidates(Strict):
         None, description="use this provider's price where the card lists one (default: catalog)"
     )
 
+    @field_validator("gpus", "precisions")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"listed more than once: {', '.join(dup)}")
+        return v
+
     @field_validator("tensor_parallel")
     @classmethod
     def _tp(cls, v: list[int]) -> list[int]:
@@ -274,6 +282,11 @@ class Simulation(Strict):
     )
     max_wait_s: float = Field(
         60.0, gt=0, description="a request waiting longer marks the run unstable (overloaded)"
+    )
+    max_requests: int = Field(
+        60_000_000,
+        ge=1,
+        description="most requests one replication may generate (~200 bytes each in memory)",
     )
 
     @field_validator("warmup")
@@ -305,6 +318,11 @@ class Scenario(Strict):
             raise ValueError("a transformer model needs fleet.batching.kind: continuous")
         if not llm and isinstance(self.fleet.batching, ContinuousBatching):
             raise ValueError("continuous batching is for transformer models; use kind: dynamic")
+        if not llm and self.candidates.tensor_parallel != [1]:
+            raise ValueError(
+                "candidates.tensor_parallel applies to transformer models only (one replica of a "
+                "fixed-shape model is one GPU)"
+            )
         if not llm and self.slo.latency_ms is None:
             raise ValueError("slo.latency_ms is required for fixed-shape models")
         if self.simulation.max_replications < self.simulation.replications:
@@ -345,6 +363,12 @@ def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, k
         p = Path(str(spec[key]))
         if not p.is_absolute():
             p = base / p
+        if p.is_dir():
+            raise InputError(
+                f"expected a CSV file, got a directory: {p}",
+                file=file,
+                where=f"traffic.{section}.{key}",
+            )
         if not p.is_file():
             raise InputError(
                 f"trace file not found: {p}", file=file, where=f"traffic.{section}.{key}"
@@ -408,6 +432,9 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     )
     if scenario.is_llm:
         check_llm(scenario, catalog if catalog is not None else load_catalog(), file=str(file))
+    from capsim.workload import check_traffic  # workload builds on this module
+
+    check_traffic(scenario, file=str(file))
     return scenario
 
 

@@ -192,7 +192,9 @@ def run_fixed_replication(
     keep = np.flatnonzero(served)[cut:]
     lat = lat_all[keep]
     t_first = stream.arrival[keep[0]] if len(keep) else 0.0
-    span = max(res.end_time, stream.horizon) - t_first
+    # an overloaded run stops early: its rates are over the time it ran
+    end = res.end_time if res.unstable else max(res.end_time, stream.horizon)
+    span = end - t_first
     busy_mask = res.batch_start >= t_first
     busy = float(res.batch_duration[busy_mask].sum())
     pf = svc.power_fractions(k)[res.batch_sizes[busy_mask]]

@@ -523,6 +523,9 @@ def whatif(
     """Run each policy over ``replications`` real-time replications of the same traffic."""
     s = scenario
     cat = catalog if catalog is not None else load_catalog()
+    from capsim.workload import check_traffic
+
+    check_traffic(_real_time(s), file="(what-if: the horizon in real time)")
     g, p, t = resolve_config(s, gpu, precision, tp)
     if g not in cat.gpus:
         raise InputError(

@@ -131,7 +131,8 @@ def _parse_times(col: pd.Series, fmt: str, file: str, column: str) -> np.ndarray
     if fmt in ("auto", "seconds"):
         num = pd.to_numeric(col, errors="coerce")
         if fmt == "seconds" or num.notna().mean() >= 0.5:
-            _first_bad(num.isna(), col, file, column, "a number of seconds")
+            bad = num.isna() | ~np.isfinite(num.fillna(0.0).to_numpy(dtype=float))
+            _first_bad(bad, col, file, column, "a finite number of seconds")
             return num.to_numpy(dtype=float)
     dt = pd.to_datetime(col, errors="coerce", format="mixed")
     _first_bad(dt.isna(), col, file, column, "a timestamp like 2023-11-16 18:15:46.68 or seconds")
@@ -167,6 +168,10 @@ def _read_trace_cached(
 ) -> TraceData:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            "the trace is empty: expected a header row and request rows", file=path
+        ) from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read trace CSV: {exc}".splitlines()[0], file=path) from None
     if df.empty:
@@ -191,6 +196,8 @@ def _read_trace_cached(
 def read_trace(spec: Trace) -> TraceData:
     """Parse a trace CSV (cached per file version); errors name the row and column."""
     p = Path(spec.path)
+    if p.is_dir():
+        raise InputError("expected a CSV file, got a directory", file=p)
     if not p.is_file():
         raise InputError("trace file not found", file=p)
     return _read_trace_cached(
@@ -313,6 +320,49 @@ def seed_children(seed: int, replication: int) -> list[np.random.SeedSequence]:
     return rep.spawn(3)
 
 
+def expected_requests(s: Scenario) -> tuple[float, float]:
+    """(requests one replication generates on average, mean offered rate in req/s)."""
+    a = s.traffic.arrivals
+    h, scale = sim_horizon(s)
+    if isinstance(a, Trace):
+        n = float(np.count_nonzero(read_trace(a).times >= a.start_s)) * a.rate_scale
+        n *= min(1.0, h / trace_span(a)) if trace_span(a) > 0 else 1.0
+        return n, n / h if h > 0 else 0.0
+    grid = np.linspace(0.0, real_horizon(s), 20001)
+    mean = float(a.rate_rps * rate_multiplier(a, grid).mean())
+    return mean * h, mean
+
+
+def check_traffic(s: Scenario, *, file: str | None = None) -> None:
+    """What only the traffic as a whole shows: some requests at all, not more than fit in
+    memory, and a warm-up shorter than the simulated horizon."""
+    n, mean = expected_requests(s)
+    h, _ = sim_horizon(s)
+    if n <= 0 or mean <= 0:
+        raise InputError(
+            "no traffic: the arrival rate is zero over the whole horizon",
+            file=file,
+            where="traffic",
+        )
+    cap = s.simulation.max_requests
+    if n > cap:
+        raise InputError(
+            f"one replication would generate ~{n:,.0f} requests ({mean:,.4g} req/s over "
+            f"{h:,.0f} simulated s); at most simulation.max_requests = {cap:,} fit in memory: "
+            "shorten traffic.horizon_s, set simulation.compress_to_s, or raise max_requests",
+            file=file,
+            where="traffic",
+        )
+    w = s.simulation.warmup
+    if isinstance(w, float) and w >= h:
+        raise InputError(
+            f"warm-up {w:g} s is not shorter than the simulated horizon of {h:g} s: nothing "
+            "would be measured",
+            file=file,
+            where="simulation.warmup",
+        )
+
+
 def make_stream(s: Scenario, replication: int) -> RequestStream:
     """The request stream of one replication (the same for every candidate)."""
     arr_seq, size_seq, _ = seed_children(s.simulation.seed, replication)
@@ -336,17 +386,34 @@ def jitter_rng(s: Scenario, replication: int) -> np.random.Generator:
     return np.random.default_rng(seed_children(s.simulation.seed, replication)[2])
 
 
+def trace_peak_rate(t: np.ndarray, window_s: float = 60.0) -> float:
+    """Most requests in a window of ``window_s`` (or 1/60 of the span, if longer), per second.
+
+    Only whole windows count (a short last one would exaggerate); a trace shorter than one
+    window gives its mean rate.
+
+    >>> round(trace_peak_rate(np.arange(0, 61, 0.01)), 1)       # 100 req/s for 61 s
+    100.0
+    """
+    if len(t) < 2:
+        return float(len(t))
+    t = np.asarray(t, dtype=float) - float(t[0])
+    span = float(t[-1])
+    win = max(window_s, span / 60)
+    full = int(span // win)
+    if full < 1:
+        return len(t) / max(span, 1.0)
+    counts = np.histogram(t, bins=full, range=(0.0, full * win))[0]
+    return float(counts.max() / win)
+
+
 def peak_rate(s: Scenario) -> float:
     """Highest offered rate over the horizon (req/s), for capacity bounds."""
     a = s.traffic.arrivals
     if isinstance(a, Trace):
         data = read_trace(a)
-        t = data.times / a.speedup
-        if len(t) < 2:
-            return float(len(t))
-        win = max(60.0, float(t[-1]) / 60)
-        counts = np.histogram(t, bins=max(1, int(np.ceil(t[-1] / win))))[0]
-        return float(counts.max() / win * a.rate_scale)
+        t = data.times[data.times >= a.start_s] / a.speedup
+        return trace_peak_rate(t) * a.rate_scale
     h = real_horizon(s)
     grid = np.linspace(0, h, 20001)
     return float(a.rate_rps * rate_multiplier(a, grid).max())

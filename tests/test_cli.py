@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+import numpy as np
 import pytest
 
 from capsim.cli import main
@@ -256,3 +257,75 @@ def test_user_catalog_directory(runner, tmp_path, write_scenario):
     assert res.exit_code == 0 and "t4" in res.output and "h100-sxm" not in res.output
     p = write_scenario(small_fixed_scenario())
     _bad(runner, ["--catalog", str(mine), "validate", str(p)], "candidates.gpus[1]", "l4")
+
+
+# --------------------------------------------------------------------------- more bad input
+def test_traffic_that_cannot_run_is_refused_at_validate(runner, write_scenario, tmp_path):
+    def bad_arrivals(**arrivals):
+        data = small_fixed_scenario()
+        data["traffic"]["arrivals"].update(arrivals)
+        return write_scenario(data)
+
+    for value in (float("inf"), float("nan"), True, "300"):
+        p = bad_arrivals(rate_rps=value)
+        _bad(runner, ["validate", str(p)], str(p), "traffic.arrivals.rate_rps")
+    p = bad_arrivals(pattern={"kind": "piecewise", "times_s": [0, 60], "multipliers": [0, 0]})
+    _bad(runner, ["validate", str(p)], "traffic", "no traffic")
+    p = bad_arrivals(rate_rps=2e6)  # 2.4e8 requests in 120 s: more than fit in memory
+    _bad(runner, ["simulate", str(p), "--gpu", "t4", "--precision", "int8", "--replicas", "1"],
+         "traffic", "max_requests", "compress_to_s")  # fmt: skip
+    data = small_fixed_scenario(simulation={"replications": 2, "warmup": 500.0})
+    p = write_scenario(data)
+    _bad(runner, ["validate", str(p)], "simulation.warmup", "horizon")
+    data = small_fixed_scenario()
+    data["candidates"]["gpus"] = ["t4", "l4", "t4"]
+    p = write_scenario(data)
+    _bad(runner, ["validate", str(p)], "candidates.gpus", "more than once: t4")
+    data = small_fixed_scenario()
+    data["candidates"]["tensor_parallel"] = [1, 2]
+    p = write_scenario(data)
+    _bad(runner, ["validate", str(p)], "tensor_parallel", "transformer models only")
+
+
+def test_bad_trace_files(runner, write_scenario, tmp_path):
+    def with_trace(name: str, text: str | None):
+        path = tmp_path / name
+        if text is None:
+            path.mkdir()
+        else:
+            path.write_text(text)
+        data = small_fixed_scenario()
+        data["traffic"] = {"arrivals": {"kind": "trace", "path": str(path)}}
+        return write_scenario(data, name=f"{name}.yaml")
+
+    _bad(runner, ["validate", str(with_trace("empty.csv", ""))], "empty.csv", "empty")
+    _bad(runner, ["validate", str(with_trace("d.csv", None))], "traffic.arrivals.path", "directory")
+    p = with_trace("inf.csv", "TIMESTAMP\n0\n1e400\n2\n")
+    _bad(runner, ["validate", str(p)], "inf.csv", "row 3", "finite")
+
+
+def test_a_missing_path_is_not_replaced_by_a_shipped_scenario(runner, tmp_path):
+    missing = tmp_path / "nowhere" / "vision.yaml"
+    _bad(runner, ["validate", str(missing)], str(missing), "not found")
+
+
+def test_trace_peak_rate_counts_whole_windows(runner, write_scenario, tmp_path):
+    trace = tmp_path / "u100.csv"
+    times = np.arange(0, 61, 0.01)
+    trace.write_text("TIMESTAMP\n" + "\n".join(f"{t:.2f}" for t in times) + "\n")
+    data = small_fixed_scenario()
+    data["traffic"] = {"arrivals": {"kind": "trace", "path": str(trace)}}
+    res = runner.invoke(main, ["validate", str(write_scenario(data))])
+    assert res.exit_code == 0 and "peak 100.0 req/s" in res.output, res.output
+
+
+def test_json_output_is_standard_json(runner, write_scenario):
+    """An unstable run's percentiles are infinite: JSON says null, never Infinity or NaN."""
+    data = small_fixed_scenario()
+    data["traffic"]["arrivals"]["rate_rps"] = 5000.0
+    p = write_scenario(data)
+    res = runner.invoke(main, ["simulate", str(p), "--gpu", "t4", "--precision", "fp16",
+                               "--replicas", "1", "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    json.loads(res.output, parse_constant=lambda c: pytest.fail(f"non-standard JSON: {c}"))
+    assert "Infinity" not in res.output and "NaN" not in res.output

@@ -403,3 +403,62 @@ def test_estimate_llm_text_and_json(runner):
     res = runner.invoke(main, ["estimate", "--model", "llama-3.1-8b", "--gpu", "t4",
                                "--precision", "fp8", "--batch", "8"])  # fmt: skip
     assert res.exit_code == 2 and "no fp8 math" in res.output
+
+
+# ------------------------------------------------------------------------------- fixes
+def test_requests_the_engine_cannot_schedule_mark_the_run_unstable():
+    """Without chunked prefill, a preempted request whose recompute exceeds the token budget
+    can never be admitted again; the run must say so, not drop the requests silently."""
+    rng = np.random.default_rng(0)
+    arr = np.sort(rng.uniform(0, 1, 60))
+    lim = EngineLimits(kv_blocks=200, block_size=16, max_num_batched_tokens=512,
+                       chunked_prefill=False)  # fmt: skip
+    r = run_llm(arr, np.full(60, 500), np.full(60, 300), ConstTimer(0.01), lim, 1)
+    assert not r.served.all()
+    assert r.unstable and "never served" in r.unstable_reason
+
+
+def test_no_chunking_needs_a_budget_that_holds_max_model_len(runner, tmp_path):
+    import yaml
+
+    from capsim.cli import main
+
+    data = yaml.safe_load((ROOT / "scenarios" / "chatbot.yaml").read_text())
+    data["traffic"]["tokens"]["trace"] = str(AZURE)
+    engine = data["fleet"]["batching"]["engine"]
+    engine["chunked_prefill"] = False  # budget 2048 < max_model_len 8192
+    p = tmp_path / "nochunk.yaml"
+    p.write_text(yaml.safe_dump(data))
+    res = runner.invoke(main, ["validate", str(p)])
+    assert res.exit_code == 2 and "max_num_batched_tokens" in res.output
+    assert "max_model_len" in res.output and "Traceback" not in res.output
+    engine["chunked_prefill"], engine["max_model_len"] = True, 1_000_000  # > 131,072 context
+    p.write_text(yaml.safe_dump(data))
+    res = runner.invoke(main, ["validate", str(p)])
+    assert res.exit_code == 2 and "context" in res.output, res.output
+
+
+def test_simulate_refuses_a_configuration_that_does_not_fit(runner):
+    from capsim.cli import main
+
+    res = runner.invoke(main, ["simulate", "scenarios/chatbot_trace.yaml", "--gpu", "t4",
+                               "--precision", "fp16", "--replicas", "4"])  # fmt: skip
+    assert res.exit_code == 2 and "does not fit" in res.output, res.output
+
+
+def test_estimate_llm_prints_every_batch_size(runner):
+    from capsim.cli import main
+
+    args = ["estimate", "--model", "llama-3.1-8b", "--gpu", "l4", "--precision", "fp8",
+            "--batch", "1", "8", "32"]  # fmt: skip
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    rows = [ln.split() for ln in res.output.splitlines() if ln.strip()[:2] in ("1 ", "8 ", "32")]
+    assert [r[0] for r in rows] == ["1", "8", "32"]
+    steps = [float(r[2]) for r in rows]
+    assert steps == sorted(steps)  # a larger batch reads more KV per step
+    d = json.loads(runner.invoke(main, [*args, "--format", "json"]).output)
+    assert [b["batch"] for b in d["batches"]] == [1, 8, 32] and d["batch"] == 32
+    res = runner.invoke(main, ["estimate", "--model", "llama-2-7b", "--gpu", "l4",
+                               "--precision", "fp8", "--prompt", "8000"])  # fmt: skip
+    assert res.exit_code == 2 and "context" in res.output

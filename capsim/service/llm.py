@@ -1141,6 +1141,12 @@ class LLMEstimates:
     def largest(self) -> LLMEstimate:
         return self.estimates[-1]
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the largest batch's (``prefill_s``, ``fit``, breakdowns ...)."""
+        if name.startswith("__") or name == "estimates":
+            raise AttributeError(name)
+        return getattr(self.largest, name)
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.largest.to_dict(), "batches": [e.row() for e in self.estimates]}
 

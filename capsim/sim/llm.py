@@ -1093,7 +1093,8 @@ def measure(s, gpu: GPU, tp: int, res: LLMRunResult, horizon: float) -> RunMetri
         cut = warmup_cut(e2e_all[served], s.simulation.warmup, res.arrival[served])
     keep = np.flatnonzero(served)[cut:]
     t_first = float(res.arrival[keep[0]]) if len(keep) else 0.0
-    span = max(res.end_time, horizon) - t_first
+    # an overloaded run stops early: its rates are over the time it ran
+    span = (res.end_time if res.unstable else max(res.end_time, horizon)) - t_first
     ttft = res.ttft[keep]
     e2e = e2e_all[keep]
     tpot = res.tpot[keep]
