@@ -17,7 +17,7 @@ from .schema import PRECISIONS
 
 EXAMPLES = """examples:
   python -m calibrate run --out measurements/l4 --budget-seconds 600
-  python -m calibrate run --out /tmp/ci --backend numpy --quick --budget-seconds 20
+  python -m calibrate run --out /tmp/ci --backend numpy --quick --budget-seconds 20 --threads 1
   python -m calibrate run --out h100 --backend torch --device cuda --precisions bf16 fp8 int8
   python -m calibrate check measurements/l4
 """
@@ -38,6 +38,12 @@ def _budget(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
     return value
+
+
+def _threads(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return int(text)
 
 
 def _device(text: str) -> str:
@@ -87,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="a tiny sweep (CI, smoke tests)")
     r.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     r.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    r.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="pin BLAS/OpenMP to N threads (sets OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and "
+        "MKL_NUM_THREADS before NumPy loads); 1 gives the steadiest CPU measurements on a shared "
+        "machine; recorded in meta.json (device.blas_threads)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     c = sub.add_parser("check", help="validate a measurements directory and summarise it")
     c.add_argument("dir")
@@ -94,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import run
+    if args.threads is not None:  # before the runner imports NumPy
+        from .threads import pin_threads
+
+        pin_threads(args.threads)
+    from .runner import run, was_interrupted
 
     progress = None if args.no_progress else StderrProgress()
     out = run(
@@ -107,8 +126,12 @@ def _run(args: argparse.Namespace) -> int:
         progress=progress,
         overwrite=args.overwrite,
         seed=args.seed,
+        threads=args.threads,
     )
     print(out)
+    if was_interrupted(out):
+        print(f"calibrate: interrupted: wrote what was measured to {out}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -133,7 +156,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for usage errors, 1 for an invalid directory)."""
+    """Entry point; returns the exit code (2 for usage errors, 1 for an invalid directory, 130
+    when Ctrl-C ended the run -- after writing what was measured, if anything was)."""
     args = build_parser().parse_args(argv)
     try:
         return _run(args) if args.command == "run" else _check(args)

@@ -10,8 +10,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 _OPTIONAL = {
     "torch": "torch",
     "torchvision": "torchvision",
@@ -71,6 +69,8 @@ def last_level_cache_bytes(default: int = 32 << 20) -> int:
 
 def numpy_blas() -> str | None:
     """Name and version of the BLAS NumPy was built against, when NumPy tells."""
+    import numpy as np
+
     try:
         config = np.show_config(mode="dicts")
         blas = config["Build Dependencies"]["blas"]
@@ -113,6 +113,8 @@ def host_info() -> dict[str, Any]:
 
 def software_info() -> dict[str, Any]:
     """Python, NumPy and (installed, not necessarily imported) optional package versions."""
+    import numpy as np
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),

@@ -28,6 +28,7 @@ from .schema import (
     NO_PRECISION,
     PRECISIONS,
     REQUIRED_META_KEYS,
+    SHAPE_COLUMNS,
     TIMED_KINDS,
     required_columns,
 )
@@ -241,18 +242,45 @@ def _parse_cell(name: str, raw: str) -> Any:
     return value
 
 
+#: kinds whose ``flops`` and ``bytes`` are the roofline inputs of a fit (both must be positive)
+_WORK_KINDS = frozenset({"gemm", "attention_decode", "attention_prefill", "forward_block", "forward_resnet50"})  # fmt: skip
+
+
 def _check_consistency(path: Path, row: int, line: int, r: dict[str, Any]) -> None:
-    if r["kind"] not in TIMED_KINDS:
+    def fail(what: str, column: str) -> MeasurementsError:
+        return _fail(path, what, row=row, line=line, column=column)
+
+    kind = r["kind"]
+    for name in SHAPE_COLUMNS[kind]:
+        if r[name] < 1:
+            raise fail(f"must be at least 1 (a size of a {kind} row), not {r[name]}", name)
+    if kind.startswith("bandwidth") and not r["bytes"] > 0:
+        raise fail(f"must be positive: a {kind} row moves bytes (got {r['bytes']})", "bytes")
+    if kind in _WORK_KINDS:
+        for name in ("flops", "bytes"):
+            if not r[name] > 0:
+                raise fail(f"must be positive for a {kind} row (got {r[name]})", name)
+    if kind == "forward_block":
+        h, d = r["heads"], r["head_dim"]
+        if r["hidden"] != h * d:
+            raise fail(
+                f"{r['hidden']} is not heads x head_dim = {h} x {d} = {h * d} "
+                "(the block's width is split evenly over its heads)",
+                "hidden",
+            )
+        if r["tokens"] != r["batch"] * r["seq_len"]:
+            raise fail(
+                f"{r['tokens']} is not batch x seq_len = {r['batch']} x {r['seq_len']}", "tokens"
+            )
+    if kind not in TIMED_KINDS:
         return
     if r["repeats"] < 1:
-        raise _fail(
-            path, "a timed row needs at least 1 repeat", row=row, line=line, column="repeats"
-        )
+        raise fail("a timed row needs at least 1 repeat", "repeats")
     if r["inner"] < 1:
-        raise _fail(path, "must be at least 1", row=row, line=line, column="inner")
+        raise fail("must be at least 1", "inner")
+    if not r["median_s"] > 0:
+        raise fail(f"a timed row's median time must be positive, not {r['median_s']}", "median_s")
     order = ("min_s", "p10_s", "median_s", "p90_s")
     for lo, hi in zip(order, order[1:], strict=False):
         if r[lo] > r[hi] * (1 + 1e-9) + 1e-15:
-            raise _fail(
-                path, f"{r[lo]} is greater than {hi} = {r[hi]}", row=row, line=line, column=lo
-            )
+            raise fail(f"{r[lo]} is greater than {hi} = {r[hi]}", lo)

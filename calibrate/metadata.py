@@ -82,6 +82,8 @@ def precision_meta(s: Session) -> dict[str, Any]:
         entry["method" if sup.supported else "reason"] = sup.detail
         if sup.supported and p not in s.gemm_precisions:
             entry["note"] = "not requested (--precisions)"
+        if p in s.unsupported:
+            entry["note"] = "requested (--precisions) but not supported: not measured"
         out[p] = entry
     return out
 

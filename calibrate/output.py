@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -67,10 +68,12 @@ def write_directory(
     """Write ``meta.json`` and ``measurements.csv`` into ``out`` atomically; returns ``out``."""
     out = Path(out)
     check_target(out, overwrite)
+    mode = _dir_mode(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent or "."))
     try:
         write_csv(tmp / CSV_FILE, rows)
         _write_json(tmp / META_FILE, meta)
+        os.chmod(tmp, mode)  # mkdtemp makes it private (0700)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,4 +98,29 @@ def _replace(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    os.chmod(out, 0o755)
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it: set it and restore it at once
+    os.umask(mask)
+    return mask
+
+
+def _dir_mode(out: Path) -> int:
+    """The mode of the directory being replaced, else what ``mkdir`` gives: 0o777 & ~umask.
+
+    The files inside are created with ``open()`` and so get ``0o666 & ~umask`` already.
+    """
+    try:
+        if out.is_dir():
+            return stat.S_IMODE(out.stat().st_mode)
+    except OSError:
+        pass
+    return 0o777 & ~umask()

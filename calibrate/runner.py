@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .backends import select_backend
 from .errors import CalibrationError
 from .metadata import utc_now
 from .output import check_target, write_directory
-from .schema import PRECISIONS
+from .schema import META_FILE, PRECISIONS
 from .session import ProgressFn, Session
+from .threads import pin_threads
 
 DEFAULT_BUDGET_S = 900.0
 DEFAULT_QUICK_BUDGET_S = 30.0
@@ -28,14 +31,19 @@ def run(
     *,
     overwrite: bool = False,
     seed: int = 0,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
     """Measure this machine and write a ``capsim-calibration/1`` directory to ``out_dir``.
 
     ``budget_seconds`` bounds the whole run (default 900 s, or 30 s with ``quick``);
-    ``precisions`` restricts the GEMM sweep (default: every supported one); ``progress`` receives
-    :class:`~calibrate.progress.ProgressEvent` objects. Raises :class:`CalibrationError` on bad
-    arguments, an unusable backend or an existing non-empty ``out_dir`` (unless ``overwrite``).
-    Returns the directory written.
+    ``precisions`` restricts the GEMM sweep (default: every supported one; when none of them is
+    supported on the device the run is refused, when some are not ``warn`` is told -- default:
+    a line on stderr); ``progress`` receives :class:`~calibrate.progress.ProgressEvent` objects;
+    ``threads`` pins the BLAS / OpenMP threads (see :mod:`calibrate.threads`). Raises
+    :class:`CalibrationError` on bad arguments, an unusable backend or an existing non-empty
+    ``out_dir`` (unless ``overwrite``). Returns the directory written; when Ctrl-C ended the
+    measurements early it still holds what was measured (see :func:`was_interrupted`).
     """
     started = time.perf_counter()
     created = utc_now()
@@ -43,14 +51,32 @@ def run(
     budget = _budget(budget_seconds, quick)
     requested = normalize_precisions(precisions)
     check_target(out, overwrite)
+    pinned_by = pin_threads(threads) if threads is not None else None
     be = select_backend(backend, device, seed)
     try:
         session = Session(be, quick, requested, budget, started, progress)
+        for line in session.unsupported_notes():
+            (warn or _stderr)(line)
+        session.device.update(blas_threads=threads, blas_threads_pinned_by=pinned_by)
         rows = session.execute()
-        meta = session.meta(created, {"backend": backend, "device": device}, seed)
+        command = {"backend": backend, "device": device, "threads": threads}
+        meta = session.meta(created, command, seed)
     finally:
         be.close()
     return write_directory(out, meta, rows, overwrite)
+
+
+def was_interrupted(out_dir: str | Path) -> bool:
+    """True when the run that wrote ``out_dir`` was ended early by Ctrl-C (``meta.json``)."""
+    try:
+        meta = json.loads((Path(out_dir) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("interrupted") is True
+
+
+def _stderr(line: str) -> None:
+    print(f"calibrate: warning: {line}", file=sys.stderr, flush=True)
 
 
 def normalize_precisions(precisions: Iterable[str] | None) -> list[str] | None:

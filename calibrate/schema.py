@@ -82,7 +82,8 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 COLUMN_TYPES: dict[str, str] = {c.name: c.type for c in COLUMNS}
 TIMING_COLUMNS = ("median_s", "min_s", "p10_s", "p90_s", "std_s", "inner")
 
-_SHAPES: dict[str, tuple[str, ...]] = {
+#: size columns of each kind (required, integers >= 1)
+SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "launch": (),
     "bandwidth_copy": ("buffer_bytes",),
     "bandwidth_read": ("buffer_bytes",),
@@ -101,7 +102,7 @@ def required_columns(kind: str) -> tuple[str, ...]:
     base = ("kind", "precision", "flops", "bytes", "repeats")
     timing = TIMING_COLUMNS + ("gflops_per_s", "gbytes_per_s") if kind in TIMED_KINDS else ()
     power = ("power_w",) if kind in POWER_KINDS else ()
-    return base + _SHAPES[kind] + timing + power
+    return base + SHAPE_COLUMNS[kind] + timing + power
 
 
 def columns_doc() -> dict[str, str]:

@@ -63,6 +63,13 @@ class Session:
         self.gemm_precisions = [
             p for p in PRECISIONS if self.support[p].supported and (not requested or p in requested)
         ]
+        self.unsupported = [p for p in requested or () if not self.support[p].supported]
+        if requested and not self.gemm_precisions:
+            raise CalibrationError(
+                f"none of the requested precisions ({', '.join(requested)}) is supported by the "
+                f"{be.name} backend on {be.device_kind}: {self._reasons()}; supported here: "
+                f"{', '.join(self._supported()) or 'none'}"
+            )
         self.cfg: SweepConfig = sweep_config(be.device_kind, quick, be.cache_bytes())
         self.meter, self.power_note = self._open_power()
         self.resnet_note = be.resnet50_unavailable()
@@ -84,6 +91,22 @@ class Session:
         self.warmed_up = be.device_kind != "cuda"
 
     # -- setup ---------------------------------------------------------------------------------
+    def _supported(self) -> list[str]:
+        return [p for p in PRECISIONS if self.support[p].supported]
+
+    def _reasons(self) -> str:
+        return "; ".join(f"{p}: {self.support[p].detail}" for p in self.unsupported)
+
+    def unsupported_notes(self) -> list[str]:
+        """One line when some requested precisions cannot be measured here (they are skipped)."""
+        if not self.unsupported:
+            return []
+        return [
+            f"not measuring {', '.join(self.unsupported)} (unsupported by the {self.be.name} "
+            f"backend on {self.be.device_kind}: {self._reasons()}); measuring "
+            f"{', '.join(self.gemm_precisions)}; supported here: {', '.join(self._supported())}"
+        ]
+
     def _open_power(self) -> tuple[PowerMeter | None, str]:
         if self.be.device_kind != "cuda":
             return None, "power is read through NVML on CUDA devices only"
@@ -107,12 +130,12 @@ class Session:
     # -- the loop ------------------------------------------------------------------------------
     def execute(self) -> list[dict[str, Any]]:
         """Measure every task that fits; returns the rows, sorted."""
-        self._emit(
-            "plan",
-            f"{len(self.tasks)} points on {self.be.name}/{self.be.device_kind}, "
-            f"budget {self.budget_s:.0f} s",
-        )
         try:
+            self._emit(
+                "plan",
+                f"{len(self.tasks)} points on {self.be.name}/{self.be.device_kind}, "
+                f"budget {self.budget_s:.0f} s",
+            )
             for task in self.tasks:
                 self._run(task)
                 self.done += 1

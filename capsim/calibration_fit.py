@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from capsim.calibration import (
     Calibration,
@@ -47,7 +48,13 @@ from capsim.calibration import (
     Provenance,
 )
 from capsim.catalog import GIB, GPU, load_gpu_file
-from capsim.errors import InputError, atomic_write_bytes, atomic_write_text, parse_model
+from capsim.errors import (
+    InputError,
+    atomic_write_bytes,
+    atomic_write_text,
+    format_validation_error,
+    parse_model,
+)
 from capsim.models import TransformerModel
 
 #: harness precision -> capsim math format (fp64 has none)
@@ -131,15 +138,38 @@ def binned_curve(
 
 
 def make_curve(kind: str, fmt: str, xname: str, x, eff) -> EfficiencyCurve:
+    """An efficiency curve from points ``(x, eff)`` (see :func:`binned_curve`), rounded for the
+    catalog: breakpoints to 4 significant digits, efficiencies to 4 decimals but never fewer than
+    4 significant digits (a tiny efficiency stays positive and keeps its precision)."""
     at, ef = binned_curve(np.asarray(x), np.asarray(eff))
+    keep_at: list[float] = []
+    keep_ef: list[float] = []
+    for a, v in zip(at, ef, strict=True):
+        a = _sig(a, 4)
+        if keep_at and a <= keep_at[-1]:
+            continue  # two breakpoints that round to the same value: keep the first
+        keep_at.append(a)
+        keep_ef.append(round_efficiency(v))
     return EfficiencyCurve(
         kind=kind,
         format=fmt,
         x=xname,
-        at=[_sig(a, 4) for a in at],
-        efficiency=[round(v, 4) for v in ef],
+        at=keep_at,
+        efficiency=keep_ef,
         points=int(len(np.asarray(x))),
     )
+
+
+def round_efficiency(v: float) -> float:
+    """``v`` to 4 decimals, or to 4 significant digits when that keeps more (``v < 0.1``).
+
+    >>> round_efficiency(0.712345), round_efficiency(1.098432), round_efficiency(0.0000123456)
+    (0.7123, 1.0984, 1.235e-05)
+    """
+    v = float(v)
+    if not (v > 0 and math.isfinite(v)):
+        return v
+    return round(v, max(4, 3 - math.floor(math.log10(v))))
 
 
 def achieved_efficiency(
@@ -369,12 +399,15 @@ def combine_runs(
     """Several measurement runs of one machine as one: per point, the run with the fastest
     median (on a shared machine the slower runs are the disturbed ones); power rows: all kept.
 
-    The runs must come from the same device and backend.
+    The runs must come from the same device and backend. Every returned row carries ``_where``
+    (``<dir>/measurements.csv: row N``, for messages), and the returned meta ``runs``: per run,
+    whether it was interrupted or ran out of budget (see :func:`run_notes`).
     """
     meta0, _ = runs[0]
     dev0 = (meta0.get("device") or {}).get("name"), meta0.get("backend")
     best: dict[tuple, dict[str, Any]] = {}
     power: list[dict[str, Any]] = []
+    info = []
     for (meta, rows), name in zip(runs, names, strict=True):
         dev = (meta.get("device") or {}).get("name"), meta.get("backend")
         if dev != dev0:
@@ -383,14 +416,53 @@ def combine_runs(
                 "combine only runs of one device",
                 file=name,
             )
-        for r in rows:
+        info.append(_run_info(meta, name))
+        csv_name = str(Path(name) / "measurements.csv")
+        for i, r in enumerate(rows, start=1):
+            r = {**r, "_where": f"{csv_name}: row {i}"}
             if r["kind"].startswith("power"):
                 power.append(r)
                 continue
             key = tuple(r.get(c) for c in _POINT_KEYS)
             if key not in best or r["median_s"] < best[key]["median_s"]:
                 best[key] = r
-    return meta0, [*best.values(), *power]
+    return {**meta0, "runs": info}, [*best.values(), *power]
+
+
+def _run_info(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    budget = meta.get("budget") or {}
+    skipped = meta.get("skipped") or []
+    reasons = [str(s.get("reason", "")) for s in skipped if isinstance(s, dict)]
+    return {
+        "data": name,
+        "interrupted": bool(meta.get("interrupted")),
+        "budget_exhausted": bool(budget.get("exhausted")),
+        "skipped_budget": sum(r.startswith("budget") for r in reasons),
+        "skipped_interrupted": sum(r.startswith("interrupted") for r in reasons),
+    }
+
+
+def run_notes(meta: dict[str, Any], data: str) -> list[str]:
+    """Notes on runs that did not measure their whole plan (meta.json ``interrupted`` and
+    ``budget.exhausted``)."""
+    notes = []
+    for run in meta.get("runs") or [_run_info(meta, data)]:
+        if run["interrupted"]:
+            notes.append(
+                f"{run['data']}: the run was interrupted (Ctrl-C); {run['skipped_interrupted']} "
+                "planned points were not measured and the fit uses what was"
+            )
+        if run["budget_exhausted"]:
+            notes.append(
+                f"{run['data']}: the run's budget was exhausted; {run['skipped_budget']} planned "
+                "points were skipped (meta.json -> skipped); a longer --budget-seconds measures more"
+            )
+    return notes
+
+
+def _where(r: dict[str, Any]) -> str:
+    """Where a row came from (``<dir>/measurements.csv: row N``), else what it is."""
+    return str(r.get("_where") or _row_label(r))
 
 
 def _median_by(rows: list[dict[str, Any]], key) -> dict[Any, float]:
@@ -427,10 +499,25 @@ def gemm_tables(rows: list[dict[str, Any]]) -> list[OpTable]:
     return tables
 
 
+def _checked(values: np.ndarray, sel: list[dict[str, Any]], what: str) -> np.ndarray:
+    """``values`` (one per row of ``sel``) must be positive and finite: else the row is named."""
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        r = sel[int(np.flatnonzero(bad)[0])]
+        raise InputError(
+            f"{_row_label(r)}: its {what} is {values[bad][0]:g}, which cannot be stored (flops "
+            f"{r['flops']:g}, bytes {r['bytes']:g}, median_s {r['median_s']:g}); fix or remove "
+            "this row",
+            file=_where(r),
+        )
+    return values
+
+
 def _curves(
     gpu: GPU, rows: list[dict[str, Any]], overhead_s: float, formats: Sequence[str]
-) -> list[EfficiencyCurve]:
-    curves = []
+) -> tuple[list[EfficiencyCurve], list[str]]:
+    """The fitted curves, and notes on points that look disturbed."""
+    curves, notes = [], []
     for fmt in formats:
         for kind, kinds in (("gemm", ("gemm",)), ("attention", ("attention_decode", "attention_prefill"))):  # fmt: skip
             sel = [r for r in rows if r["kind"] in kinds and _format_of(r) == fmt]
@@ -439,8 +526,13 @@ def _curves(
             f = np.array([r["flops"] for r in sel], dtype=float)
             b = np.array([r["bytes"] for r in sel], dtype=float)
             t = np.array([r["median_s"] for r in sel], dtype=float)
-            eff = achieved_efficiency(gpu, f, b, fmt, t, overhead_s)
-            curves.append(make_curve(kind, fmt, "intensity", f / b, eff))
+            x = _checked(f / b, sel, "arithmetic intensity (flops / bytes)")
+            eff = _checked(
+                achieved_efficiency(gpu, f, b, fmt, t, overhead_s), sel, "achieved efficiency"
+            )
+            curve = make_curve(kind, fmt, "intensity", x, eff)
+            curves.append(curve)
+            notes += _outlier_notes(curve, x, eff, sel)
     bw = [r for r in rows if r["kind"] == "bandwidth_copy"] or [
         r for r in rows if r["kind"] == "bandwidth_read"
     ]
@@ -448,10 +540,38 @@ def _curves(
         b = np.array([r["bytes"] for r in bw], dtype=float)
         t = np.array([r["median_s"] for r in bw], dtype=float)
         roof = b / gpu.bandwidth
-        eff = roof / np.maximum(t - overhead_s, MIN_BODY * t)
+        eff = _checked(roof / np.maximum(t - overhead_s, MIN_BODY * t), bw, "achieved efficiency")
         fmt = next((f for f in formats), "fp32")
         curves.append(make_curve("memory", fmt, "bytes", b, eff))
-    return curves
+    return curves, notes
+
+
+#: a curve breakpoint resting on one point this many times below both neighbours is flagged
+OUTLIER_FACTOR = 10.0
+
+
+def _outlier_notes(
+    curve: EfficiencyCurve, x: np.ndarray, eff: np.ndarray, sel: list[dict[str, Any]]
+) -> list[str]:
+    """Breakpoints that rest on a single measurement far below both neighbouring breakpoints:
+    most likely a disturbed measurement (a bin of several points takes their median, which a
+    single slow point does not move)."""
+    notes = []
+    e = curve.efficiency
+    for i in range(1, len(e) - 1):
+        if e[i] * OUTLIER_FACTOR > min(e[i - 1], e[i + 1]):
+            continue
+        near = np.abs(np.log(x) - math.log(curve.at[i]))
+        j = int(near.argmin())
+        if int((near < 1e-6 + near[j]).sum()) != 1:
+            continue
+        notes.append(
+            f"{_where(sel[j])} ({_row_label(sel[j])}): achieved {eff[j]:.3g} of the roofline, "
+            f"over {OUTLIER_FACTOR:g}x below its neighbours on the {curve.kind} {curve.format} "
+            "curve: a disturbed measurement? Re-measure, or fit several runs together "
+            "(capsim calibrate fit run1 run2 keeps each point's fastest median)"
+        )
+    return notes
 
 
 def _launch_us(rows: list[dict[str, Any]]) -> float | None:
@@ -469,15 +589,62 @@ def _measured_peaks(rows: list[dict[str, Any]]) -> MeasuredPeaks:
     for r in rows:
         fmt = _format_of(r)
         if r["kind"] == "gemm" and fmt:
-            tflops[fmt] = max(tflops.get(fmt, 0.0), r["gflops_per_s"] / 1e3)
-    bw = [r["gbytes_per_s"] for r in rows if r["kind"].startswith("bandwidth")]
+            rate = _checked(np.array([r["flops"] / r["median_s"]]), [r], "FLOP rate")[0]
+            tflops[fmt] = max(tflops.get(fmt, 0.0), float(rate) / 1e12)
+    bw_rows = [r for r in rows if r["kind"].startswith("bandwidth")]
+    bw = [float(_checked(np.array([r["bytes"] / r["median_s"]]), [r], "bandwidth")[0]) / 1e9 for r in bw_rows]  # fmt: skip
+    launch = _launch_us(rows)
     return MeasuredPeaks(
         bandwidth_gb_s=_sig(max(bw), 4) if bw else None,
         tflops={f: _sig(v, 4) for f, v in tflops.items() if v > 0},
-        launch_us=_sig(_launch_us(rows), 4) if _launch_us(rows) is not None else None,
+        launch_us=_sig(launch, 4) if launch is not None else None,
         power_idle_w=_power(rows, "power_idle"),
         power_busy_w=_power(rows, "power_busy"),
     )
+
+
+#: measurements faster than this share of an entry's spec peak are refused (the wrong --gpu)
+SPEC_MARGIN = 1.05
+
+
+def peaks_are_measured(gpu: GPU) -> bool:
+    """True for entries whose peaks are measured rates (``--new-gpu``), not a spec sheet."""
+    return str(gpu.sources.get("peak_tflops", "")).startswith("measured")
+
+
+def check_spec_peaks(gpu: GPU, rows: list[dict[str, Any]], device: str | None = None) -> None:
+    """Refuse measurements that beat ``gpu``'s spec peaks (per GEMM format, and the memory
+    bandwidth) by more than 5%: no card runs faster than its spec sheet, so they come from another
+    card (``--gpu`` names the wrong entry)."""
+    on = f" (measured on {device})" if device else ""
+    best: dict[str, tuple[float, dict[str, Any]]] = {}
+    for r in rows:
+        fmt = _format_of(r)
+        if r.get("median_s") and r["kind"] == "gemm" and fmt and gpu.peak_flops(fmt):
+            rate = r["flops"] / r["median_s"]
+            if rate > best.get(fmt, (0.0, r))[0]:
+                best[fmt] = (rate, r)
+    for fmt, (rate, r) in best.items():
+        peak = gpu.peak_flops(fmt)
+        assert peak is not None
+        if rate > SPEC_MARGIN * peak:
+            raise InputError(
+                f"{_where(r)} ({_row_label(r)}) ran at {rate / 1e12:.4g} TFLOP/s = "
+                f"{rate / peak:.0%} of {gpu.id}'s spec {fmt} peak ({peak / 1e12:g} TFLOP/s): "
+                f"measured faster than the card's spec peak -- wrong --gpu?{on}",
+                where="--gpu",
+            )
+    bw = [(r["bytes"] / r["median_s"], r) for r in rows if r["kind"].startswith("bandwidth") and r.get("median_s")]  # fmt: skip
+    if bw:
+        rate, r = max(bw, key=lambda p: p[0])
+        if rate > SPEC_MARGIN * gpu.bandwidth:
+            raise InputError(
+                f"{_where(r)} ({_row_label(r)}) moved {rate / 1e9:.4g} GB/s = "
+                f"{rate / gpu.bandwidth:.0%} of {gpu.id}'s spec memory bandwidth "
+                f"({gpu.bandwidth_gb_s:g} GB/s): measured faster than the card's spec -- wrong "
+                f"--gpu?{on}",
+                where="--gpu",
+            )
 
 
 def _predict_row(gpu: GPU, r: dict[str, Any]) -> tuple[float, str] | None:
@@ -554,13 +721,26 @@ def fit_measurements(
 
     Either ``gpu`` (calibrate an existing entry: the curves are fractions of its spec peaks) or
     ``new_id`` (a new entry whose peaks are the best measured rates; it needs a price, and a
-    power figure unless the harness measured board power).
+    power figure unless the harness measured board power). Measurements that beat a spec-sheet
+    entry's peaks by more than 5% are refused (:func:`check_spec_peaks`). Raises
+    :class:`InputError` (naming the row where one is to blame) for anything that cannot be fitted
+    or stored.
     """
     if (gpu is None) == (new_id is None):
         raise ValueError("give exactly one of gpu and new_id")
+    try:
+        return _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, today)
+    except ValidationError as exc:  # a value the schema refuses that no check above caught
+        err = format_validation_error(exc, file=data)
+        raise InputError(f"cannot store the fitted calibration: {err.message}", file=data) from None
+
+
+def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, today) -> FitResult:
     today = today or _today()
     timed = [r for r in rows if r["kind"] != "power_idle" and r.get("median_s")]
-    notes: list[str] = []
+    notes: list[str] = run_notes(meta, data)
+    if gpu is not None and not peaks_are_measured(gpu):
+        check_spec_peaks(gpu, timed, (meta.get("device") or {}).get("name"))
     if any(r["precision"] == "fp64" for r in timed):
         notes.append("fp64 rows ignored: capsim has no fp64 math format")
     held = [r for r in timed if any(h.matches(r) for h in holdout)]
@@ -588,7 +768,8 @@ def fit_measurements(
         notes.append(f"{gpu.id} has no peak for {', '.join(skipped)}: those rows are not fitted")
     fit_rows = [r for r in fit_rows if _format_of(r) in formats or r["kind"].startswith(("bandwidth", "launch"))]  # fmt: skip
     tables = gemm_tables([r for r in fit_rows if r["kind"] == "gemm"])
-    curves = _curves(gpu, fit_rows, overhead_us * 1e-6, formats)
+    curves, outliers = _curves(gpu, fit_rows, overhead_us * 1e-6, formats)
+    notes += outliers
     dev = meta.get("device", {})
     host = meta.get("host", {}) or {}
     provenance = Provenance(
@@ -824,8 +1005,7 @@ def read_vidur(path: Path):
     median), checked column by column; and the model shape."""
     import pandas as pd
 
-    if not path.is_file():
-        raise InputError("file not found", file=path)
+    _check_vidur_path(path)
     try:
         raw = pd.read_csv(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
@@ -913,8 +1093,13 @@ def import_vidur(
     commit: str = VIDUR_COMMIT,
     tolerance: float = DEFAULT_TOLERANCE,
     today: str | None = None,
+    force: bool = False,
 ) -> VidurImport:
-    """Build ``gpu``'s calibration from a Vidur ``mlp.csv`` (see the module docstring)."""
+    """Build ``gpu``'s calibration from a Vidur ``mlp.csv`` (see the module docstring).
+
+    Refuses a profile whose file name (or ``card``) names another card than ``gpu`` unless
+    ``force``, and always one whose best GEMM beats ``gpu``'s fp16 spec peak by more than 5%.
+    """
     import pandas as pd
 
     path = Path(csv_path)
@@ -923,12 +1108,14 @@ def import_vidur(
         raise InputError(f"tolerance must be in (0, 0.5), got {tolerance}", where="--tolerance")
     if gpu.peak_flops("fp16") is None:
         raise InputError(f"{gpu.id} has no fp16 peak; Vidur profiles are fp16", where="--gpu")
+    _check_vidur_path(path)
+    notes = _check_vidur_card(path, card, gpu, force)
     med, model = read_vidur(path)
     card = card or _vidur_card(path)
     overhead_s = gpu.kernel_overhead_us * 1e-6
     tables: list[OpTable] = []
     compare = []
-    gemm_pts: dict[str, list] = {"f": [], "b": [], "t": [], "key": []}
+    gemm_pts: dict[str, list] = {"f": [], "b": [], "t": [], "key": [], "tok": []}
     mem_pts: dict[str, list] = {"b": [], "t": []}
     tps = sorted(int(v) for v in med.index.get_level_values(1).unique())
     for tp in tps:
@@ -966,6 +1153,7 @@ def import_vidur(
                 gemm_pts["b"].append(b)
                 gemm_pts["t"].append(secs)
                 gemm_pts["key"] += [(name, tp)] * len(tokens)
+                gemm_pts["tok"] += [int(x) for x in tokens]
         # element-wise kernels one by one, with the bytes each one moves
         h = model.hidden_size
         for col, nbytes in (
@@ -1002,7 +1190,17 @@ def import_vidur(
     ]
     peak16 = gpu.peak_flops("fp16")
     assert peak16 is not None
-    best = float(np.max(gf / gt)) / 1e12
+    i_best = int(np.argmax(gf / gt))
+    best = float(gf[i_best] / gt[i_best]) / 1e12
+    if best * 1e12 > SPEC_MARGIN * peak16:
+        op, tp = gemm_pts["key"][i_best]
+        tokens = gemm_pts["tok"][i_best]
+        raise InputError(
+            f"best fp16 GEMM ({op} tp={tp}, {tokens} tokens) ran at {best:.0f} TFLOP/s = "
+            f"{best * 1e12 / peak16:.0%} of {gpu.id}'s spec fp16 peak ({peak16 / 1e12:g} "
+            "TFLOP/s): measured faster than the card's spec peak -- wrong --gpu?",
+            file=path,
+        )
     provenance = Provenance(
         source=f"Vidur operator profile (microsoft/vidur {VIDUR_UPSTREAM.format(card=card)})",
         method=(
@@ -1028,17 +1226,50 @@ def import_vidur(
         curves=curves,
         tables=tables,
     )
-    notes = [
+    notes.append(
         f"{len(tables)} tables, {sum(len(t.tokens) for t in tables)} of "
         f"{len(comparison)} points kept (tolerance {tolerance:.0%}); best fp16 GEMM "
         f"{best:.0f} TFLOP/s = {best * 1e12 / peak16:.0%} of spec peak"
-    ]
+    )
     return VidurImport(_with_calibration(gpu, cal, today), cal, comparison, notes)
 
 
+_VIDUR_CARDS = re.compile(r"(a100|h100|a40|h200|l40s?|a10g?)")
+
+
 def _vidur_card(path: Path) -> str:
-    m = re.search(r"(a100|h100|a40|h200|l40s?|a10g?)", path.name.lower())
+    m = _VIDUR_CARDS.search(path.name.lower())
     return m.group(1) if m else path.stem
+
+
+def _check_vidur_path(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(
+            "is a directory: give the profile file itself, e.g. mlp_a100_Llama-2-7b-hf.csv",
+            file=path,
+        )
+    if not path.is_file():
+        raise InputError("file not found", file=path)
+
+
+def _check_vidur_card(path: Path, card: str | None, gpu: GPU, force: bool) -> list[str]:
+    """A card named by the file name or ``--card`` must be the entry's (``a100`` for
+    ``a100-80gb-sxm``); else refuse, or with ``force`` say so in a note."""
+    named = []
+    m = _VIDUR_CARDS.search(path.name.lower())
+    if m:
+        named.append((m.group(1), f"the file name names '{m.group(1)}'"))
+    if card and _VIDUR_CARDS.fullmatch(card.lower()):
+        named.append((card.lower(), f"--card is '{card}'"))
+    wrong = [why for c, why in named if not (gpu.id == c or gpu.id.startswith(c + "-"))]
+    if not wrong:
+        return []
+    text = f"{' and '.join(wrong)}, but --gpu is {gpu.id}"
+    if not force:
+        raise InputError(
+            f"{text}: a profile of another card? Pass --force to import it anyway", file=path
+        )
+    return [f"--force: {text}"]
 
 
 def _vidur_curve_cv(gpu, f, b, t, keys, overhead_s) -> FitError:

@@ -7,6 +7,9 @@ This is the only place where capsim calls into ``calibrate/`` (its ``run`` and
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,44 @@ def _catalog_dir(ctx: click.Context, given: Path | None) -> Path:
     from capsim.paths import shipped_catalog_dir
 
     return shipped_catalog_dir()
+
+
+def _writable_dir(path: Path, option: str) -> Path:
+    """A directory to write into (it may not exist yet): refuse one that is, or would have to be
+    created under, a regular file -- before any work is done."""
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            return path
+        p = p.parent
+    if not p.is_dir():
+        below = "" if p == path else f", so {path} cannot be created"
+        raise InputError(f"{p} is a file, not a directory{below}", where=option)
+    return path
+
+
+def _write_error(exc: OSError, path: Path) -> InputError:
+    target = exc.filename or path
+    return InputError(f"cannot write: {exc.strerror or exc}", file=target)
+
+
+def _entry_id_pattern() -> str:
+    from capsim.catalog import GPU
+
+    for m in GPU.model_fields["id"].metadata:
+        if getattr(m, "pattern", None):
+            return str(m.pattern)
+    return r"^[a-z0-9][a-z0-9._-]*$"  # pragma: no cover - the catalog always has one
+
+
+def _check_new_id(new_id: str) -> None:
+    if not re.fullmatch(_entry_id_pattern(), new_id):
+        raise InputError(
+            f"{new_id!r} is not a valid entry id: use lower-case letters, digits, '.', '_' and "
+            "'-', starting with a letter or digit, e.g. local-cpu (the entry is written to "
+            "<catalog>/<id>.yaml)",
+            where="--new-gpu",
+        )
 
 
 def _load(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -111,20 +152,40 @@ def calibrate_group() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--no-progress", is_flag=True, help="No progress lines on stderr.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pin BLAS/OpenMP to N threads (OPENBLAS/OMP/MKL_NUM_THREADS; the harness then runs in "
+    "a fresh `python -m calibrate` process, as the variables only act before NumPy loads). "
+    "1 gives the steadiest CPU measurements on a shared machine.",
+)
 @_handle
-def run_cmd(out, backend, device, budget_seconds, precisions, quick, overwrite, seed, no_progress):
+def run_cmd(
+    out, backend, device, budget_seconds, precisions, quick, overwrite, seed, no_progress, threads
+):
     """Measure this machine's kernels (the calibrate/ harness) into a measurements directory.
 
-    Same options as `python -m calibrate run`; the directory is written atomically.
+    Same options as `python -m calibrate run`; the directory is written atomically. Exit code
+    130 when Ctrl-C ended the run (what was measured is still written).
 
     \b
     Example:
-      capsim calibrate run --out meas/ --backend numpy --quick --budget-seconds 20
+      capsim calibrate run --out meas/ --backend numpy --quick --budget-seconds 20 --threads 1
       capsim calibrate run --out h100/ --backend torch --precisions bf16,fp8,int8
     """
     from calibrate import CalibrationError, run
     from calibrate.progress import StderrProgress
+    from calibrate.runner import was_interrupted
 
+    if threads is not None:
+        args = ["--out", str(out), "--backend", backend, "--seed", str(seed)]
+        args += ["--threads", str(threads)]
+        args += ["--device", device] if device else []
+        args += ["--budget-seconds", repr(budget_seconds)] if budget_seconds else []
+        args += ["--precisions", *precisions] if precisions else []
+        args += [f for f, on in (("--quick", quick), ("--overwrite", overwrite), ("--no-progress", no_progress)) if on]  # fmt: skip
+        sys.exit(_harness_subprocess(args, threads))
     try:
         path = run(
             out,
@@ -142,6 +203,33 @@ def run_cmd(out, backend, device, budget_seconds, precisions, quick, overwrite, 
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     click.echo(str(path))
+    if was_interrupted(path):
+        click.echo(f"interrupted: wrote what was measured to {path}", err=True)
+        sys.exit(130)
+
+
+def _harness_subprocess(args: list[str], threads: int) -> int:
+    """``python -m calibrate run ARGS`` with the thread variables set; its output passed on."""
+    import calibrate
+    from calibrate.threads import THREAD_VARS
+
+    env = {**os.environ, **{v: str(threads) for v in THREAD_VARS}}
+    root = str(Path(calibrate.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "calibrate", "run", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:  # progress, live
+            click.echo(line.rstrip("\n").replace("calibrate: error: ", "error: "), err=True)
+        out = proc.stdout.read()
+        rc = proc.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it write and finish
+        rc = proc.wait()
+        out = proc.stdout.read() if proc.stdout else ""
+    if out:
+        click.echo(out, nl=False)
+    return rc
 
 
 # --------------------------------------------------------------------------- fit
@@ -209,6 +297,8 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
 
     if (gpu_id is None) == (new_id is None):
         raise InputError("give exactly one of --gpu ID (existing entry) or --new-gpu ID")
+    if new_id is not None:
+        _check_new_id(new_id)
     specs = [Holdout.parse(h, KINDS) for h in holdout]
     power = _power(power_w)
     if gpu_id is not None and (price is not None or power is not None):
@@ -216,7 +306,7 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     runs = [_load(d) for d in directories]
     meta, rows = combine_runs(runs, [str(d) for d in directories])
     data = " + ".join(str(d) for d in directories)
-    cat_dir = _catalog_dir(ctx, catalog_dir)
+    cat_dir = _writable_dir(_catalog_dir(ctx, catalog_dir), "--catalog-dir")
     gpu = None
     path = None
     if gpu_id is not None:
@@ -227,6 +317,12 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
             raise InputError(
                 f"these measurements are from a CPU ({(meta.get('device') or {}).get('name')}), "
                 f"not from {gpu.name}; use --new-gpu to make a CPU entry",
+                where="--gpu",
+            )
+        if kind == "cuda" and gpu.vendor == "cpu":
+            raise InputError(
+                f"these measurements are from a GPU ({(meta.get('device') or {}).get('name')}), "
+                f"not from the CPU entry {gpu.id}; use --gpu with that card's entry, or --new-gpu",
                 where="--gpu",
             )
     elif (cat_dir / f"{new_id}.yaml").exists():
@@ -240,11 +336,14 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     )  # fmt: skip
     written = []
     if not dry_run:
-        if path is not None:
-            _, backup = write_calibration(path, result.calibration)
-            written = [str(path), str(backup)]
-        else:
-            written = [str(write_new_entry(cat_dir, result.gpu))]
+        try:
+            if path is not None:
+                _, backup = write_calibration(path, result.calibration)
+                written = [str(path), str(backup)]
+            else:
+                written = [str(write_new_entry(cat_dir, result.gpu))]
+        except OSError as exc:
+            raise _write_error(exc, cat_dir) from None
     if fmt == "json":
         data = {
             "gpu": result.gpu.id,
@@ -287,14 +386,22 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     help="Catalog directory (default: capsim --catalog, else the shipped one).",
 )
 @click.option("--dry-run", is_flag=True, help="Import and report; write nothing.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Import even when the file name (or --card) names another card than --gpu, e.g. "
+    "mlp_a100_... into h100-sxm. A profile faster than the card's spec peak is refused anyway.",
+)
 @click.pass_context
 @_handle
-def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir, dry_run):
+def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir, dry_run, force):
     """Import a Vidur operator profile (mlp.csv) as a catalog entry's calibration.
 
     Maps Vidur's Llama-2-7B operators onto capsim's (attn_pre_proj -> qkv_proj, attn_post_proj ->
     o_proj, mlp_up_proj -> mlp_up, mlp_down_proj -> mlp_down, mlp_act, emb -> embed, attn_rope ->
     rope, layernorms + add -> norm), with attribution (Vidur, Microsoft, MIT licence).
+    Refused when the file name names another card than --gpu (unless --force), or when the
+    profile's GEMMs beat the card's fp16 spec peak (the wrong --gpu).
 
     \b
     Example:
@@ -304,9 +411,9 @@ def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir
     from capsim.calibration_fit import import_vidur, write_calibration
     from capsim.catalog import load_gpu_file
 
-    path = _entry_path(_catalog_dir(ctx, catalog_dir), gpu_id)
+    path = _entry_path(_writable_dir(_catalog_dir(ctx, catalog_dir), "--catalog-dir"), gpu_id)
     result = import_vidur(
-        csv_path, load_gpu_file(path), card=card, commit=commit, tolerance=tolerance
+        csv_path, load_gpu_file(path), card=card, commit=commit, tolerance=tolerance, force=force
     )
     cal = result.calibration
     click.echo(f"{gpu_id}: {cal.summary()}")
@@ -318,7 +425,10 @@ def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir
             f"{e.worst_error:+.1%} ({e.worst_point})"
         )
     if not dry_run:
-        _, backup = write_calibration(path, cal)
+        try:
+            _, backup = write_calibration(path, cal)
+        except OSError as exc:
+            raise _write_error(exc, path) from None
         click.echo(f"wrote {path} (previous file: {backup})", err=True)
 
 
@@ -362,6 +472,8 @@ def compare_cmd(ctx, directory, gpu_id, out, all_rows, fmt):
 
     if directory is None and gpu_id is None:
         raise InputError("give a measurements DIRECTORY, --gpu ID, or both")
+    if out is not None:
+        _writable_dir(out, "--out")
     gpu = None
     if gpu_id is not None:
         cat = load_catalog(_catalog_dir(ctx, None))
@@ -398,13 +510,16 @@ def compare_cmd(ctx, directory, gpu_id, out, all_rows, fmt):
     if out is not None:
         from capsim.report.files import write_csv, write_figure
 
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [
-            write_csv(out / "compare.csv", frame),
-            write_figure(
-                out / "roofline.png",
-                lambda ax: plot_roofline(ax, frame, gpu, title=plot_title),
-                size=(8, 5.5),
-            ),
-        ]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            paths = [
+                write_csv(out / "compare.csv", frame),
+                write_figure(
+                    out / "roofline.png",
+                    lambda ax: plot_roofline(ax, frame, gpu, title=plot_title),
+                    size=(8, 5.5),
+                ),
+            ]
+        except OSError as exc:
+            raise _write_error(exc, out) from None
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)

@@ -159,13 +159,46 @@ def parse_model(model: type[BaseModel], data: Any, *, file: str | os.PathLike | 
         raise format_validation_error(exc, file=file, model=model) from None
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # elsewhere the only way to read it is to set it and restore it at once
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(p: Path) -> int:
+    """The mode of the file being replaced, else what ``open()`` would give: 0o666 & ~umask."""
+    import stat
+
+    try:
+        return stat.S_IMODE(os.stat(p).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The new file keeps the permissions of the file it replaces; a new file gets the usual
+    ``0o666 & ~umask`` (a temporary file alone would be private, 0600).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(p)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), mode)
+            else:  # pragma: no cover - Windows
+                os.chmod(tmp, mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -266,3 +266,261 @@ def test_compare_stored_tables_table_csv_and_plot(runner, tmp_path):
     assert res.exit_code == 2 and "has no calibration" in res.output
     res = runner.invoke(main, ["calibrate", "compare"])
     assert res.exit_code == 2
+
+
+# --- fit / import-vidur: bad input and the wrong card (exit 2, one line, nothing written) ------
+
+
+def _timed_row(kind: str, precision: str, flops: float, nbytes: float, seconds: float, **params) -> dict:  # fmt: skip
+    return {
+        "kind": kind, "precision": precision, "impl": "synthetic", **params,
+        "flops": flops, "bytes": nbytes, "median_s": seconds, "min_s": seconds * 0.97,
+        "p10_s": seconds * 0.98, "p90_s": seconds * 1.03, "std_s": seconds * 0.02,
+        "repeats": 5, "inner": 1, "gflops_per_s": flops / seconds / 1e9,
+        "gbytes_per_s": nbytes / seconds / 1e9,
+    }  # fmt: skip
+
+
+def synthetic_gpu_run(
+    out: Path, gpu: GPU, *, fraction: float = 0.7, fmt: str = "fp16", name: str = "Synthetic GPU"
+) -> Path:
+    """A valid measurements directory of a CUDA device that runs at ``fraction`` of ``gpu``'s spec
+    roofline (GEMM, attention, copy) plus 5 us per call."""
+    from calibrate.output import write_directory
+    from calibrate.schema import FORMAT, columns_doc
+
+    peak, bw, e = gpu.peak_flops(fmt) * fraction, gpu.bandwidth * fraction, 2
+    rows = [_timed_row("launch", fmt, 1, 12, 5e-6)]
+    buf = 256 << 20
+    rows.append(_timed_row("bandwidth_copy", fmt, 0, 2 * buf, 2 * buf / bw, buffer_bytes=buf))
+    for n, k in ((4096, 4096), (11008, 4096)):
+        for m in (1, 16, 256, 4096):
+            f, b = 2.0 * m * n * k, float((m * k + k * n + m * n) * e)
+            rows.append(_timed_row("gemm", fmt, f, b, max(f / peak, b / bw) + 5e-6, m=m, n=n, k=k))
+    for seq in (512, 2048):
+        f, b = 4.0 * 32 * seq * 128, float((2 * 32 * seq * 128 + 2 * 32 * 128) * e)
+        attn = dict(batch=1, seq_len=seq, heads=32, head_dim=128)
+        rows.append(_timed_row("attention_decode", fmt, f, b, max(f / peak, b / bw) + 5e-6, **attn))  # fmt: skip
+    for seq in (512, 1024, 2048):
+        f, b = 2.0 * 32 * 128 * seq * (seq + 1), 4.0 * 32 * seq * 128 * e
+        attn = dict(batch=1, seq_len=seq, heads=32, head_dim=128)
+        rows.append(_timed_row("attention_prefill", fmt, f, b, max(f / peak, b / bw) + 5e-6, **attn))  # fmt: skip
+    meta = {
+        "format": FORMAT, "harness_version": "test", "created_utc": "2026-12-01T00:00:00Z",
+        "backend": "torch", "device": {"kind": "cuda", "name": name, "memory_bytes": 24 << 30},
+        "precisions": {fmt: {"supported": True, "measured": True, "method": "synthetic"}},
+        "budget": {"budget_seconds": 60.0, "exhausted": False}, "skipped": [],
+        "interrupted": False, "n_rows": len(rows), "columns": columns_doc(),
+    }  # fmt: skip
+    return write_directory(out, meta, rows, overwrite=False)
+
+
+def _edit_rows(d: Path, edit) -> None:
+    """Rewrite measurements.csv with ``edit(rows)`` applied (rows as dicts of strings)."""
+    import csv
+
+    path = d / "measurements.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    edit(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _scale_time(row: dict, factor: float) -> None:
+    for c in ("median_s", "min_s", "p10_s", "p90_s", "std_s"):
+        row[c] = repr(float(row[c]) * factor)
+
+
+def _cat_copy(tmp_path: Path) -> Path:
+    cat = tmp_path / "cat"
+    shutil.copytree(shipped_catalog_dir(), cat)
+    return cat
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def _assert_one_line_error(res, *needles: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)  # fmt: skip
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for needle in needles:
+        assert needle in lines[0], res.output
+
+
+def test_fit_writes_entries_with_the_files_mode_and_backups_with_the_umask(tmp_path, runner):
+    """Atomic writes keep the mode of the file they replace (a temporary file alone is 0600); a
+    new file (the .bak, a new entry, compare outputs) gets 0o666 & ~umask."""
+    import os
+    import stat
+
+    cat = _cat_copy(tmp_path)
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"), name="NVIDIA L4")
+    entry = cat / "l4.yaml"
+    os.chmod(entry, 0o664)
+    old = os.umask(0o027)
+    try:
+        res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--catalog-dir", str(cat)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(main, ["calibrate", "compare", str(meas), "--gpu", "l4", "--out", str(tmp_path / "cmp")])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(entry) == 0o664  # kept
+    assert mode(cat / "l4.yaml.bak") == 0o640  # new: 0o666 & ~0o027
+    assert mode(tmp_path / "cmp" / "compare.csv") == 0o640
+    assert mode(tmp_path / "cmp" / "roofline.png") == 0o640
+    assert load_gpu_file(entry).calibration is not None
+
+
+def test_fit_keeps_a_tiny_efficiency_and_flags_the_disturbed_row(tmp_path, runner):
+    """An attention row far too slow (a disturbed measurement; here 1500x): its efficiency used to
+    be rounded to 4 decimals = 0.0, which the schema refuses (a traceback, exit 1). Now it keeps 4
+    significant digits, and the fit's notes name the row (alone in its curve bin, no median can
+    outvote it)."""
+    gpu = _gpu("l4")
+    meas = synthetic_gpu_run(tmp_path / "meas", gpu)
+    _edit_rows(meas, lambda rows: _scale_time([r for r in rows if r["kind"] == "attention_prefill"][0], 1500))  # fmt: skip
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--dry-run", "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    curve = next(c for c in out["calibration"]["curves"] if c["kind"] == "attention")
+    f, b = 2.0 * 32 * 128 * 512 * 513, 4.0 * 32 * 512 * 128 * 2  # the L=512 prefill row
+    roof = max(f / gpu.peak_flops("fp16"), b / gpu.bandwidth)
+    expected = roof / (1500 * (roof / 0.7 + 5e-6) - 5e-6)  # launch overhead 5 us subtracted
+    assert expected < 5e-4  # 4 decimals would have kept 1 digit at best
+    assert min(curve["efficiency"]) == pytest.approx(expected, rel=1e-3)
+    assert all(e > 0 for e in curve["efficiency"])
+    note = next(n for n in out["notes"] if "disturbed" in n)
+    assert "meas/measurements.csv: row 13 (attention_prefill fp16 b=1 L=512)" in note
+
+
+def test_fit_values_that_cannot_be_stored_name_the_row(tmp_path, runner):
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"))
+
+    def overflow(rows):  # finite cells whose rate overflows
+        r = next(r for r in rows if r["kind"] == "gemm")
+        r.update(flops="1e300", median_s="1e-300", min_s="1e-300", p10_s="1e-300", p90_s="1e-300")
+
+    _edit_rows(meas, overflow)
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--new-gpu", "synth", "--price", "1", "--power-w", "70", "--dry-run"])  # fmt: skip
+    _assert_one_line_error(res, "measurements.csv: row 3", "gemm fp16 m=1 n=4096 k=4096", "cannot be stored")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "needles"),
+    [
+        (
+            lambda r: r["kind"] == "bandwidth_copy" and r.update(bytes="0"),
+            ("row 2", "column 'bytes'", "must be positive"),
+        ),  # fmt: skip
+        (
+            lambda r: r["kind"] == "gemm" and r["m"] == "16" and r.update(m="0"),
+            ("row 4", "column 'm'", "at least 1"),
+        ),  # fmt: skip
+        (
+            lambda r: r["kind"] == "launch" and r.update(median_s="0", min_s="0", p10_s="0"),
+            ("row 1", "column 'median_s'", "must be positive"),
+        ),  # fmt: skip
+    ],
+)
+def test_fit_refuses_rows_that_would_crash_it(tmp_path, runner, edit, needles):
+    cat = _cat_copy(tmp_path)
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"))
+    _edit_rows(meas, lambda rows: [edit(r) for r in rows])
+    before = _snapshot(cat)
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "invalid measurements", "meas/measurements.csv", *needles)
+    assert _snapshot(cat) == before
+
+
+def test_fit_refuses_measurements_faster_than_the_cards_spec_peak(tmp_path, runner):
+    """L4-speed measurements fitted into the T4's entry: 'wrong --gpu?', nothing written."""
+    cat = _cat_copy(tmp_path)
+    before = _snapshot(cat)
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"), fraction=0.8, name="NVIDIA L4")
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "--gpu", "of t4's spec fp16 peak (65 TFLOP/s)", "wrong --gpu?", "NVIDIA L4", "row ")  # fmt: skip
+    assert "149%" in res.output  # 0.8 x 121 / 65
+    # bandwidth: T4-speed GEMMs but an L4-speed copy would pass the GEMM check; 300 vs 320 GB/s
+    # does not trip it, so push the copy to 2x the T4's spec bandwidth
+    slow = synthetic_gpu_run(tmp_path / "t4meas", _gpu("t4"), fraction=0.7)
+    _edit_rows(slow, lambda rows: _scale_time(next(r for r in rows if r["kind"] == "bandwidth_copy"), 0.7 / 2))  # fmt: skip
+    res = runner.invoke(main, ["calibrate", "fit", str(slow), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "spec memory bandwidth (320 GB/s)", "wrong --gpu?", "200%")
+    assert _snapshot(cat) == before
+    # at 70% of its own peaks the same card fits
+    ok = synthetic_gpu_run(tmp_path / "l4meas", _gpu("l4"), fraction=0.7)
+    res = runner.invoke(main, ["calibrate", "fit", str(ok), "--gpu", "l4", "--catalog-dir", str(cat), "--dry-run"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+
+
+def test_fit_says_when_a_run_was_interrupted_or_out_of_budget(tmp_path, runner):
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"))
+    meta = json.loads((meas / "meta.json").read_text())
+    meta.update(interrupted=True, skipped=[{"kind": "gemm", "reason": "interrupted"}] * 3 + [{"kind": "gemm", "reason": "budget: needs ~1 s"}])  # fmt: skip
+    meta["budget"]["exhausted"] = True
+    (meas / "meta.json").write_text(json.dumps(meta))
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "interrupted (Ctrl-C); 3 planned points were not measured" in res.output
+    assert "budget was exhausted; 1 planned points were skipped" in res.output
+
+
+@pytest.mark.parametrize("bad_id", ["T4", "../escape", "Bad Id"])
+def test_fit_new_gpu_id_errors_name_the_option(tmp_path, runner, bad_id):
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"))
+    cat = tmp_path / "cat"
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--new-gpu", bad_id, "--price", "1", "--power-w", "70", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, f"--new-gpu: {bad_id!r} is not a valid entry id", "lower-case letters, digits")  # fmt: skip
+    assert str(meas) not in res.output
+    assert not cat.exists() and not (tmp_path / "escape.yaml").exists()
+
+
+def test_output_directories_under_a_regular_file_are_refused(tmp_path, runner):
+    meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"))
+    (tmp_path / "plain").write_text("not a directory\n")
+    under = str(tmp_path / "plain" / "cat")
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--new-gpu", "synth", "--price", "1", "--power-w", "70", "--catalog-dir", under])  # fmt: skip
+    _assert_one_line_error(res, "--catalog-dir", "plain is a file, not a directory", "cannot be created")  # fmt: skip
+    res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--catalog-dir", str(tmp_path / "plain")])  # fmt: skip
+    assert res.exit_code == 2 and "'--catalog-dir'" in res.output and "is a file" in res.output  # click's check  # fmt: skip
+    res = runner.invoke(main, ["calibrate", "compare", str(meas), "--out", under])
+    _assert_one_line_error(res, "--out", "plain is a file")
+
+
+@needs_vidur
+def test_import_vidur_refuses_the_wrong_card(tmp_path, runner):
+    cat = _cat_copy(tmp_path)
+    before = _snapshot(cat)
+    a100 = str(VIDUR / "mlp_a100_Llama-2-7b-hf.csv")
+    # the file name names another card
+    res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "the file name names 'a100', but --gpu is t4", "--force")
+    # --force passes the name check, but an A100 profile beats the T4's spec peak 4x
+    res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "t4", "--force", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "413% of t4's spec fp16 peak (65 TFLOP/s)", "faster than the card's spec peak -- wrong --gpu?")  # fmt: skip
+    # a renamed copy (no card in the name) is caught by the peak alone
+    anon = tmp_path / "mlp.csv"
+    shutil.copy(a100, anon)
+    res = runner.invoke(main, ["calibrate", "import-vidur", str(anon), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "wrong --gpu?")
+    res = runner.invoke(main, ["calibrate", "import-vidur", str(anon), "--gpu", "t4", "--card", "a100", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "--card is 'a100', but --gpu is t4")
+    # slower than the card's peak but another card's profile: refused unless --force
+    res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "h100-sxm", "--catalog-dir", str(cat)])  # fmt: skip
+    _assert_one_line_error(res, "names 'a100', but --gpu is h100-sxm")
+    assert _snapshot(cat) == before
+    res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "h100-sxm", "--force", "--dry-run", "--catalog-dir", str(cat)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "--force: the file name names 'a100', but --gpu is h100-sxm" in res.output
+    assert _snapshot(cat) == before
+    # a directory is not "file not found"
+    res = runner.invoke(main, ["calibrate", "import-vidur", str(VIDUR), "--gpu", "a100-80gb-sxm", "--dry-run"])  # fmt: skip
+    _assert_one_line_error(res, "is a directory: give the profile file itself")

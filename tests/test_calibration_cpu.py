@@ -280,3 +280,37 @@ def test_compare_a_measurements_directory(measured, tmp_path, runner):
     assert res.exit_code == 0, res.output
     assert "gemm" in res.output and "forward_block" in res.output
     assert (out / "roofline.png").exists() and (out / "compare.csv").exists()
+
+
+def test_capsim_calibrate_run_threads_and_ctrl_c(tmp_path, runner):
+    """``--threads N`` pins BLAS in a fresh harness process (capsim has loaded NumPy already);
+    Ctrl-C writes what was measured and exits 130."""
+    import json
+    import signal
+
+    out = tmp_path / "pinned"
+    args = ["calibrate", "run", "--out", str(out), "--backend", "numpy", "--quick", "--budget-seconds", "2", "--precisions", "fp32", "--threads", "1", "--no-progress"]  # fmt: skip
+    res = runner.invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert str(out) in res.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["device"]["blas_threads"] == 1 and meta["command"]["threads"] == 1
+    assert meta["device"]["thread_env"]["OPENBLAS_NUM_THREADS"] == "1"
+    res = runner.invoke(main, ["calibrate", "run", "--out", str(tmp_path / "p2"), "--backend", "numpy", "--precisions", "bf16", "--threads", "1"])  # fmt: skip
+    assert res.exit_code == 2 and "none of the requested precisions (bf16)" in res.output
+    # Ctrl-C in the middle of the measurements
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-c", "from capsim.cli import main; main()", "calibrate", "run", "--out", str(out), "--backend", "numpy", "--quick"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "plan:" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: wrote what was measured" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "meta.json").read_text())["interrupted"] is True

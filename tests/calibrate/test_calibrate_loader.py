@@ -228,3 +228,58 @@ def test_error_carries_location(good_dir: Path) -> None:
         load_measurements(good_dir)
     err = info.value
     assert err.row == 4 and err.column == "p90_s" and err.file.name == CSV_FILE
+
+
+def _block_dir(tmp_path: Path, **cells: int) -> Path:
+    """``sample_rows()`` plus a forward_block row (row 7) with ``cells`` changed."""
+    block = _timed(
+        "forward_block", "fp32", 1e-2, batch=2, seq_len=64, heads=8, head_dim=128, hidden=1024,
+        ffn=2752, tokens=128,
+    )  # fmt: skip
+    rows = [*sample_rows(), block | cells]
+    return write_directory(tmp_path / "b", sample_meta(len(rows)), rows, overwrite=False)
+
+
+def test_a_consistent_forward_block_row_loads(tmp_path: Path) -> None:
+    _, rows = load_measurements(_block_dir(tmp_path))
+    assert rows[6]["hidden"] == 1024 and rows[6]["tokens"] == 128
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "expected"),
+    [
+        ({"hidden": 1001}, "hidden", "1001 is not heads x head_dim = 8 x 128 = 1024"),
+        ({"hidden": 1000}, "hidden", "is not heads x head_dim"),  # divisible by 8, still wrong
+        ({"tokens": 100}, "tokens", "100 is not batch x seq_len = 2 x 64"),
+        ({"heads": 0}, "heads", "must be at least 1"),
+        ({"ffn": 0}, "ffn", "must be at least 1"),
+    ],
+)
+def test_inconsistent_forward_block_rows_are_refused(
+    tmp_path: Path, cells: dict, column: str, expected: str
+) -> None:
+    """A block whose width does not split over its heads used to load, then crash the fit."""
+    msg = _error(_block_dir(tmp_path, **cells))
+    assert f"measurements.csv: row 7 (line 8), column '{column}'" in msg and expected in msg
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value", "expected"),
+    [
+        (2, "bytes", "0", "must be positive: a bandwidth_copy row moves bytes"),
+        (2, "buffer_bytes", "0", "must be at least 1"),
+        (3, "m", "0", "must be at least 1 (a size of a gemm row), not 0"),
+        (3, "flops", "0", "must be positive for a gemm row"),
+        (3, "bytes", "0.0", "must be positive for a gemm row"),
+        (5, "head_dim", "0", "must be at least 1"),
+        (1, "median_s", "0", "a timed row's median time must be positive"),
+    ],
+)
+def test_rows_a_fit_cannot_use_are_refused(
+    good_dir: Path, row: int, column: str, value: str, expected: str
+) -> None:
+    """Zero sizes, bytes or times used to load and then crash capsim's fit (a traceback)."""
+    _set_cell(good_dir, row, column, value)
+    msg = _error(good_dir)
+    assert f"measurements.csv: row {row} (line {row + 1}), column '{column}'" in msg
+    assert expected in msg

@@ -179,3 +179,108 @@ def test_gpu_only_runner_paths_with_a_fake_device(
     assert meta["optional"]["power"] == {"available": True, "detail": "fake"}
     assert meta["precisions"]["fp64"]["note"] == "not requested (--precisions)"
     assert not meta["precisions"]["fp64"]["measured"]
+
+
+def test_directory_modes_follow_the_umask_or_the_replaced_directory(tmp_path: Path) -> None:
+    """The output directory is made with mkdtemp (0700): it must end up as mkdir would make it
+    (0o777 & ~umask), or keep the mode of the directory it replaces; files as open() makes them."""
+    import os
+    import stat
+
+    meta = {"format": calibrate.FORMAT, "n_rows": 0}
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    old = os.umask(0o027)
+    try:
+        out = write_directory(tmp_path / "d", meta, [], overwrite=False)
+        assert mode(out) == 0o750
+        assert mode(out / "meta.json") == mode(out / "measurements.csv") == 0o640
+        os.chmod(out, 0o711)
+        write_directory(out, meta, [], overwrite=True)
+        assert mode(out) == 0o711
+    finally:
+        os.umask(old)
+
+
+def test_unsupported_precisions_are_refused_before_measuring_or_reported(run_cli, tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "x1"
+    start = time.perf_counter()
+    proc = run_cli("run", "--out", str(out), "--precisions", "bf16", "--backend", "numpy", "--quick")  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert time.perf_counter() - start < 20  # nothing measured (a quick run takes ~20 s here)
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "none of the requested precisions (bf16) is supported by the numpy backend" in err
+    assert "bf16: NumPy has no bfloat16 type" in err and "supported here: fp64, fp32" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    # some supported: measured, and the others named on stderr (and in meta.json)
+    out = tmp_path / "x2"
+    proc = run_cli("run", "--out", str(out), "--precisions", "bf16,fp32", "--backend", "numpy", "--quick", "--budget-seconds", "2", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: not measuring bf16 (unsupported by the numpy backend" in proc.stderr
+    meta, rows = load_measurements(out)
+    assert meta["precisions"]["bf16"]["note"].startswith("requested (--precisions) but not supported")  # fmt: skip
+    assert {r["precision"] for r in rows if r["kind"] == "gemm"} <= {"fp32"}
+
+
+def test_ctrl_c_writes_what_was_measured_and_exits_130(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(calibrate.__file__).resolve().parents[1]
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "calibrate", "run", "--out", str(out), "--backend", "numpy", "--quick"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as by `&`
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the first progress line: the measurements have started
+        if "plan:" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: wrote what was measured to" in stderr and "Traceback" not in stderr
+    assert str(out) in stdout
+    meta, rows = load_measurements(out)
+    assert meta["interrupted"] is True and len(rows) == meta["n_rows"]
+    assert any(s["reason"] == "interrupted" for s in meta["skipped"])
+
+
+def test_threads_pins_blas_before_numpy_loads_and_is_recorded(run_cli, run_python, tmp_path: Path) -> None:  # fmt: skip
+    proc = run_python("import sys, calibrate, calibrate.__main__; print('numpy' in sys.modules)")
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+    out = tmp_path / "t"
+    proc = run_cli("run", "--out", str(out), "--backend", "numpy", "--quick", "--budget-seconds", "2", "--precisions", "fp32", "--threads", "1", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    meta, _ = load_measurements(out)
+    dev = meta["device"]
+    assert dev["blas_threads"] == 1 and dev["blas_threads_pinned_by"].startswith("environment")
+    assert dev["thread_env"] == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
+    assert meta["command"]["threads"] == 1
+    # the BLAS really runs one thread: a big matmul after pin_threads(1) starts no thread
+    code = (
+        "from calibrate.threads import pin_threads\npin_threads(1)\nimport os, numpy as np\n"
+        "a = np.ones((600, 600)); a @ a\nprint(len(os.listdir('/proc/self/task')))"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stdout + proc.stderr
+    proc = run_cli("run", "--out", str(tmp_path / "u"), "--threads", "0")
+    assert proc.returncode == 2 and "--threads: must be a positive integer" in proc.stderr
+
+
+def test_threads_after_numpy_loaded_needs_threadpoolctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from calibrate import threads
+
+    if importlib.util.find_spec("threadpoolctl") is not None:
+        pytest.skip("threadpoolctl is installed: it pins the threads")
+    for var in threads.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(threads._pinned, "threads", None)
+    with pytest.raises(CalibrationError, match="NumPy is already loaded.*install threadpoolctl"):
+        threads.pin_threads(3)
