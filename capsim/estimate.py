@@ -19,7 +19,7 @@ from typing import Any
 from capsim.catalog import GIB, GPU
 from capsim.errors import InputError
 from capsim.models import FixedModel, TransformerModel
-from capsim.precision import PRECISIONS
+from capsim.precision import PRECISIONS, math_units
 from capsim.service.fixed import FixedServiceModel, Unsupported
 
 
@@ -32,6 +32,7 @@ class FixedEstimate:
     rows: list[dict[str, Any]]
     memory: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    vendor: str = "nvidia"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,8 +48,8 @@ class FixedEstimate:
     def to_text(self) -> str:
         sources = ", ".join(dict.fromkeys(str(r.get("source", "roofline")) for r in self.rows))
         head = (
-            f"{self.model} on {self.gpu} at {self.precision} (math on {self.math_format} "
-            f"tensor cores; source: {sources or 'roofline'})"
+            f"{self.model} on {self.gpu} at {self.precision} (math on "
+            f"{math_units(self.math_format, self.vendor)}; source: {sources or 'roofline'})"
         )
         cols = [
             "batch",
@@ -126,6 +127,7 @@ def estimate_fixed(
             f"{gpu.kernel_overhead_us:g} us"
         ]
         + _calibration_notes(gpu),
+        vendor=gpu.vendor,
     )
 
 

@@ -75,6 +75,20 @@ PRECISIONS: dict[str, Precision] = {
 }
 
 
+def math_units(fmt: str | None, vendor: str = "nvidia") -> str:
+    """Where math in ``fmt`` runs, in words: ``fp16 tensor cores``, ``fp32 cores`` (FP32 runs
+    on a GPU's CUDA cores, not its tensor cores), or ``fp32 math`` on a CPU entry.
+
+    >>> math_units("fp8"), math_units("fp32"), math_units("fp32", "cpu")
+    ('fp8 tensor cores', 'fp32 cores', 'fp32 math')
+    """
+    if fmt is None:
+        return "no supported math format"
+    if vendor == "cpu":
+        return f"{fmt} math"
+    return f"{fmt} cores" if fmt == "fp32" else f"{fmt} tensor cores"
+
+
 def get_precision(name: str) -> Precision:
     """Look up a precision by name; KeyError lists the accepted names."""
     try:

@@ -443,7 +443,7 @@ def format_autoscaled(ap, scenario) -> str:
                 f"{r.ci('replicas_avg').mean:.1f}",
                 f"${c.best.cost:.2f}",
                 f"${r.ci('provisioning_cost_usd').mean:.2f} / ${r.ci('idle_cost_usd').mean:.2f}",
-                f"${c.saving_usd:.2f} ({c.saving_share:.0%})",
+                f"${c.saving_usd:.2f} ({c.saving_share:.0%})" if c.saving_usd > 0 else "none",
                 str(len(c.trials)),
             ]
         )

@@ -72,6 +72,7 @@ from capsim.catalog import GIB, GPU
 from capsim.errors import InputError
 from capsim.metrics import RunMetrics, series_metrics, warmup_cut
 from capsim.models import TransformerModel
+from capsim.precision import math_units
 from capsim.service.fixed import Unsupported
 from capsim.service.llm import (
     LLMEngineSettings,
@@ -991,7 +992,7 @@ class LLMService:
             f"({f.kv_bytes_per_token / 1024:g} KiB/token, blocks of {st.block_size}); "
             f"usable {f.usable_bytes / GIB:.2f} GiB = {gpu.usable_memory_gib:g} GiB x "
             f"{st.gpu_memory_utilization:g} - {st.reserved_gib:g} GiB reserved",
-            f"math: {self.precision.name} GEMMs on {fmt} tensor cores at "
+            f"math: {self.precision.name} GEMMs on {math_units(fmt, gpu.vendor)} at "
             f"{gpu.peak_tflops.get(fmt)} TFLOP/s x efficiency {eff:g}; attention on "
             f"{self.svc.formats.attn}; memory {gpu.bandwidth_gb_s:g} GB/s x "
             f"{gpu.efficiency.memory:g}"
