@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from capsim.catalog import Catalog, load_catalog
+from capsim.cli_options import jobs_option, quiet_option
 from capsim.errors import InputError
 
 FORMATS = click.Choice(["table", "json", "csv"])
@@ -86,15 +87,8 @@ def main(ctx: click.Context, catalog: Path | None) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write CSV/JSON and PNG plots here.",
 )
-@click.option(
-    "--jobs",
-    "-j",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="Parallel processes.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@jobs_option
+@quiet_option
 @click.pass_context
 @handle_errors
 def plan(

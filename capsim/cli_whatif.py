@@ -13,6 +13,7 @@ import click
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from capsim.cli_options import jobs_option, quiet_option
 from capsim.errors import InputError, format_validation_error
 
 
@@ -80,15 +81,8 @@ def parse_policy(text: str) -> Any:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write whatif.json/.csv, hourly attainment, per-policy timeline CSV+PNG, latency CDFs.",
 )
-@click.option(
-    "--jobs",
-    "-j",
-    type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="Parallel processes.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@jobs_option
+@quiet_option
 @click.pass_context
 def whatif(
     ctx: click.Context,
