@@ -59,16 +59,7 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
 
 def write_figure(path: Path, draw: Callable[[Any], Any], *, size=(7, 4.5)) -> Path:
     """Draw with ``draw(ax)`` on a new figure and save it as PNG, atomically."""
-    fig, ax = plt.subplots(figsize=size)
-    try:
-        draw(ax)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return write_panels(path, [draw], size=size, dpi=120)
 
 
 def write_plan(out: Path, result) -> list[Path]:
@@ -108,17 +99,25 @@ def write_evaluation(out: Path, ev) -> list[Path]:
     return paths
 
 
-def write_panels(path: Path, draws: list[Callable[[Any], Any]], *, title: str = "") -> Path:
+def write_panels(
+    path: Path,
+    draws: list[Callable[[Any], Any]],
+    *,
+    title: str = "",
+    size: tuple[float, float] | None = None,
+    dpi: int = 110,
+) -> Path:
     """Stacked panels sharing the x axis, one ``draw(ax)`` each; saved as PNG, atomically."""
-    fig, axes = plt.subplots(len(draws), 1, figsize=(8, 2.4 * len(draws)), sharex=True)
+    size = size or (8, 2.4 * len(draws))
+    fig, axes = plt.subplots(len(draws), 1, figsize=size, sharex=True, squeeze=False)
     try:
-        for ax, draw in zip(list(axes) if len(draws) > 1 else [axes], draws, strict=True):
+        for ax, draw in zip(axes[:, 0], draws, strict=True):
             draw(ax)
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
+        fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
