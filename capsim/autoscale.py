@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -197,7 +197,7 @@ class FixedSpec(_PolicyBase):
     """A constant fleet: ``replicas`` (a number, or ``peak`` = the planner's count for the peak)."""
 
     kind: Literal["fixed"]
-    replicas: int | Literal["peak"] = "peak"
+    replicas: Annotated[int, Field(ge=1)] | Literal["peak"] = "peak"
 
 
 class ScalingPolicyRule(Strict):
@@ -606,7 +606,7 @@ class KPA(Policy):
         desired_stable = int(min(max(dspc, max_down), max_up))
         desired_panic = int(min(max(dppc, max_down), max_up))
         over = dppc / ready_count >= s.panic_threshold_percentage / 100
-        if self.panic_time is None and over or over:
+        if over:
             self.panic_time = t
         elif self.panic_time is not None and self.panic_time + s.stable_window_s < t:
             self.panic_time = None
@@ -748,7 +748,3 @@ def make_policy(
         lead = spec.lead_s if spec.lead_s is not None else lead_s + spec.tick_s
         return Predictive(spec, lead_s=lead, prior=prior, max_replicas=max_replicas)
     raise TypeError(f"not a policy spec: {spec!r}")
-
-
-def policy_labels(specs: Sequence[Any]) -> list[str]:
-    return [s.label for s in specs]

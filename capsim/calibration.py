@@ -32,18 +32,15 @@ import datetime as _dt
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from capsim.strict import Strict
 
 #: Operator classes a curve can describe.
 CurveKind = Literal["gemm", "attention", "memory"]
 
 
-class _Strict(BaseModel):
-    # same configuration as capsim.catalog.Strict (not imported: catalog imports this module)
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FitError(_Strict):
+class FitError(Strict):
     """How well the calibration predicts measurements it was not fitted on."""
 
     held_out: str = Field(description="what was predicted, e.g. 'gemm fp32 n=2752 k=1024'")
@@ -53,7 +50,7 @@ class FitError(_Strict):
     worst_point: str = ""
 
 
-class Provenance(_Strict):
+class Provenance(Strict):
     """Where a calibration came from; shown by ``capsim catalog show`` and in ``sources``."""
 
     source: str = Field(description="what produced the measurements")
@@ -77,7 +74,7 @@ class Provenance(_Strict):
         return v.isoformat() if isinstance(v, _dt.date) else v
 
 
-class MeasuredPeaks(_Strict):
+class MeasuredPeaks(Strict):
     """Best rates seen in the measurements (informational; the curves are relative to the
     entry's spec peaks)."""
 
@@ -88,7 +85,7 @@ class MeasuredPeaks(_Strict):
     power_busy_w: float | None = Field(None, ge=0)
 
 
-class EfficiencyCurve(_Strict):
+class EfficiencyCurve(Strict):
     """Achieved fraction of the spec roofline against intensity (FLOP/byte) or bytes.
 
     Piecewise linear in ``log(x)`` between the breakpoints ``at``; constant beyond the ends.
@@ -120,7 +117,7 @@ class EfficiencyCurve(_Strict):
         return np.interp(lx, np.log(self.at), self.efficiency)
 
 
-class OpTable(_Strict):
+class OpTable(Strict):
     """Measured median time of one operator against the tokens it processes."""
 
     op: str = Field(description="capsim operator name, or 'gemm' for a bare harness GEMM")
@@ -171,7 +168,7 @@ class OpTable(_Strict):
         return f"{self.op} {self.format} tp={self.tp}{shape}"
 
 
-class Calibration(_Strict):
+class Calibration(Strict):
     """Measured tables and fitted curves of one card, with provenance."""
 
     provenance: Provenance

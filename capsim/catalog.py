@@ -21,20 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from capsim.calibration import Calibration
 from capsim.errors import InputError, load_yaml, parse_model
 from capsim.paths import shipped_catalog_dir
+from capsim.strict import Strict
 
 GIB = 2**30
-
-
-class Strict(BaseModel):
-    """Base of every schema model: unknown keys are an error, numbers are finite (no NaN or
-    infinity), objects are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class Efficiency(Strict):

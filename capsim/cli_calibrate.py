@@ -100,14 +100,13 @@ def _load(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise InputError(f"invalid measurements: {exc}") from None
 
 
-def _entry_path(cat_dir: Path, gpu_id: str) -> Path:
+def _entry_path(cat_dir: Path, gpu_id: str, hint: str = "") -> Path:
     from capsim.catalog import load_catalog
 
     cat = load_catalog(cat_dir)
     if gpu_id not in cat.gpus:
         raise InputError(
-            f"unknown GPU '{gpu_id}' in {cat_dir}; the catalog has: {', '.join(cat)} "
-            "(use --new-gpu to create an entry)",
+            f"unknown GPU '{gpu_id}' in {cat_dir}; the catalog has: {', '.join(cat)}{hint}",
             where="--gpu",
         )
     return cat.files[gpu_id]
@@ -310,7 +309,7 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     gpu = None
     path = None
     if gpu_id is not None:
-        path = _entry_path(cat_dir, gpu_id)
+        path = _entry_path(cat_dir, gpu_id, " (or create one with --new-gpu)")
         gpu = load_gpu_file(path)
         kind = (meta.get("device") or {}).get("kind")
         if kind == "cpu" and gpu.vendor != "cpu":

@@ -159,7 +159,7 @@ def tune_candidate(
         key = spec.model_dump_json()
         if key not in cache:
             if progress:
-                progress(f"{gpu} {precision}: {spec.kind} {_knobs(spec)}")
+                progress(f"{gpu} {precision}: {spec.kind} {knobs(spec)}")
             res = evaluate_policy(
                 s, cat, gpu, precision, tp, spec, replications=1, abort_on_unstable=True
             )
@@ -232,17 +232,14 @@ def tune_candidate(
     return best, trials, "meets SLO"
 
 
-def _knobs(spec) -> str:
+def knobs(spec) -> str:
+    """The tuned settings of a policy in a few words (``target 80, replicas 1-5``)."""
     if isinstance(spec, ScheduledSpec):
         return "schedule " + ",".join(str(e.replicas) for e in spec.schedule)
     tgt = getattr(spec, "target", None)
     if tgt is None:
         tgt = getattr(spec, "target_rps_per_replica", None)
     return f"target {tgt:g}, replicas {spec.min_replicas}-{spec.max_replicas}"
-
-
-def knobs(spec) -> str:
-    return _knobs(spec)
 
 
 def _tune_job(args) -> tuple[Trial | None, list[Trial], str]:

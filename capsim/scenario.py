@@ -427,11 +427,10 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     _resolve_file(data, base, file, "arrivals", "trace", "path")
     _resolve_file(data, base, file, "tokens", "empirical", "trace")
     scenario = parse_model(Scenario, data, file=file)
-    check_against_catalog(
-        scenario, catalog if catalog is not None else load_catalog(), file=str(file)
-    )
+    cat = catalog if catalog is not None else load_catalog()
+    check_against_catalog(scenario, cat, file=str(file))
     if scenario.is_llm:
-        check_llm(scenario, catalog if catalog is not None else load_catalog(), file=str(file))
+        check_llm(scenario, cat, file=str(file))
     from capsim.workload import check_traffic  # workload builds on this module
 
     check_traffic(scenario, file=str(file))

@@ -44,6 +44,7 @@ from capsim.autoscale import (
 from capsim.catalog import GPU, Catalog, load_catalog
 from capsim.cost import price_per_gpu_hour
 from capsim.errors import InputError
+from capsim.precision import PRECISIONS
 from capsim.scenario import Poisson, Renewal, Scenario
 from capsim.sim.batched_fleet import BatchedFleet, Jitter
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
@@ -82,14 +83,13 @@ def weight_bytes(svc, tp: int = 1) -> float:
         return float(getattr(svc, "weight_bytes", 0.0)) / tp
 
 
-def rate_at_start(s: Scenario) -> float:
+def rate_at_start(s: Scenario, arrival: np.ndarray) -> float:
+    """The offered rate at t = 0: the rate curve's value, or a replayed trace's first minute
+    (as replayed: after ``start_s``, ``speedup`` and ``rate_scale``)."""
     a = s.traffic.arrivals
     if isinstance(a, Poisson | Renewal):
         return float(a.rate_rps * rate_multiplier(a, np.array([0.0]))[0])
-    from capsim.workload import read_trace
-
-    t = read_trace(a).times
-    return float(np.searchsorted(t, 60.0) / 60.0) if len(t) else 0.0
+    return float(np.searchsorted(arrival, 60.0) / 60.0)
 
 
 def _prior(s: Scenario, season_s: float) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -108,16 +108,17 @@ def cold_start_of(s: Scenario, spec) -> ColdStart:
     return ColdStart()
 
 
-def initial_replicas(s: Scenario, spec, policy, capacity: float) -> int:
-    """Ready at t = 0: the spec's value, else enough for the load at t = 0 at 70% utilisation."""
+def initial_replicas(spec, policy, rate0: float, capacity: float) -> int:
+    """Ready at t = 0: the spec's value, else enough for the load ``rate0`` at t = 0 at 70%
+    utilisation of ``capacity`` per replica."""
     if spec.initial_replicas is not None:
         return policy.clamp(spec.initial_replicas)
     if isinstance(spec, FixedSpec):
         return policy.replicas
     if isinstance(spec, ScheduledSpec):
         return policy.clamp(policy.at(0.0))
-    need = math.ceil(rate_at_start(s) / (0.7 * capacity)) if capacity > 0 else 1
-    floor = 1 if (rate_at_start(s) > 0 or not isinstance(spec, KPASpec)) else 0
+    need = math.ceil(rate0 / (0.7 * capacity)) if capacity > 0 else 1
+    floor = 1 if (rate0 > 0 or not isinstance(spec, KPASpec)) else 0
     return policy.clamp(max(need, floor))
 
 
@@ -167,7 +168,9 @@ def run_policy(
         policy,
         sampler,
         horizon=horizon,
-        initial=initial_replicas(s, spec, policy, replica_capacity_rps(s, svc)),
+        initial=initial_replicas(
+            spec, policy, rate_at_start(s, stream.arrival), replica_capacity_rps(s, svc)
+        ),
         max_wait_s=s.simulation.max_wait_s,
         abort_on_unstable=abort_on_unstable,
     )
@@ -529,7 +532,13 @@ def whatif(
     g, p, t = resolve_config(s, gpu, precision, tp)
     if g not in cat.gpus:
         raise InputError(
-            f"unknown GPU '{g}'; the catalog has: {', '.join(cat)}", where="whatif.gpu"
+            f"unknown GPU '{g}'; the catalog has: {', '.join(cat)}",
+            where="--gpu" if gpu else "whatif.gpu",
+        )
+    if p not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{p}'; accepted: {', '.join(PRECISIONS)}",
+            where="--precision" if precision else "whatif.precision",
         )
     from capsim.simulate import runnable_service
 

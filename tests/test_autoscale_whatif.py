@@ -190,3 +190,25 @@ def test_plan_tunes_the_policy_against_the_fixed_baseline(write_scenario):
     text = format_plan(r)
     assert "Autoscaled" in text and "fixed for peak" in text
     assert plan_dict(r)["autoscaled"]["candidates"][0]["baseline"]["replicas"] == c.peak_replicas
+
+
+def test_whatif_bad_config_options(runner, write_scenario):
+    p = write_scenario(day_scenario(rate=40.0, period=3600.0))
+    _bad(runner, ["whatif", str(p), "--precision", "fp7"], "--precision", "fp7", "fp16")
+    _bad(runner, ["whatif", str(p), "--gpu", "t5"], "--gpu", "t5", "t4")
+    _bad(runner, ["whatif", str(p), "--policy", "fixed:replicas=-3"], "--policy", "replicas")
+
+
+def test_initial_replicas_follow_the_replayed_trace(write_scenario, tmp_path):
+    """A trace sped up 4x offers 4x the rate in its first minute: the initial fleet sizes for
+    the replayed stream, not the raw file."""
+    from capsim.simulate import stream_for
+    from capsim.whatif import _real_time, rate_at_start
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP\n" + "\n".join(f"{t / 10:.1f}" for t in range(3000)) + "\n")
+    data = day_scenario()
+    data["traffic"] = {"arrivals": {"kind": "trace", "path": str(trace), "speedup": 4}}
+    s = load_scenario(write_scenario(data))
+    stream = stream_for(_real_time(s), 0)
+    assert rate_at_start(s, stream.arrival) == pytest.approx(40.0, rel=0.02)  # 10 req/s x 4

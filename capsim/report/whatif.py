@@ -14,6 +14,10 @@ from capsim.report.text import MS, _ms, _table
 from capsim.whatif import PolicyResult, WhatIfResult
 
 
+def _share(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
 def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.2%}"
 
@@ -148,7 +152,7 @@ def format_whatif(r: WhatIfResult) -> str:
         lines.append(
             f"Cheapest policy meeting the SLO over the horizon: {best.name}, saving "
             f"${best.saving.mean:.2f} [{best.saving.low:.2f}, {best.saving.high:.2f}] "
-            f"({best.saving_share:.0%}) against {base}."
+            f"({_share(best.saving_share)}) against {base}."
         )
         if best.ci("violation_s").mean > 0:
             clean = [p for p in winners if p.ci("violation_s").mean == 0]
@@ -160,7 +164,7 @@ def format_whatif(r: WhatIfResult) -> str:
                 c = max(clean, key=lambda p: p.saving.mean)
                 note += (
                     f"; the cheapest with no such window is {c.name}, saving "
-                    f"${c.saving.mean:.2f} ({c.saving_share:.0%})"
+                    f"${c.saving.mean:.2f} ({_share(c.saving_share)})"
                 )
             lines.append(note + ".")
     return "\n".join(lines)

@@ -136,6 +136,8 @@ class LLMEngineSettings(Strict):
         1024
         >>> LLMEngineSettings(max_num_batched_tokens=4096).for_gpu(cat["l4"]).max_num_batched_tokens
         4096
+        >>> LLMEngineSettings().for_gpu(cat["h100-sxm"]).for_gpu(cat["l4"]).max_num_seqs
+        256
         """
         big = gpu.memory_gib >= 70 and "a100" not in f"{gpu.id} {gpu.name}".lower()
         update: dict[str, int] = {}
@@ -143,7 +145,13 @@ class LLMEngineSettings(Strict):
             update["max_num_batched_tokens"] = 8192 if big else 2048
         if "max_num_seqs" not in self.model_fields_set:
             update["max_num_seqs"] = 1024 if big else 256
-        return self.model_copy(update=update) if update else self
+        if not update:
+            return self
+        # the card's defaults are not the user's settings: resolving again for another card
+        # gives that card's defaults
+        return type(self).model_construct(
+            _fields_set=set(self.model_fields_set), **{**self.model_dump(), **update}
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,8 +156,6 @@ class _SharedQueue:
         self.n = len(arrival)
         self.log = _BatchLog()
         self.free = list(range(cfg.replicas - 1, -1, -1))
-        self.n_replicas = cfg.replicas
-        self.retiring: set[int] = set()
         self.waiting_free = False
         self.timer_at = math.inf
         self.vnow = 0.0
@@ -188,12 +186,9 @@ class _SharedQueue:
         self.adm_tail += take
         self.scanned = hi
 
-    # -- replicas (the seam an autoscaler uses) ---------------------------------------------
+    # -- replicas (an autoscaled fleet is capsim.sim.batched_fleet.BatchedFleet) -------------
     def release(self, r: int) -> None:
-        """Replica ``r`` finished its batch (or became ready): it takes work again."""
-        if r in self.retiring:
-            self.retiring.discard(r)
-            return
+        """Replica ``r`` finished its batch: it takes work again."""
         self.free.append(r)
         if self.waiting_free:
             self.waiting_free = False
@@ -201,23 +196,6 @@ class _SharedQueue:
 
     def _on_done(self, event: _Done) -> None:
         self.release(event.replica)
-
-    def add_replica(self) -> int:
-        """A new ready replica joins the pool; returns its id."""
-        r = self.n_replicas
-        self.n_replicas += 1
-        self.release(r)
-        return r
-
-    def retire_replica(self) -> int | None:
-        """Take one replica out: a free one at once, else the next to finish (it drains)."""
-        if self.free:
-            return self.free.pop(0)
-        busy = [r for r in range(self.n_replicas) if r not in self.retiring]
-        if not busy:
-            return None
-        self.retiring.add(busy[-1])
-        return busy[-1]
 
     def _wait_until(self, t: float) -> None:
         if t < self.timer_at:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -134,7 +134,6 @@ class LifecycleResult:
     end_time: float
     unstable: bool = False
     unstable_reason: str = ""
-    policy_notes: list[str] = field(default_factory=list)
 
     def billed_seconds(self, until: float | None = None) -> np.ndarray:
         """Per replica: seconds from request to release, within ``[0, until]``."""
