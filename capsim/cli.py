@@ -6,55 +6,29 @@ and what is accepted; never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from capsim.catalog import Catalog, load_catalog
-from capsim.cli_options import jobs_option, quiet_option
+from capsim.catalog import load_catalog
+from capsim.cli_calibrate import calibrate_group
+from capsim.cli_options import (
+    catalog_of,
+    emit,
+    fail,
+    handle_errors,
+    jobs_option,
+    progress_printer,
+    quiet_option,
+)
+from capsim.cli_whatif import whatif
 from capsim.errors import InputError
 
 FORMATS = click.Choice(["table", "json", "csv"])
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-def handle_errors(fn):
-    """Turn user-input errors into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from capsim.service.fixed import Unsupported
-
-        try:
-            return fn(*args, **kwargs)
-        except InputError as exc:
-            _fail(str(exc))
-        except Unsupported as exc:
-            _fail(str(exc))
-
-    return wrapper
-
-
-def _catalog(ctx: click.Context) -> Catalog:
-    return load_catalog(ctx.obj.get("catalog") if ctx.obj else None)
-
-
-def _progress(quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None
-    return lambda msg: click.echo(f"  {msg}", err=True)
-
-
-def _emit(text: str) -> None:
-    click.echo(text)
+_fail, _emit, _progress, _catalog = fail, emit, progress_printer, catalog_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -364,7 +338,5 @@ def catalog_validate(ctx, directory: Path | None) -> None:
     _emit(f"ok: {len(cat)} entries ({', '.join(cat)})")
 
 
-from capsim.cli_calibrate import calibrate_group  # noqa: E402
-
 main.add_command(calibrate_group, "calibrate")
-import capsim.cli_whatif  # noqa: E402, F401  (adds "capsim whatif" to main)
+main.add_command(whatif, "whatif")

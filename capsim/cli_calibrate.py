@@ -6,7 +6,6 @@ This is the only place where capsim calls into ``calibrate/`` (its ``run`` and
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
@@ -16,29 +15,10 @@ from typing import Any
 
 import click
 
+from capsim.cli_options import fail, handle_errors
 from capsim.errors import InputError
 
 _PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _handle(fn):
-    """User errors -> one line on stderr and exit code 2 (as capsim.cli.handle_errors)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from capsim.service.fixed import Unsupported
-
-        try:
-            return fn(*args, **kwargs)
-        except (InputError, Unsupported) as exc:
-            _fail(str(exc))
-
-    return wrapper
 
 
 def _catalog_dir(ctx: click.Context, given: Path | None) -> Path:
@@ -159,7 +139,7 @@ def calibrate_group() -> None:
     "a fresh `python -m calibrate` process, as the variables only act before NumPy loads). "
     "1 gives the steadiest CPU measurements on a shared machine.",
 )
-@_handle
+@handle_errors
 def run_cmd(
     out, backend, device, budget_seconds, precisions, quick, overwrite, seed, no_progress, threads
 ):
@@ -200,7 +180,7 @@ def run_cmd(
     except CalibrationError as exc:
         raise InputError(str(exc), where="calibrate run") from None
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        fail("interrupted", 130)
     click.echo(str(path))
     if was_interrupted(path):
         click.echo(f"interrupted: wrote what was measured to {path}", err=True)
@@ -269,7 +249,7 @@ def _power(text: str | None) -> tuple[float, float | None] | None:
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.pass_context
-@_handle
+@handle_errors
 def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_dir, dry_run, fmt):
     """Fit efficiency curves and measured tables into a catalog entry's calibration block.
 
@@ -392,7 +372,7 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     "mlp_a100_... into h100-sxm. A profile faster than the card's spec peak is refused anyway.",
 )
 @click.pass_context
-@_handle
+@handle_errors
 def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir, dry_run, force):
     """Import a Vidur operator profile (mlp.csv) as a catalog entry's calibration.
 
@@ -449,7 +429,7 @@ def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir
     show_default=True,  # fmt: skip
 )
 @click.pass_context
-@_handle
+@handle_errors
 def compare_cmd(ctx, directory, gpu_id, out, all_rows, fmt):
     """Measured times against the spec-sheet roofline: a table and a roofline plot.
 

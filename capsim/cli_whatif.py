@@ -13,7 +13,14 @@ import click
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from capsim.cli_options import jobs_option, quiet_option
+from capsim.cli_options import (
+    catalog_of,
+    emit,
+    handle_errors,
+    jobs_option,
+    progress_printer,
+    quiet_option,
+)
 from capsim.errors import InputError, format_validation_error
 
 
@@ -84,6 +91,7 @@ def parse_policy(text: str) -> Any:
 @jobs_option
 @quiet_option
 @click.pass_context
+@handle_errors
 def whatif(
     ctx: click.Context,
     scenario: Path,
@@ -112,50 +120,34 @@ def whatif(
       capsim whatif scenarios/embedding_autoscaled.yaml --policy fixed:replicas=peak \\
           --policy hpa:target=60,max_replicas=8 --policy kpa:target=8,max_replicas=8
     """
-    from capsim.cli import _catalog, _emit, _progress, handle_errors
+    from capsim.report.whatif import format_whatif, whatif_dict
+    from capsim.scenario import load_scenario
+    from capsim.whatif import whatif as run_whatif
 
-    @handle_errors
-    def run() -> None:
-        from capsim.report.whatif import format_whatif, whatif_dict
-        from capsim.scenario import load_scenario
-        from capsim.whatif import whatif as run_whatif
+    cat = catalog_of(ctx)
+    specs = [parse_policy(p) for p in policies] or None
+    s = load_scenario(scenario, cat)
+    result = run_whatif(
+        s,
+        cat,
+        specs,
+        gpu=gpu,
+        precision=precision,
+        tp=tp,
+        replications=replications,
+        window_s=window_s,
+        baseline=baseline,
+        jobs=jobs,
+        progress=progress_printer(quiet),
+    )
+    if fmt == "json":
+        from capsim.report.files import to_json
 
-        cat = _catalog(ctx)
-        specs = [parse_policy(p) for p in policies] or None
-        s = load_scenario(scenario, cat)
-        result = run_whatif(
-            s,
-            cat,
-            specs,
-            gpu=gpu,
-            precision=precision,
-            tp=tp,
-            replications=replications,
-            window_s=window_s,
-            baseline=baseline,
-            jobs=jobs,
-            progress=_progress(quiet),
-        )
-        if fmt == "json":
-            from capsim.report.files import to_json
+        emit(to_json(whatif_dict(result)))
+    else:
+        emit(format_whatif(result))
+    if out is not None:
+        from capsim.report.whatif import write_whatif
 
-            _emit(to_json(whatif_dict(result)))
-        else:
-            _emit(format_whatif(result))
-        if out is not None:
-            from capsim.report.whatif import write_whatif
-
-            paths = write_whatif(out, result)
-            click.echo(f"wrote {len(paths)} files to {out}", err=True)
-
-    run()
-
-
-def _register() -> None:
-    from capsim.cli import main
-
-    if "whatif" not in main.commands:
-        main.add_command(whatif)
-
-
-_register()
+        paths = write_whatif(out, result)
+        click.echo(f"wrote {len(paths)} files to {out}", err=True)
