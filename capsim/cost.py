@@ -52,6 +52,16 @@ def batch_energy_j(
     return float(np.dot(durations, watts)) * gpus_per_replica
 
 
+def llm_busy_energy_j(
+    gpu: GPU, prefill_s: float, decode_s: float, gpus_per_replica: int = 1
+) -> float:
+    """Energy of LLM engine iterations (J): those with prefill work at max power (compute-bound),
+    decode-only ones at the memory-bound level."""
+    p = gpu.power
+    watts_dec = p.warm_idle_w + (p.max_w - p.warm_idle_w) * p.memory_bound_fraction
+    return (prefill_s * p.max_w + decode_s * watts_dec) * gpus_per_replica
+
+
 def idle_energy_j(gpu: GPU, idle_seconds: float, gpus_per_replica: int = 1) -> float:
     """Energy of warm-idle replica time (J)."""
     return gpu.power.warm_idle_w * idle_seconds * gpus_per_replica

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.catalog import GPU
-from capsim.cost import batch_energy_j, price_per_gpu_hour
+from capsim.cost import batch_energy_j, idle_energy_j, llm_busy_energy_j, price_per_gpu_hour
 from capsim.stats import PERCENTILES
 
 SAMPLE_SIZE = 20_000
@@ -186,7 +186,7 @@ def _fleet(
     replica_s = float(lc.billed_seconds(horizon).sum())
     prov_s = float(lc.provisioning_seconds(horizon).sum())
     serving_s = max(replica_s - prov_s, 0.0)
-    e_idle = gpu.power.warm_idle_w * max(serving_s - busy_s, 0.0) * tp
+    e_idle = idle_energy_j(gpu, max(serving_s - busy_s, 0.0), tp)
     e_prov = gpu.power.idle_w * prov_s * tp
     rel = np.minimum(np.where(np.isnan(lc.released), np.inf, lc.released), horizon)
     ok_ready = ~np.isnan(lc.ready)
@@ -370,11 +370,9 @@ def measure_llm(
     busy_cum, queue_cum = fleet.busy_queue_at(edges)
     busy_w, queue_w = np.diff(busy_cum) / wlen, np.diff(queue_cum) / wlen
     busy_s = float(busy_cum[-1])
-    p = gpu.power
     pre, dec = float(res.busy_prefill_s.sum()), float(res.busy_decode_s.sum())
     share = busy_s / (pre + dec) if pre + dec > 0 else 0.0  # the part within the horizon
-    watts_dec = p.warm_idle_w + (p.max_w - p.warm_idle_w) * p.memory_bound_fraction
-    e_busy = (pre * p.max_w + dec * watts_dec) * share * tp
+    e_busy = llm_busy_energy_j(gpu, pre, dec, tp) * share
     fscalars, occ = _fleet(s, gpu, lc, horizon, edges, busy_s, e_busy, tp)
     out_tok = float(res.output[served_mask].sum())
     all_tok = out_tok + float(res.prompt[served_mask].sum())

@@ -69,6 +69,7 @@ import numpy as np
 import simpy
 
 from capsim.catalog import GIB, GPU
+from capsim.cost import idle_energy_j, llm_busy_energy_j
 from capsim.errors import InputError
 from capsim.metrics import RunMetrics, series_metrics, warmup_cut
 from capsim.models import TransformerModel
@@ -1043,12 +1044,10 @@ def make_llm_service(s, gpu: GPU, precision: str, tp: int) -> LLMService:
 def _power_energy(gpu: GPU, res: LLMRunResult, tp: int, span: float) -> float:
     """Energy (J): prefill iterations at max power, decode at the memory-bound level, the rest
     of each replica's span at warm idle; times ``tp`` GPUs."""
-    p = gpu.power
     pre = float(res.busy_prefill_s.sum())
     dec = float(res.busy_decode_s.sum())
     idle = max(res.replicas * span - pre - dec, 0.0)
-    watts_dec = p.warm_idle_w + (p.max_w - p.warm_idle_w) * p.memory_bound_fraction
-    return (pre * p.max_w + dec * watts_dec + idle * p.warm_idle_w) * tp
+    return llm_busy_energy_j(gpu, pre, dec, tp) + idle_energy_j(gpu, idle, tp)
 
 
 def llm_tokens(stream) -> tuple[np.ndarray, np.ndarray]:
