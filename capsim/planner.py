@@ -30,7 +30,14 @@ from capsim.cost import price_per_gpu_hour
 from capsim.precision import get_precision
 from capsim.scenario import Scenario
 from capsim.service.fixed import Unsupported
-from capsim.simulate import Config, Evaluation, make_service, memory_fit, simulate
+from capsim.simulate import (
+    Config,
+    Evaluation,
+    make_service,
+    memory_fit,
+    replica_capacity_rps,
+    simulate,
+)
 from capsim.workload import peak_rate
 
 
@@ -98,11 +105,7 @@ def _screen(s: Scenario, cat: Catalog, cand: Candidate) -> tuple[CandidateResult
 
 def replica_lower_bound(s: Scenario, svc, peak: float) -> int:
     """Fewest replicas whose best-case throughput covers the peak offered rate."""
-    cap = svc.max_throughput_rps(s) if hasattr(svc, "max_throughput_rps") else None
-    if cap is None:
-        k = s.fleet.max_batch
-        times = svc.batch_times(k)
-        cap = max(b / times[b] for b in range(1, k + 1))
+    cap = replica_capacity_rps(s, svc)
     return max(1, math.ceil(peak / cap)) if cap > 0 else 1
 
 

@@ -108,6 +108,15 @@ def memory_fit(s: Scenario, svc) -> MemoryFit:
     return svc.memory_fit(s.fleet.max_batch) if not s.is_llm else svc.memory_fit()
 
 
+def replica_capacity_rps(s: Scenario, svc) -> float:
+    """Best throughput of one replica: full batches (fixed-shape), or the LLM service's
+    optimistic bound (its compute and its largest KV-fitting decode batch)."""
+    if s.is_llm:
+        return svc.max_throughput_rps(s)
+    t = svc.batch_times(s.fleet.max_batch)
+    return max(b / t[b] for b in range(1, s.fleet.max_batch + 1))
+
+
 def runnable_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1):
     """:func:`make_service`, refusing (Unsupported) a configuration that does not fit in
     memory — what ``simulate`` and ``whatif`` are asked to run must be able to run."""

@@ -63,15 +63,6 @@ def _real_time(s: Scenario) -> Scenario:
     return s.model_copy(update={"simulation": sim})
 
 
-def replica_capacity_rps(s: Scenario, svc) -> float:
-    """Best throughput of one replica: full batches (fixed-shape), or the LLM service's
-    optimistic bound (its compute and its largest KV-fitting decode batch)."""
-    if s.is_llm:
-        return svc.max_throughput_rps(s)
-    t = svc.batch_times(s.fleet.max_batch)
-    return max(b / t[b] for b in range(1, s.fleet.max_batch + 1))
-
-
 def weight_bytes(svc, tp: int = 1) -> float:
     """Bytes of weights one GPU loads at a cold start."""
     fit = getattr(svc, "memory_fit", None)
@@ -143,7 +134,7 @@ def run_policy(
     it pays for its precomputation (~4 s per day at 500 req/s) only when replicas are idle most
     of the time (a generous fixed fleet); autoscaled fleets run busy, so it is off by default.
     """
-    from capsim.simulate import slo_targets, stream_for
+    from capsim.simulate import replica_capacity_rps, slo_targets, stream_for
 
     sr = _real_time(s)
     stream = stream_for(sr, replication)
