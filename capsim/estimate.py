@@ -115,7 +115,7 @@ def estimate_fixed(
         svc.math_format,
         rows,
         {
-            "weights_gib": fit.weights_bytes / GIB,
+            "weights_gib": fit.weight_bytes / GIB,
             "reserved_gib": fit.reserved_bytes / GIB,
             "usable_gib": fit.usable_bytes / GIB,
             "max_batch": fit.max_batch,

@@ -63,15 +63,11 @@ def _real_time(s: Scenario) -> Scenario:
     return s.model_copy(update={"simulation": sim})
 
 
-def weight_bytes(svc, tp: int = 1) -> float:
-    """Bytes of weights one GPU loads at a cold start."""
-    fit = getattr(svc, "memory_fit", None)
-    if getattr(svc, "tp", None) is not None and fit is not None:  # LLM: already per GPU
-        return float(fit().weight_bytes)
-    try:
-        return float(svc.model.params * svc.precision.weight_bytes) / tp
-    except AttributeError:
-        return float(getattr(svc, "weight_bytes", 0.0)) / tp
+def weight_bytes(s: Scenario, svc) -> float:
+    """Bytes of weights one GPU loads at a cold start (the memory fit's, per GPU)."""
+    from capsim.simulate import memory_fit
+
+    return float(memory_fit(s, svc).weight_bytes)
 
 
 def rate_at_start(s: Scenario, arrival: np.ndarray) -> float:
@@ -139,7 +135,7 @@ def run_policy(
     sr = _real_time(s)
     stream = stream_for(sr, replication)
     horizon = stream.horizon
-    wb = weight_bytes(svc, tp)
+    wb = weight_bytes(s, svc)
     cs = cold_start_of(s, spec)
     policy = make_policy(
         spec,

@@ -58,7 +58,7 @@ class BatchEstimate:
 
 @dataclass(frozen=True)
 class MemoryFit:
-    weights_bytes: float
+    weight_bytes: float
     activation_bytes: float
     reserved_bytes: float
     usable_bytes: float
@@ -68,7 +68,7 @@ class MemoryFit:
 
     @property
     def used_bytes(self) -> float:
-        return self.weights_bytes + self.activation_bytes + self.reserved_bytes
+        return self.weight_bytes + self.activation_bytes + self.reserved_bytes
 
 
 class FixedServiceModel:
