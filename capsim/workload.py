@@ -314,10 +314,11 @@ def sim_horizon(s: Scenario) -> tuple[float, float]:
 
 
 def seed_children(seed: int, replication: int) -> list[np.random.SeedSequence]:
-    """The SeedSequence children of one replication: [arrivals, sizes, service jitter]."""
+    """The SeedSequence children of one replication: [arrivals, sizes, service jitter, cold
+    starts] — one stream per random element, so changing one leaves the others as they were."""
     root = np.random.SeedSequence(seed)
     rep = np.random.SeedSequence(root.entropy, spawn_key=(replication,))
-    return rep.spawn(3)
+    return rep.spawn(4)
 
 
 def expected_requests(s: Scenario) -> tuple[float, float]:
@@ -365,7 +366,7 @@ def check_traffic(s: Scenario, *, file: str | None = None) -> None:
 
 def make_stream(s: Scenario, replication: int) -> RequestStream:
     """The request stream of one replication (the same for every candidate)."""
-    arr_seq, size_seq, _ = seed_children(s.simulation.seed, replication)
+    arr_seq, size_seq, *_ = seed_children(s.simulation.seed, replication)
     rng = np.random.default_rng(arr_seq)
     horizon, scale = sim_horizon(s)
     a = s.traffic.arrivals

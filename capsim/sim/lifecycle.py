@@ -81,13 +81,11 @@ class ScalableFleet(Protocol):
 
 # --------------------------------------------------------------------------- cold starts
 def cold_start_seed(seed: int, replication: int) -> np.random.SeedSequence:
-    """The 4th child of the replication's SeedSequence (after arrivals, sizes, jitter).
+    """The replication's cold-start stream (:func:`capsim.workload.seed_children`, 4th child):
+    its own, so every policy still sees the same arrivals and service-time jitter."""
+    from capsim.workload import seed_children
 
-    ``SeedSequence(entropy, spawn_key=(replication,)).spawn(4)[3]`` — so cold starts have their
-    own stream and every policy still sees the same arrivals and service-time jitter.
-    """
-    root = np.random.SeedSequence(seed)
-    return np.random.SeedSequence(root.entropy, spawn_key=(replication, 3))
+    return seed_children(seed, replication)[3]
 
 
 class ColdStartSampler:
