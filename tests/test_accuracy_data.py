@@ -58,7 +58,7 @@ def test_shape_columns_present_where_the_group_needs_them(rows: list[dict[str, s
     for i, r in enumerate(rows, start=2):
         if r["group"] == "nccl_allreduce":
             assert int(r["message_bytes"]) > 0, f"line {i}"
-        if r["group"] == "llm_throughput":
+        if r["group"].startswith("llm_"):
             assert int(r["tp"]) >= 1 and int(r["prompt_tokens"]) > 0, f"line {i}"
             assert int(r["output_tokens"]) > 0 and r["model"], f"line {i}"
         if r["group"].startswith("bert_"):

@@ -13,6 +13,9 @@ Predictors, one small function per group (see ``PREDICTORS``):
   --batch 1 2 4 ... 256``).
 - ``llm_throughput`` (output tokens/s of one TP group at a fixed ISL/OSL): ``max_tokens_per_s``
   of ``capsim estimate --tp T --prompt ISL --output OSL``.
+- ``llm_prefill`` (first-token latency at batch 1): ``prefill_s`` of the same command.
+- ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
+  OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
 - anything else: "not predicted (reason)".
 
 Run: ``python benchmarks/accuracy/score.py [--split test|fit|all] [--csv OUT] [--summary-only]``
@@ -72,7 +75,43 @@ def llm_throughput(row: pd.Series) -> float:
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
         "--output", str(int(row.output_tokens)),
     )  # fmt: skip
-    return float(out["max_tokens_per_s"])
+    return _number(out, "max_tokens_per_s")
+
+
+def _llm(row: pd.Series, batch: int) -> dict:
+    """``capsim estimate`` of an LLM row at ``batch`` sequences."""
+    return estimate(
+        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
+        "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
+        "--output", str(int(row.output_tokens)), "--batch", str(batch),
+    )  # fmt: skip
+
+
+def _number(out: dict, key: str) -> float:
+    """``out[key]`` as a float; NotPredicted when capsim has none (card cannot run it)."""
+    if out.get(key) is None:
+        raise NotPredicted(f"capsim gives no {key} (precision or TP not supported on the card)")
+    return float(out[key])
+
+
+def llm_prefill(row: pd.Series) -> float:
+    """First-token latency in ms of one prompt at batch 1 (``prefill_s``)."""
+    return 1e3 * _number(_llm(row, 1), "prefill_s")
+
+
+def llm_static_batch(row: pd.Series) -> float:
+    """Output tokens/s of one static batch: batch x output / (batch prefill + output x step).
+
+    Divided by TP when the row's unit is per GPU.
+    """
+    b = int(row.batch)
+    out = _llm(row, b)
+    if not out.get("batch_fits", True):
+        top = out.get("max_batch")
+        raise NotPredicted(f"batch {b} above capsim's max batch {top} (memory or max_num_seqs)")
+    steps = _number(out, "decode_step_s") * int(row.output_tokens)
+    tokens_per_s = b * int(row.output_tokens) / (_number(out, "prefill_batch_s") + steps)
+    return tokens_per_s / int(row.tp) if "per GPU" in str(row.unit) else tokens_per_s
 
 
 def not_predicted(reason: str) -> Callable[[pd.Series], float]:
@@ -91,6 +130,8 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
     "bert_offline": best_fixed_throughput,
     "bert_server": best_fixed_throughput,
     "llm_throughput": llm_throughput,
+    "llm_prefill": llm_prefill,
+    "llm_static_batch": llm_static_batch,
     "nccl_allreduce": not_predicted("no CLI exposes collective time per message size"),
     "mlperf_llama2_70b_offline": not_predicted("TP and per-request lengths not in the summary"),
     "mlperf_llama2_70b_server": not_predicted("TP and per-request lengths not in the summary"),
@@ -197,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=["test", "fit", "all"], default="test")
     ap.add_argument("--csv", type=Path, help="write the per-row table here")
     ap.add_argument("--summary-only", action="store_true", help="skip the per-row lines")
+    ap.add_argument("--group", default="", help="only groups starting with this prefix")
     args = ap.parse_args(argv)
-    scored = predict(load(args.data, args.split))
+    data = load(args.data, args.split)
+    scored = predict(data[data["group"].str.startswith(args.group)].reset_index(drop=True))
     if not args.summary_only:
         print_rows(scored)
     pd.set_option("display.width", 200)
