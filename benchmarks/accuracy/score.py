@@ -28,8 +28,10 @@ import functools
 import itertools
 import json
 import math
+import multiprocessing
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -139,21 +141,42 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
 }
 
 
-def predict(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``predicted``, ``rel_error`` and ``status`` columns added."""
-    preds, status = [], []
-    for _, row in df.iterrows():
+def _predict_rows(df: pd.DataFrame) -> list[tuple[object, float, str]]:
+    """(index, prediction or NaN, status) for each row of ``df``, in one process."""
+    out = []
+    for idx, row in df.iterrows():
         fn = PREDICTORS.get(row.group, not_predicted(f"no predictor for group {row.group}"))
         try:
-            preds.append(fn(row))
-            status.append("ok")
+            out.append((idx, fn(row), "ok"))
         except NotPredicted as exc:
-            preds.append(math.nan)
-            status.append(f"not predicted ({exc})")
+            out.append((idx, math.nan, f"not predicted ({exc})"))
+    return out
+
+
+#: Columns that decide which ``capsim estimate`` call a row needs: rows with equal values
+#: go to the same worker, so each call runs once.
+_CALL_KEY = ["model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch"]
+
+
+def predict(df: pd.DataFrame, jobs: int = 1) -> pd.DataFrame:
+    """``df`` with ``predicted``, ``rel_error`` and ``status`` columns added.
+
+    With ``jobs`` > 1 the distinct calls are dealt round-robin to ``jobs`` processes.
+    """
+    keys = pd.Series(["|".join(map(str, t)) for t in df[_CALL_KEY].itertuples(index=False)],
+                     index=df.index)  # fmt: skip
+    worker = keys.map({k: i % jobs for i, k in enumerate(sorted(set(keys)))})
+    parts = [df[worker == k] for k in range(jobs)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            results = [r for part in ex.map(_predict_rows, parts) for r in part]
+    else:
+        results = _predict_rows(df)
+    by_index = {idx: (pred, status) for idx, pred, status in results}
     out = df.copy()
-    out["predicted"] = preds
+    out["predicted"] = [by_index[i][0] for i in df.index]
     out["rel_error"] = out["predicted"] / out["value"] - 1.0
-    out["status"] = status
+    out["status"] = [by_index[i][1] for i in df.index]
     return out
 
 
@@ -240,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, help="write the per-row table here")
     ap.add_argument("--summary-only", action="store_true", help="skip the per-row lines")
     ap.add_argument("--group", default="", help="only groups starting with this prefix")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
     args = ap.parse_args(argv)
     data = load(args.data, args.split)
-    scored = predict(data[data["group"].str.startswith(args.group)].reset_index(drop=True))
+    selected = data[data["group"].str.startswith(args.group)].reset_index(drop=True)
+    scored = predict(selected, jobs=max(1, args.jobs))
     if not args.summary_only:
         print_rows(scored)
     pd.set_option("display.width", 200)
