@@ -79,3 +79,14 @@ def test_split_rule_and_score_doctests() -> None:
     for name in ("schema", "score", "extract_mlperf"):
         result = doctest.testmod(_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, name
+
+
+def test_hardware_facts_are_sourced() -> None:
+    with (ACC / "hardware_facts.csv").open(newline="") as fh:
+        facts = list(csv.DictReader(fh))
+    assert facts
+    for i, r in enumerate(facts, start=2):
+        assert r["gpu"] in schema.GPU_IDS, f"hardware_facts.csv line {i}"
+        assert float(r["value"]) > 0 and r["unit"] and r["fact"], f"line {i}"
+        assert r["source_url"].startswith("https://"), f"line {i}"
+        assert re.search(r"[0-9a-f]{40}|\d{4}-\d{2}-\d{2}", r["source_ref"]), f"line {i}"
