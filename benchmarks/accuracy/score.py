@@ -135,6 +135,7 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
     "llm_prefill": llm_prefill,
     "llm_static_batch": llm_static_batch,
     "nccl_allreduce": not_predicted("no CLI exposes collective time per message size"),
+    "llm_token_latency": not_predicted("ShareGPT prompt lengths vary; no per-token latency CLI"),
     "nccl_allreduce_algbw": not_predicted("no CLI exposes collective bandwidth per message size"),
     "mlperf_llama2_70b_offline": not_predicted("TP and per-request lengths not in the summary"),
     "mlperf_llama2_70b_server": not_predicted("TP and per-request lengths not in the summary"),
