@@ -92,3 +92,13 @@ def test_hardware_facts_are_sourced() -> None:
         assert float(r["value"]) > 0 and r["unit"] and r["fact"], f"line {i}"
         assert r["source_url"].startswith("https://"), f"line {i}"
         assert re.search(r"[0-9a-f]{40}|\d{4}-\d{2}-\d{2}", r["source_ref"]), f"line {i}"
+
+
+def test_score_rejects_bad_measurement_files(tmp_path: Path, capsys) -> None:
+    score = _module("score")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("group,gpu\nresnet50_offline,t4\n")
+    assert score.main(["--data", str(bad)]) == 2
+    assert "missing column(s) model, precision, value" in capsys.readouterr().err
+    assert score.main(["--data", str(tmp_path / "absent.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -249,9 +249,23 @@ def print_rows(scored: pd.DataFrame) -> None:
             print(f"{head} {r.status}")
 
 
+class BadInput(Exception):
+    """The measurements file cannot be scored; the message names the file and the problem."""
+
+
 def load(path: Path, split: str) -> pd.DataFrame:
-    """The measurements, restricted to one split (or all)."""
-    df = pd.read_csv(path, dtype={"precision": str, "model": str})
+    """The measurements, restricted to one split (or all); BadInput names what is wrong."""
+    try:
+        df = pd.read_csv(path, dtype={"precision": str, "model": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadInput(f"{path}: cannot read the measurements CSV ({exc})") from exc
+    missing = [c for c in ("group", "gpu", "model", "precision", "value", "unit", "split")
+               if c not in df.columns]  # fmt: skip
+    if missing:
+        raise BadInput(f"{path}: missing column(s) {', '.join(missing)}; see schema.COLUMNS")
+    bad = df.index[~(pd.to_numeric(df["value"], errors="coerce") > 0)]
+    if len(bad):
+        raise BadInput(f"{path}: row {bad[0] + 2}: value must be a positive number")
     df["model"] = df["model"].fillna("")
     return df if split == "all" else df[df["split"] == split].reset_index(drop=True)
 
@@ -266,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", default="", help="only groups starting with this prefix")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
     args = ap.parse_args(argv)
-    data = load(args.data, args.split)
+    try:
+        data = load(args.data, args.split)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     selected = data[data["group"].str.startswith(args.group)].reset_index(drop=True)
     scored = predict(selected, jobs=max(1, args.jobs))
     if not args.summary_only:
