@@ -1,0 +1,306 @@
+"""Score capsim's service-time model against the public measurements in ``measurements.csv``.
+
+For every row, capsim's prediction is obtained through the stable CLI (``capsim estimate ...
+--format json``, run in-process through click so that the package is imported once), then
+printed next to the measured value. Summaries: per group the median and worst relative error
+(``predicted / measured - 1``) and, within each (group, model, precision), pairwise card-ordering
+agreement on the per-card medians.
+
+Predictors, one small function per group (see ``PREDICTORS``):
+
+- ``resnet50_*``, ``bert_*`` (MLPerf Offline/Server, per accelerator): best ``throughput_rps``
+  over batches 1..256 among batches that fit (``capsim estimate --model M --gpu G --precision P
+  --batch 1 2 4 ... 256``).
+- ``llm_throughput`` (output tokens/s of one TP group at a fixed ISL/OSL): ``max_tokens_per_s``
+  of ``capsim estimate --tp T --prompt ISL --output OSL``.
+- ``llm_prefill`` (first-token latency at batch 1): ``prefill_s`` of the same command.
+- ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
+  OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
+- anything else: "not predicted (reason)".
+
+Run: ``python benchmarks/accuracy/score.py [--split test|fit|all] [--csv OUT] [--summary-only]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import math
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from click.testing import CliRunner
+
+from capsim.cli import main as capsim_cli
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CSV = HERE / "measurements.csv"
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class NotPredicted(Exception):
+    """capsim has no prediction for this row; the message says why."""
+
+
+@functools.cache
+def estimate(*args: str) -> dict:
+    """``capsim estimate ARGS --format json`` parsed; NotPredicted on a non-zero exit."""
+    result = CliRunner().invoke(capsim_cli, ["estimate", *args, "--format", "json"])
+    if result.exit_code != 0:
+        first = (result.output or str(result.exception)).strip().splitlines()
+        raise NotPredicted(f"capsim estimate failed: {first[-1] if first else result.exit_code}")
+    return json.loads(result.output)
+
+
+def best_fixed_throughput(row: pd.Series) -> float:
+    """Best samples/s over batches 1..256 (fitting batches only) for a fixed-shape model."""
+    out = estimate(
+        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
+        "--batch", *[str(b) for b in BATCHES],
+    )  # fmt: skip
+    fits = [b["throughput_rps"] for b in out["batches"] if b.get("fits", True)]
+    if not fits:
+        raise NotPredicted("no batch fits in memory")
+    return max(fits)
+
+
+def llm_throughput(row: pd.Series) -> float:
+    """Output tokens/s ceiling of one replica (TP group) at the row's ISL/OSL."""
+    out = estimate(
+        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
+        "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
+        "--output", str(int(row.output_tokens)),
+    )  # fmt: skip
+    return _number(out, "max_tokens_per_s")
+
+
+def _llm(row: pd.Series, batch: int) -> dict:
+    """``capsim estimate`` of an LLM row at ``batch`` sequences."""
+    return estimate(
+        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
+        "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
+        "--output", str(int(row.output_tokens)), "--batch", str(batch),
+    )  # fmt: skip
+
+
+def _number(out: dict, key: str) -> float:
+    """``out[key]`` as a float; NotPredicted when capsim has none (card cannot run it)."""
+    if out.get(key) is None:
+        raise NotPredicted(f"capsim gives no {key} (precision or TP not supported on the card)")
+    return float(out[key])
+
+
+def llm_prefill(row: pd.Series) -> float:
+    """First-token latency in ms of one prompt at batch 1 (``prefill_s``)."""
+    return 1e3 * _number(_llm(row, 1), "prefill_s")
+
+
+def llm_static_batch(row: pd.Series) -> float:
+    """Output tokens/s of one static batch: batch x output / (batch prefill + output x step).
+
+    Divided by TP when the row's unit is per GPU.
+    """
+    b = int(row.batch)
+    out = _llm(row, b)
+    if not out.get("batch_fits", True):
+        top = out.get("max_batch")
+        raise NotPredicted(f"batch {b} above capsim's max batch {top} (memory or max_num_seqs)")
+    steps = _number(out, "decode_step_s") * int(row.output_tokens)
+    tokens_per_s = b * int(row.output_tokens) / (_number(out, "prefill_batch_s") + steps)
+    return tokens_per_s / int(row.tp) if "per GPU" in str(row.unit) else tokens_per_s
+
+
+def not_predicted(reason: str) -> Callable[[pd.Series], float]:
+    """A predictor that always declines with ``reason``."""
+
+    def predictor(row: pd.Series) -> float:
+        raise NotPredicted(reason)
+
+    return predictor
+
+
+#: group -> predictor (row -> predicted value in the row's unit).
+PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
+    "resnet50_offline": best_fixed_throughput,
+    "resnet50_server": best_fixed_throughput,
+    "bert_offline": best_fixed_throughput,
+    "bert_server": best_fixed_throughput,
+    "llm_throughput": llm_throughput,
+    "llm_prefill": llm_prefill,
+    "llm_static_batch": llm_static_batch,
+    "nccl_allreduce": not_predicted("no CLI exposes collective time per message size"),
+    "llm_token_latency": not_predicted("ShareGPT prompt lengths vary; no per-token latency CLI"),
+    "nccl_allreduce_algbw": not_predicted("no CLI exposes collective bandwidth per message size"),
+    "mlperf_llama2_70b_offline": not_predicted("TP and per-request lengths not in the summary"),
+    "mlperf_llama2_70b_server": not_predicted("TP and per-request lengths not in the summary"),
+}
+
+
+def _predict_rows(df: pd.DataFrame) -> list[tuple[object, float, str]]:
+    """(index, prediction or NaN, status) for each row of ``df``, in one process."""
+    out = []
+    for idx, row in df.iterrows():
+        fn = PREDICTORS.get(row.group, not_predicted(f"no predictor for group {row.group}"))
+        try:
+            out.append((idx, fn(row), "ok"))
+        except NotPredicted as exc:
+            out.append((idx, math.nan, f"not predicted ({exc})"))
+    return out
+
+
+#: Columns that decide which ``capsim estimate`` call a row needs: rows with equal values
+#: go to the same worker, so each call runs once.
+_CALL_KEY = ["model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch"]
+
+
+def predict(df: pd.DataFrame, jobs: int = 1) -> pd.DataFrame:
+    """``df`` with ``predicted``, ``rel_error`` and ``status`` columns added.
+
+    With ``jobs`` > 1 the distinct calls are dealt round-robin to ``jobs`` processes.
+    """
+    keys = pd.Series(["|".join(map(str, t)) for t in df[_CALL_KEY].itertuples(index=False)],
+                     index=df.index)  # fmt: skip
+    worker = keys.map({k: i % jobs for i, k in enumerate(sorted(set(keys)))})
+    parts = [df[worker == k] for k in range(jobs)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            results = [r for part in ex.map(_predict_rows, parts) for r in part]
+    else:
+        results = _predict_rows(df)
+    by_index = {idx: (pred, status) for idx, pred, status in results}
+    out = df.copy()
+    out["predicted"] = [by_index[i][0] for i in df.index]
+    out["rel_error"] = out["predicted"] / out["value"] - 1.0
+    out["status"] = [by_index[i][1] for i in df.index]
+    return out
+
+
+def group_summary(scored: pd.DataFrame) -> pd.DataFrame:
+    """Per group: rows, predicted rows, median |error|, worst signed error."""
+    recs = []
+    for group, g in scored.groupby("group", sort=True):
+        ok = g[g.status == "ok"]
+        worst = ok.rel_error.iloc[ok.rel_error.abs().argmax()] if len(ok) else math.nan
+        recs.append(
+            dict(
+                group=group,
+                rows=len(g),
+                predicted=len(ok),
+                median_abs_err=ok.rel_error.abs().median() if len(ok) else math.nan,
+                worst_err=worst,
+            )  # fmt: skip
+        )
+    return pd.DataFrame(recs)
+
+
+def ordering(scored: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise card-ordering agreement on per-card medians within (group, model, precision).
+
+    >>> df = pd.DataFrame(dict(group="g", model="m", precision="p", gpu=["a", "b"],
+    ...     value=[1.0, 2.0], predicted=[3.0, 1.0], status="ok"))
+    >>> ordering(df)[["pairs", "agree"]].values.tolist()
+    [[1, 0]]
+    """
+    recs = []
+    ok = scored[scored.status == "ok"]
+    for (group, model, prec), g in ok.groupby(["group", "model", "precision"], sort=True):
+        med = g.groupby("gpu")[["value", "predicted"]].median()
+        pairs, wrong = 0, []
+        for a, b in itertools.combinations(sorted(med.index), 2):
+            pairs += 1
+            real = med.value[a] / med.value[b]
+            pred = med.predicted[a] / med.predicted[b]
+            if (real > 1) != (pred > 1):
+                wrong.append(f"{a}/{b}: real {real:.2f}x, capsim {pred:.2f}x")
+        recs.append(
+            dict(group=group, model=model, precision=prec, cards=len(med), pairs=pairs,
+                 agree=pairs - len(wrong), wrong="; ".join(wrong))
+        )  # fmt: skip
+    return pd.DataFrame(recs)
+
+
+def settings(row: pd.Series) -> str:
+    """Short text of the row's shape (batch/seq/tp/lengths/bytes) for the per-row table."""
+    parts = []
+    for col, label in [("seq_len", "seq"), ("tp", "tp"), ("prompt_tokens", "in"),
+                       ("output_tokens", "out"), ("message_bytes", "bytes"), ("n_gpus", "n")]:  # fmt: skip
+        v = row.get(col)
+        if pd.notna(v) and str(v) != "":
+            parts.append(f"{label}={int(float(v))}")
+    return " ".join(parts)
+
+
+def print_rows(scored: pd.DataFrame) -> None:
+    """One line per row: measured vs predicted."""
+    print(f"{'group':26} {'gpu':15} {'model':13} {'prec':5} {'settings':26} "
+          f"{'measured':>11} {'predicted':>11} {'ratio':>6}")  # fmt: skip
+    for _, r in scored.iterrows():
+        head = (f"{r.group:26} {r.gpu:15} {str(r.model):13} {str(r.precision):5} "
+                f"{settings(r):26} {r.value:11.5g}")  # fmt: skip
+        if r.status == "ok":
+            print(f"{head} {r.predicted:11.5g} {r.predicted / r.value:6.2f}")
+        else:
+            print(f"{head} {r.status}")
+
+
+class BadInput(Exception):
+    """The measurements file cannot be scored; the message names the file and the problem."""
+
+
+def load(path: Path, split: str) -> pd.DataFrame:
+    """The measurements, restricted to one split (or all); BadInput names what is wrong."""
+    try:
+        df = pd.read_csv(path, dtype={"precision": str, "model": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadInput(f"{path}: cannot read the measurements CSV ({exc})") from exc
+    missing = [c for c in ("group", "gpu", "model", "precision", "value", "unit", "split")
+               if c not in df.columns]  # fmt: skip
+    if missing:
+        raise BadInput(f"{path}: missing column(s) {', '.join(missing)}; see schema.COLUMNS")
+    bad = df.index[~(pd.to_numeric(df["value"], errors="coerce") > 0)]
+    if len(bad):
+        raise BadInput(f"{path}: row {bad[0] + 2}: value must be a positive number")
+    df["model"] = df["model"].fillna("")
+    return df if split == "all" else df[df["split"] == split].reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score, print the tables, optionally write the per-row CSV."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_CSV)
+    ap.add_argument("--split", choices=["test", "fit", "all"], default="test")
+    ap.add_argument("--csv", type=Path, help="write the per-row table here")
+    ap.add_argument("--summary-only", action="store_true", help="skip the per-row lines")
+    ap.add_argument("--group", default="", help="only groups starting with this prefix")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel processes (default 2)")
+    args = ap.parse_args(argv)
+    try:
+        data = load(args.data, args.split)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    selected = data[data["group"].str.startswith(args.group)].reset_index(drop=True)
+    scored = predict(selected, jobs=max(1, args.jobs))
+    if not args.summary_only:
+        print_rows(scored)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_colwidth", 120)
+    print(f"\nsplit={args.split}: {len(scored)} rows\n")
+    print(group_summary(scored).to_string(index=False, float_format=lambda x: f"{x:+.3f}"))
+    print()
+    print(ordering(scored).to_string(index=False))
+    if args.csv:
+        tmp = args.csv.with_suffix(args.csv.suffix + ".tmp")
+        scored.to_csv(tmp, index=False)
+        tmp.replace(args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
