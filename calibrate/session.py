@@ -79,6 +79,7 @@ class Session:
             self.primary,
             resnet=self.resnet_note is None,
             fused_attention=be.fused_attention,
+            models=be.model_kinds,
         )
         self.tasks += self._power_tasks()
         self.tasks.sort(key=lambda t: t.tier)
@@ -189,9 +190,15 @@ class Session:
             return
         assert task.build is not None
         op = task.build(self.be)
-        stats = measure(self.be, op, timing, self.deadline)
+        stats = op.stats or measure(self.be, op, timing, self.deadline)
         self.cost.update(task, stats.median_s)
-        self.rows.append(_row(task, op.impl, op.inner, stats))
+        row = _row(task, op.impl, op.inner, stats)
+        if op.row:
+            row.update(op.row)
+            median = max(stats.median_s, 1e-12)
+            row.update(gflops_per_s=row["flops"] / median / 1e9)
+            row.update(gbytes_per_s=row["bytes"] / median / 1e9)
+        self.rows.append(row)
 
     def _timing(self) -> TimingConfig:
         """The per-point time shrinks when the budget would not cover the remaining points."""
@@ -279,6 +286,7 @@ def _present(d: dict[str, Any]) -> dict[str, Any]:
 def _row(task: Task, impl: str, inner: int | None, stats: Stats | None) -> dict[str, Any]:
     row: dict[str, Any] = {"kind": task.kind, "precision": task.precision, "impl": impl}
     row.update(task.params)
+    row.update(task.text)
     row.update(flops=task.flops, bytes=task.bytes)
     if stats is not None:
         median = max(stats.median_s, 1e-12)
@@ -296,10 +304,11 @@ def _row(task: Task, impl: str, inner: int | None, stats: Stats | None) -> dict[
     return row
 
 
-_SORT_PARAMS = ("n", "k", "m", "batch", "seq_len", "hidden", "buffer_bytes")
+_SORT_PARAMS = ("n", "k", "m", "layers", "in_channels", "out_channels", "height", "kernel", "stride", "batch", "seq_len", "hidden", "buffer_bytes", "message_bytes")  # fmt: skip
 
 
 def _row_key(row: dict[str, Any]) -> tuple:
     prec = PRECISIONS.index(row["precision"]) if row["precision"] in PRECISIONS else len(PRECISIONS)
     params = tuple(row.get(p) or 0 for p in _SORT_PARAMS)
-    return (KINDS.index(row["kind"]), prec, *params)
+    text = (row.get("phase") or "", row.get("layout") or "", row["impl"] or "")
+    return (KINDS.index(row["kind"]), prec, *text[:2], *params, text[2])

@@ -65,6 +65,9 @@ _OUT = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 2, "int8": 4}
 #: the non-overhead part of a measured time is at least this share of it (as in the timer)
 MIN_BODY = 0.3
 COMPOSITE_KINDS = ("forward_block", "forward_resnet50")
+#: harness kinds this fit uses; newer ones (conv2d, forward_llm_step, allreduce) are left out
+#: with a note until capsim models them
+USED_KINDS = frozenset({"launch", "bandwidth_copy", "bandwidth_read", "gemm", "attention_decode", "attention_prefill", *COMPOSITE_KINDS, "power_idle", "power_busy"})  # fmt: skip
 DEFAULT_TOLERANCE = 0.05
 MAX_CURVE_BINS = 24
 
@@ -390,7 +393,7 @@ def _row_label(r: dict[str, Any]) -> str:
     return kind
 
 
-_POINT_KEYS = ("kind", "precision", "m", "n", "k", "batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens", "buffer_bytes")  # fmt: skip
+_POINT_KEYS = ("kind", "precision", "m", "n", "k", "batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens", "buffer_bytes", "in_channels", "out_channels", "height", "width", "kernel", "stride", "groups", "layout", "layers", "kv_heads", "vocab", "phase", "message_bytes", "ranks", "impl")  # fmt: skip
 
 
 def combine_runs(
@@ -737,8 +740,9 @@ def fit_measurements(
 
 def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, today) -> FitResult:
     today = today or _today()
+    notes: list[str] = run_notes(meta, data) + unused_kind_notes(rows)
+    rows = [r for r in rows if r["kind"] in USED_KINDS]
     timed = [r for r in rows if r["kind"] != "power_idle" and r.get("median_s")]
-    notes: list[str] = run_notes(meta, data)
     if gpu is not None and not peaks_are_measured(gpu):
         check_spec_peaks(gpu, timed, (meta.get("device") or {}).get("name"))
     if any(r["precision"] == "fp64" for r in timed):
@@ -809,6 +813,18 @@ def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, to
     )
     fitted = _with_calibration(gpu, cal, today)
     return FitResult(fitted, cal, predictions, notes)
+
+
+def unused_kind_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per row kind that capsim cannot use yet (its rows are ignored, not refused)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] not in USED_KINDS:
+            counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    return [
+        f"{n} {kind} rows ignored: capsim does not use {kind} measurements yet"
+        for kind, n in sorted(counts.items())
+    ]
 
 
 def _usable(r: dict[str, Any]) -> bool:
