@@ -9,6 +9,7 @@ of each kind corrects them (the ratio measured / prior of the closest measured p
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from .task import Task
@@ -38,7 +39,8 @@ class CostModel:
         self.sample_overhead = 1e-4 if self.gpu else 5e-6
         self.point_s = 0.02 if self.gpu else 0.005
         self.setup_rate = 2e11 if self.gpu else 1e9
-        self.seen: dict[str, list[tuple[str, float, float]]] = {}
+        #: (kind,) and (kind, precision) -> sorted log roofline times and their ratios
+        self.seen: dict[tuple[str, ...], tuple[list[float], list[float]]] = {}
 
     def roofline_s(self, task: Task) -> float:
         """Seconds for one call at the prior rates."""
@@ -48,12 +50,14 @@ class CostModel:
     def call_s(self, task: Task) -> float:
         """Predicted seconds for one call of ``task``."""
         roof = self.roofline_s(task)
-        seen = self.seen.get(task.kind, [])
-        same = [e for e in seen if e[0] == task.precision] or seen
-        if not same:
+        seen = self.seen.get((task.kind, task.precision)) or self.seen.get((task.kind,))
+        if not seen:
             return roof
-        _, _, ratio = min(same, key=lambda e: abs(math.log(e[1] / roof)))
-        return roof * ratio
+        logs, ratios = seen
+        x = math.log(roof)
+        i = bisect.bisect_left(logs, x)
+        near = min((j for j in (i - 1, i) if 0 <= j < len(logs)), key=lambda j: abs(logs[j] - x))
+        return roof * ratios[near]
 
     def setup_s(self, task: Task) -> float:
         """Predicted seconds to allocate and fill the inputs of ``task``, and the fixed cost."""
@@ -82,4 +86,9 @@ class CostModel:
         """Remember how far this point was from the prior roofline."""
         if median_s > 0:
             roof = self.roofline_s(task)
-            self.seen.setdefault(task.kind, []).append((task.precision, roof, median_s / roof))
+            x = math.log(roof)
+            for key in ((task.kind,), (task.kind, task.precision)):
+                logs, ratios = self.seen.setdefault(key, ([], []))
+                i = bisect.bisect_left(logs, x)
+                logs.insert(i, x)
+                ratios.insert(i, median_s / roof)

@@ -90,8 +90,19 @@ class Session:
         self.budget_hit = False
         self.interrupted = False
         self.warmed_up = be.device_kind != "cuda"
+        self.predicted_s = self._predicted_total()
+        #: share of the remaining time a point may use: all of it when the plan fits
+        self.pace = 1.0 if self.predicted_s <= budget_s else 0.6
+        self._eta_cache = (float("-inf"), 0.0)
 
     # -- setup ---------------------------------------------------------------------------------
+    def _predicted_total(self) -> float:
+        """Predicted seconds of the whole plan at the prior rates (before anything is measured)."""
+        timing = self.cfg.timing
+        total = sum(self.cost.cost_s(t, timing) for t in self.tasks if t.build is not None)
+        power = self.cfg.idle_s + self.cfg.busy_s if self.meter is not None else 0.0
+        return total + power + (0.0 if self.warmed_up else self.cfg.warmup_s)
+
     def _supported(self) -> list[str]:
         return [p for p in PRECISIONS if self.support[p].supported]
 
@@ -135,7 +146,7 @@ class Session:
             self._emit(
                 "plan",
                 f"{len(self.tasks)} points on {self.be.name}/{self.be.device_kind}, "
-                f"budget {self.budget_s:.0f} s",
+                f"predicted {self.predicted_s:.0f} s, budget {self.budget_s:.0f} s",
             )
             for task in self.tasks:
                 self._run(task)
@@ -205,7 +216,7 @@ class Session:
         base = self.cfg.timing
         left = max(self.deadline - time.perf_counter(), 0.0)
         remaining = max(len(self.tasks) - self.done, 1)
-        share = 0.6 * left / remaining
+        share = self.pace * left / remaining
         return base.with_time(min(base.max_time_s, max(share, base.max_time_s / 20)))
 
     def _pending_warmup(self, task: Task) -> float:
@@ -258,9 +269,16 @@ class Session:
         self.skipped.append(task.describe() | {"reason": reason})
 
     def _eta(self) -> float:
-        timing = self._timing()
-        rest = sum(self.cost.cost_s(t, timing) for t in self.tasks[self.done :])
-        return min(rest, max(self.deadline - time.perf_counter(), 0.0))
+        """Predicted seconds left (recomputed at most once a second: plans have ~1000 points)."""
+        now = time.perf_counter()
+        at, rest = self._eta_cache
+        if now - at >= 1.0:
+            timing = self._timing()
+            rest = sum(self.cost.cost_s(t, timing) for t in self.tasks[self.done :])
+            self._eta_cache = (now, rest)
+        else:
+            rest -= now - at
+        return min(max(rest, 0.0), max(self.deadline - now, 0.0))
 
     def _emit(self, phase: str, message: str = "") -> None:
         if self.progress is None:
