@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from .power import PowerMeter
 from .progress import ProgressEvent
 from .schema import DEVICE_KEYS, KINDS, PRECISIONS
 from .timing import Stats, TimingConfig, measure, summarize
+from .work import LlmShape
 
 #: seconds kept back for writing the directory
 RESERVE_S = 0.25
@@ -52,6 +54,7 @@ class Session:
         budget_s: float,
         started: float,
         progress: ProgressFn | None,
+        llm_shape: LlmShape | None = None,
     ) -> None:
         self.be, self.quick, self.requested = be, quick, requested
         self.budget_s, self.started = budget_s, started
@@ -71,6 +74,8 @@ class Session:
                 f"{', '.join(self._supported()) or 'none'}"
             )
         self.cfg: SweepConfig = sweep_config(be.device_kind, quick, be.cache_bytes())
+        if llm_shape is not None:
+            self.cfg = replace(self.cfg, llm=llm_shape)
         self.meter, self.power_note = self._open_power()
         self.resnet_note = be.resnet50_unavailable()
         self.tasks = build_plan(

@@ -20,6 +20,7 @@ from calibrate.task import Task
 
 REPO = Path(__file__).resolve().parents[2]
 H200 = REPO / "benchmarks" / "gpu_runs" / "h200-2026-12-04"
+LLM_SHAPE = (1, 128, 4, 2, 32, 256, 500)  # layers, hidden, heads, kv_heads, head_dim, ffn, vocab
 GPU_PRECISIONS = ["fp32", "tf32", "fp16", "bf16", "fp8", "int8"]
 
 
@@ -144,7 +145,12 @@ def _cpu_run() -> Path:
         with pytest.MonkeyPatch.context() as mp:  # small bandwidth buffers: a faster run
             mp.setattr(TorchBackend, "cache_bytes", lambda self: 1 << 20)
             _CACHE["dir"] = calibrate.run(
-                tmp / "run", backend="torch", device="cpu", quick=True, budget_seconds=60
+                tmp / "run",
+                backend="torch",
+                device="cpu",
+                quick=True,
+                budget_seconds=60,
+                llm_shape=LLM_SHAPE,
             )
     return _CACHE["dir"]
 
@@ -157,6 +163,8 @@ def test_torch_cpu_run_writes_conv_and_llm_rows(cpu_run_dir: Path) -> None:
     assert all(r["layout"] == "NCHW" and "torch conv2d" in r["impl"] for r in conv)
     assert {r["phase"] for r in llm} == {"decode", "prefill"}
     assert all("eager" in r["impl"] for r in llm)  # no CUDA graphs on a CPU
+    assert meta["sweep"]["llm_shape"]["vocab"] == 500 and meta["command"]["llm_shape"]
+    assert all((r["layers"], r["vocab"], r["kv_heads"]) == (1, 500, 2) for r in llm)
     for r in llm:
         f, b = work.llm_step(
             work.LlmShape(
@@ -210,3 +218,11 @@ def test_optional_columns_are_the_new_ones() -> None:
     with (H200 / CSV_FILE).open() as f:
         header = f.readline().strip().split(",")
     assert not OPTIONAL_COLUMNS & set(header)
+
+
+def test_bad_llm_shape_is_refused_before_measuring(tmp_path: Path) -> None:
+    import calibrate
+
+    with pytest.raises(calibrate.CalibrationError, match="multiple of kv_heads"):
+        calibrate.run(tmp_path / "x", backend="numpy", llm_shape=(1, 64, 4, 3, 16, 128, 100))
+    assert not (tmp_path / "x").exists()
