@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import calibrate
-from calibrate import Unsupported, load_measurements
+from calibrate import load_measurements
 from calibrate.power import PowerMeter
 from calibrate.timing import TimingConfig, measure
 
