@@ -61,7 +61,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("k", "int", "GEMM inner dimension (input features); gemm and power_busy"),
     Column("batch", "int", "sequences (attention, forward_block) or images (resnet50)"),
     Column("seq_len", "int", "context length L (decode) or prompt length (prefill, block)"),
-    Column("heads", "int", "attention heads (query heads = KV heads)"),
+    Column("heads", "int", "attention (query) heads; = KV heads except in forward_llm_step"),
     Column("head_dim", "int", "size of one attention head"),
     Column("hidden", "int", "model width of forward_block (= heads * head_dim)"),
     Column("ffn", "int", "gated-MLP intermediate size of forward_block"),
@@ -79,7 +79,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("gflops_per_s", "float", "derived: flops / median_s / 1e9"),
     Column("gbytes_per_s", "float", "derived: bytes / median_s / 1e9"),
     Column("power_w", "float", "median board power during the window, watts (power rows)"),
-    # added in harness 0.2 (optional in the header: older files lack them)
+    # added in harness 1.1 (optional in the header: older files lack them)
     Column("in_channels", "int", "conv2d input channels"),
     Column("out_channels", "int", "conv2d output channels"),
     Column("height", "int", "conv2d input height"),
