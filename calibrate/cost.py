@@ -37,7 +37,7 @@ class CostModel:
         self.bandwidth = 3.5e12 if self.gpu else 4e9
         self.overhead = 1.5e-5 if self.gpu else 1e-5
         self.sample_overhead = 1e-4 if self.gpu else 5e-6
-        self.point_s = 0.02 if self.gpu else 0.005
+        self.point_s = 0.005 if self.gpu else 0.005
         self.setup_rate = 2e11 if self.gpu else 1e9
         #: (kind,) and (kind, precision) -> sorted log roofline times and their ratios
         self.seen: dict[tuple[str, ...], tuple[list[float], list[float]]] = {}
