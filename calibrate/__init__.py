@@ -10,7 +10,7 @@ use, so that ``python -m calibrate run --threads N`` can pin the BLAS threads be
 
 from __future__ import annotations
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 from .errors import CalibrationError, Unsupported  # noqa: E402
 from .measurements import MeasurementsError, load_measurements  # noqa: E402

@@ -46,6 +46,16 @@ def _threads(text: str) -> int:
     return int(text)
 
 
+def _llm_shape(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 7 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(
+            "give 7 positive integers layers,hidden,heads,kv_heads,head_dim,ffn,vocab, "
+            f"not {text!r}"
+        )
+    return [int(p) for p in parts]
+
+
 def _device(text: str) -> str:
     base, _, index = text.partition(":")
     if base == "cpu" and not index or base == "cuda" and (not index or index.isdigit()):
@@ -102,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "MKL_NUM_THREADS before NumPy loads); 1 gives the steadiest CPU measurements on a shared "
         "machine; recorded in meta.json (device.blas_threads)",
     )
+    r.add_argument(
+        "--llm-shape",
+        type=_llm_shape,
+        default=None,
+        metavar="L,H,QH,KVH,D,F,V",
+        help="model of the forward_llm_step rows: layers,hidden,heads,kv_heads,head_dim,ffn,"
+        "vocab (default on GPUs: Llama-3.1-8B = 32,4096,32,8,128,14336,128256)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     c = sub.add_parser("check", help="validate a measurements directory and summarise it")
     c.add_argument("dir")
@@ -127,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         seed=args.seed,
         threads=args.threads,
+        llm_shape=args.llm_shape,
     )
     print(out)
     if was_interrupted(out):

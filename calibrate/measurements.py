@@ -26,9 +26,11 @@ from .schema import (
     KINDS,
     META_FILE,
     NO_PRECISION,
+    OPTIONAL_COLUMNS,
     PRECISIONS,
     REQUIRED_META_KEYS,
     SHAPE_COLUMNS,
+    TEXT_VALUES,
     TIMED_KINDS,
     required_columns,
 )
@@ -174,7 +176,7 @@ def _check_header(path: Path, header: list[str], text: str) -> list[str]:
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise _fail(path, "duplicate column(s) " + ", ".join(repr(c) for c in dupes))
-    missing = [c for c in COLUMN_NAMES if c not in header]
+    missing = [c for c in COLUMN_NAMES if c not in header and c not in OPTIONAL_COLUMNS]
     if missing:
         raise _fail(path, "missing column(s) " + ", ".join(repr(c) for c in missing))
     unknown = [c for c in header if c not in COLUMN_NAMES]
@@ -198,7 +200,7 @@ def _parse_row(path: Path, row: int, line: int, cells: dict[str, str]) -> dict[s
     required = set(required_columns(kind))
     out: dict[str, Any] = {}
     for name in COLUMN_NAMES:
-        raw = cells[name].strip()
+        raw = cells.get(name, "").strip()
         if raw == "":
             if name in required:
                 raise _fail(
@@ -223,6 +225,8 @@ def _parse_cell(name: str, raw: str) -> Any:
     if typ == "str":
         if name == "precision" and raw not in PRECISIONS + (NO_PRECISION,):
             raise ValueError(f"unknown precision {raw!r} (one of {', '.join(PRECISIONS)}, none)")
+        if name in TEXT_VALUES and raw not in TEXT_VALUES[name]:
+            raise ValueError(f"unknown {name} {raw!r} (one of {', '.join(TEXT_VALUES[name])})")
         return raw
     if typ == "int":
         if not _INT.match(raw):
@@ -243,7 +247,7 @@ def _parse_cell(name: str, raw: str) -> Any:
 
 
 #: kinds whose ``flops`` and ``bytes`` are the roofline inputs of a fit (both must be positive)
-_WORK_KINDS = frozenset({"gemm", "attention_decode", "attention_prefill", "forward_block", "forward_resnet50"})  # fmt: skip
+_WORK_KINDS = frozenset({"gemm", "attention_decode", "attention_prefill", "forward_block", "forward_resnet50", "conv2d", "forward_llm_step"})  # fmt: skip
 
 
 def _check_consistency(path: Path, row: int, line: int, r: dict[str, Any]) -> None:
@@ -272,6 +276,7 @@ def _check_consistency(path: Path, row: int, line: int, r: dict[str, Any]) -> No
             raise fail(
                 f"{r['tokens']} is not batch x seq_len = {r['batch']} x {r['seq_len']}", "tokens"
             )
+    _check_new_kinds(r, fail)
     if kind not in TIMED_KINDS:
         return
     if r["repeats"] < 1:
@@ -284,3 +289,25 @@ def _check_consistency(path: Path, row: int, line: int, r: dict[str, Any]) -> No
     for lo, hi in zip(order, order[1:], strict=False):
         if r[lo] > r[hi] * (1 + 1e-9) + 1e-15:
             raise fail(f"{r[lo]} is greater than {hi} = {r[hi]}", lo)
+
+
+def _check_new_kinds(r: dict[str, Any], fail: Any) -> None:
+    """Shape rules of conv2d, forward_llm_step and allreduce rows."""
+    kind = r["kind"]
+    if kind == "conv2d":
+        g = r["groups"]
+        for name in ("in_channels", "out_channels"):
+            if r[name] % g:
+                raise fail(f"{r[name]} is not a multiple of groups = {g}", name)
+    if kind == "forward_llm_step":
+        if r["heads"] % r["kv_heads"]:
+            raise fail(f"heads = {r['heads']} is not a multiple of kv_heads", "kv_heads")
+        per_seq = 1 if r["phase"] == "decode" else r["seq_len"]
+        if r["tokens"] != r["batch"] * per_seq:
+            raise fail(
+                f"{r['tokens']} is not the new tokens of a {r['phase']} step "
+                f"(batch x {'1' if per_seq == 1 else 'seq_len'} = {r['batch'] * per_seq})",
+                "tokens",
+            )
+    if kind == "allreduce" and not r["bytes"] > 0 and r["ranks"] > 1:
+        raise fail(f"must be positive for an allreduce over {r['ranks']} ranks", "bytes")

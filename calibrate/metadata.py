@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ def build_meta(
             "budget_seconds": s.budget_s,
             "quick": s.quick,
             "elapsed_s": round(elapsed, 3),
+            "predicted_s": round(s.predicted_s, 1),
             "exhausted": s.budget_hit,
             "planned": len(s.tasks),
             "measured": len(s.rows),
@@ -102,4 +104,13 @@ def sweep_meta(cfg: SweepConfig) -> dict[str, Any]:
         "block_hidden_heads_ffn_seq": list(cfg.block),
         "block_batches": list(cfg.block_batches),
         "resnet50_batches": list(cfg.resnet_batches),
+        "conv_shapes_cin_cout_hw_kernel_stride_groups": [list(c) for c in cfg.conv_shapes],
+        "conv_batches": list(cfg.conv_batches),
+        "conv_layouts": [cfg.conv_layout] + ([cfg.conv_alt_layout] if cfg.conv_alt_layout else []),
+        "llm_shape": asdict(cfg.llm),
+        "llm_decode_batches": list(cfg.llm_decode_batches),
+        "llm_decode_seq_lens": list(cfg.llm_decode_lens),
+        "llm_prefill_batch_seq": [list(p) for p in cfg.llm_prefill],
+        "llm_cuda_graphs": cfg.llm_graphs,
+        "allreduce_message_bytes": list(cfg.allreduce_sizes),
     }

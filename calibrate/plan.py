@@ -8,18 +8,51 @@ Under a tight budget the runner measures tiers in order and skips what no longer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from . import work
+from . import plan_models, work
 from .schema import KINDS
+from .task import Task, new_task
 from .timing import TimingConfig
-
-if TYPE_CHECKING:
-    from .backends.base import Backend, Op
+from .work import LLAMA31_8B, LlmShape
 
 MB = 1 << 20
+
+#: (in_channels, out_channels, input height = width, kernel, stride, groups) of the distinct
+#: convolutions of ResNet-50 v1.5 (torchvision's resnet50: stride 2 in the 3x3 convolution of a
+#: stage's first bottleneck; downsample 1x1 convolutions with stride 2), in network order, and
+#: one depthwise 3x3 convolution of MobileNet-V2 (144 channels at 56x56, arXiv:1801.04381 Table 2)
+RESNET50_CONVS: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (3, 64, 224, 7, 2, 1),
+    (64, 64, 56, 1, 1, 1),
+    (64, 64, 56, 3, 1, 1),
+    (64, 256, 56, 1, 1, 1),
+    (256, 64, 56, 1, 1, 1),
+    (256, 128, 56, 1, 1, 1),
+    (128, 128, 56, 3, 2, 1),
+    (128, 512, 28, 1, 1, 1),
+    (256, 512, 56, 1, 2, 1),
+    (512, 128, 28, 1, 1, 1),
+    (128, 128, 28, 3, 1, 1),
+    (512, 256, 28, 1, 1, 1),
+    (256, 256, 28, 3, 2, 1),
+    (256, 1024, 14, 1, 1, 1),
+    (512, 1024, 28, 1, 2, 1),
+    (1024, 256, 14, 1, 1, 1),
+    (256, 256, 14, 3, 1, 1),
+    (1024, 512, 14, 1, 1, 1),
+    (512, 512, 14, 3, 2, 1),
+    (512, 2048, 7, 1, 1, 1),
+    (1024, 2048, 14, 1, 2, 1),
+    (2048, 512, 7, 1, 1, 1),
+    (512, 512, 7, 3, 1, 1),
+)
+DEPTHWISE_CONV = (144, 144, 56, 3, 1, 144)
+#: a tiny decoder for CPU runs and tests (GQA 4:2, like the default's 32:8)
+TINY_LLM = LlmShape(layers=2, hidden=256, heads=4, kv_heads=2, head_dim=64, ffn=512, vocab=1000)
+#: all-reduce message sizes: 8 B .. 1 GiB in steps of 4x (nccl-tests sweeps -b 8 -e 1G)
+ALLREDUCE_SIZES = tuple(8 * 4**i for i in range(14)) + (1 << 30,)
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,17 @@ class SweepConfig:
     warmup_s: float
     idle_s: float
     busy_s: float
+    conv_shapes: tuple[tuple[int, int, int, int, int, int], ...] = ()
+    conv_batches: tuple[int, ...] = ()
+    conv_coarse_batches: tuple[int, ...] = ()
+    conv_layout: str = "NCHW"
+    conv_alt_layout: str | None = None  # also measured: primary precision, coarse batches
+    llm: LlmShape = LLAMA31_8B
+    llm_decode_batches: tuple[int, ...] = ()
+    llm_decode_lens: tuple[int, ...] = ()
+    llm_prefill: tuple[tuple[int, int], ...] = ()  # (batch, prompt length)
+    llm_graphs: bool = False
+    allreduce_sizes: tuple[int, ...] = ()
 
 
 def _powers(limit: int) -> tuple[int, ...]:
@@ -77,6 +121,14 @@ def cpu_sweep(quick: bool, cache_bytes: int) -> SweepConfig:
             warmup_s=0.0,
             idle_s=1.0,
             busy_s=1.5,
+            conv_shapes=(RESNET50_CONVS[1], RESNET50_CONVS[18], DEPTHWISE_CONV),
+            conv_batches=(1,),
+            conv_coarse_batches=(1,),
+            llm=TINY_LLM,
+            llm_decode_batches=(1, 4),
+            llm_decode_lens=(64,),
+            llm_prefill=((1, 64),),
+            allreduce_sizes=(),  # across GPUs only (tests run the gloo path directly)
         )
     return SweepConfig(
         bandwidth_bytes=_bandwidth_sizes(cache_bytes, [64 * MB, 128 * MB, 256 * MB], [4, 8, 16]),
@@ -96,6 +148,14 @@ def cpu_sweep(quick: bool, cache_bytes: int) -> SweepConfig:
         warmup_s=0.0,
         idle_s=5.0,
         busy_s=10.0,
+        conv_shapes=(*RESNET50_CONVS, DEPTHWISE_CONV),
+        conv_batches=(1, 4),
+        conv_coarse_batches=(1,),
+        llm=TINY_LLM,
+        llm_decode_batches=(1, 4, 16),
+        llm_decode_lens=(64, 512),
+        llm_prefill=((1, 64), (1, 256), (4, 64)),
+        allreduce_sizes=(),
     )
 
 
@@ -120,10 +180,27 @@ def cuda_sweep(quick: bool, cache_bytes: int) -> SweepConfig:
             warmup_s=0.5,
             idle_s=1.5,
             busy_s=3.0,
+            conv_shapes=(RESNET50_CONVS[1], RESNET50_CONVS[18], DEPTHWISE_CONV),
+            conv_batches=(1, 32),
+            conv_coarse_batches=(1, 32),
+            conv_layout="NHWC",
+            llm_decode_batches=(1, 32),
+            llm_decode_lens=(1024,),
+            llm_prefill=((1, 512),),
+            llm_graphs=True,
+            allreduce_sizes=(8, 1 << 20, 1 << 26),
         )
     return SweepConfig(
         bandwidth_bytes=_bandwidth_sizes(cache_bytes, [256 * MB, 512 * MB, 1024 * MB], [8, 16, 32]),
-        gemm_shapes=((4096, 4096), (11008, 4096), (4096, 11008)),
+        # Llama-2-7B's projections, then Llama-3.1-8B's: fused QKV (GQA), fused gate+up, down
+        gemm_shapes=(
+            (4096, 4096),
+            (11008, 4096),
+            (4096, 11008),
+            (6144, 4096),
+            (28672, 4096),
+            (4096, 14336),
+        ),
         gemm_m=_powers(4096),
         gemm_coarse_m=(1, 16, 256, 4096),
         attn_heads=32,
@@ -139,6 +216,16 @@ def cuda_sweep(quick: bool, cache_bytes: int) -> SweepConfig:
         warmup_s=2.0,
         idle_s=5.0,
         busy_s=10.0,
+        conv_shapes=(*RESNET50_CONVS, DEPTHWISE_CONV),
+        conv_batches=(1, 8, 32, 64, 128, 256),
+        conv_coarse_batches=(1, 32, 256),
+        conv_layout="NHWC",
+        conv_alt_layout="NCHW",
+        llm_decode_batches=(1, 8, 32, 64, 128, 256),
+        llm_decode_lens=(512, 2048, 8192),
+        llm_prefill=((1, 512), (1, 2048), (1, 8192), (4, 512), (4, 2048), (16, 512)),
+        llm_graphs=True,
+        allreduce_sizes=ALLREDUCE_SIZES,
     )
 
 
@@ -146,47 +233,6 @@ def sweep_config(device_kind: str, quick: bool, cache_bytes: int) -> SweepConfig
     """The sweep for ``device_kind`` (``cpu`` or ``cuda``)."""
     make = cuda_sweep if device_kind == "cuda" else cpu_sweep
     return make(quick, cache_bytes)
-
-
-@dataclass
-class Task:
-    """One measurement point: what it is, what it costs, and how to build its op."""
-
-    kind: str
-    precision: str
-    params: dict[str, int]
-    tier: int
-    flops: int
-    bytes: int
-    mem_bytes: int
-    build: Callable[[Backend], Op] | None = field(default=None, repr=False)
-
-    @property
-    def phase(self) -> str:
-        """Progress label of the group this task belongs to."""
-        return f"{self.kind} {self.precision}" if self.kind == "gemm" else self.kind
-
-    def label(self) -> str:
-        """Human-readable point, e.g. ``gemm fp16 m=1 n=4096 k=4096``."""
-        shape = " ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.kind} {self.precision} {shape}".strip()
-
-    def describe(self) -> dict[str, object]:
-        """For the ``skipped`` list in ``meta.json``."""
-        return {"kind": self.kind, "precision": self.precision, "params": dict(self.params)}
-
-
-def _task(
-    kind: str,
-    prec: str,
-    params: dict[str, int],
-    tier: int,
-    fb: tuple[int, int],
-    mem: int,
-    build: Callable[[Backend], Op],
-) -> Task:
-    """A task from its work as returned by :mod:`calibrate.work` (``(flops, bytes)``)."""
-    return Task(kind, prec, params, tier, fb[0], fb[1], mem, build)
 
 
 def _gemm_tasks(cfg: SweepConfig, precisions: Sequence[str], primary: str) -> list[Task]:
@@ -200,7 +246,9 @@ def _gemm_tasks(cfg: SweepConfig, precisions: Sequence[str], primary: str) -> li
                     tier = 1
                 fb = work.gemm(m, n, k, prec)
                 build = lambda be, m=m, n=n, k=k, p=prec: be.make_gemm(m, n, k, p)  # noqa: E731
-                tasks.append(_task("gemm", prec, {"m": m, "n": n, "k": k}, tier, fb, fb[1], build))
+                tasks.append(
+                    new_task("gemm", prec, {"m": m, "n": n, "k": k}, tier, fb, fb[1], build)
+                )
     return tasks
 
 
@@ -210,8 +258,10 @@ def _bandwidth_tasks(cfg: SweepConfig) -> list[Task]:
         params, tier = {"buffer_bytes": size}, min(i, 1)
         copy = lambda be, s=size: be.make_copy(s)  # noqa: E731
         read = lambda be, s=size: be.make_read(s)  # noqa: E731
-        tasks.append(_task("bandwidth_copy", "fp32", params, tier, work.copy(size), 2 * size, copy))
-        tasks.append(_task("bandwidth_read", "fp32", params, tier, work.read(size), size, read))
+        tasks.append(
+            new_task("bandwidth_copy", "fp32", params, tier, work.copy(size), 2 * size, copy)
+        )
+        tasks.append(new_task("bandwidth_read", "fp32", params, tier, work.read(size), size, read))
     return tasks
 
 
@@ -224,14 +274,14 @@ def _attention_tasks(cfg: SweepConfig, prec: str, fused: bool) -> list[Task]:
             fb = work.attention_decode(batch, seq, h, d, prec)
             params = {"batch": batch, "seq_len": seq, "heads": h, "head_dim": d}
             build = lambda be, b=batch, s=seq: be.make_attention_decode(b, s, h, d, prec)  # noqa: E731
-            tasks.append(_task("attention_decode", prec, params, tier, fb, 2 * fb[1], build))
+            tasks.append(new_task("attention_decode", prec, params, tier, fb, 2 * fb[1], build))
     for li, seq in enumerate(cfg.prefill_lens):
         fb = work.attention_prefill(1, seq, h, d, prec)
         scores = 0 if fused else 3 * h * seq * seq * 4  # explicit kernels materialise scores
         params = {"batch": 1, "seq_len": seq, "heads": h, "head_dim": d}
         build = lambda be, s=seq: be.make_attention_prefill(1, s, h, d, prec)  # noqa: E731
         mem = 2 * fb[1] + scores
-        tasks.append(_task("attention_prefill", prec, params, min(li, 2), fb, mem, build))
+        tasks.append(new_task("attention_prefill", prec, params, min(li, 2), fb, mem, build))
     return tasks
 
 
@@ -253,7 +303,7 @@ def _block_tasks(cfg: SweepConfig, prec: str, fused: bool) -> list[Task]:
             tokens=tokens,
         )
         build = lambda be, b=batch: be.make_block(b, seq, hidden, heads, ffn, prec)  # noqa: E731
-        tasks.append(_task("forward_block", prec, params, min(i, 2), fb, mem, build))
+        tasks.append(new_task("forward_block", prec, params, min(i, 2), fb, mem, build))
     return tasks
 
 
@@ -264,7 +314,7 @@ def _resnet_tasks(cfg: SweepConfig, prec: str) -> list[Task]:
         mem = fb[1] + batch * 32 * MB  # peak live activations of one image in fp32, generous
         build = lambda be, b=batch: be.make_resnet50(b, prec)  # noqa: E731
         tier = 1 + min(i, 1)
-        tasks.append(_task("forward_resnet50", prec, {"batch": batch}, tier, fb, mem, build))
+        tasks.append(new_task("forward_resnet50", prec, {"batch": batch}, tier, fb, mem, build))
     return tasks
 
 
@@ -280,16 +330,22 @@ def build_plan(
     *,
     resnet: bool,
     fused_attention: bool = False,
+    models: bool = False,
 ) -> list[Task]:
     """All timed tasks of the sweep, ordered by (tier, kind); power rows are added by the runner.
 
     ``fused_attention``: the backend's attention does not materialise the score matrix (flash /
-    memory-efficient SDPA), which lowers the memory a prefill point needs.
+    memory-efficient SDPA), which lowers the memory a prefill point needs. ``models``: the
+    backend runs conv2d, whole-model LLM steps and all-reduce (the torch backend).
     """
     tasks = [_launch_task(), *_bandwidth_tasks(cfg), *_gemm_tasks(cfg, gemm_precisions, primary)]
     tasks += _attention_tasks(cfg, primary, fused_attention)
     tasks += _block_tasks(cfg, primary, fused_attention)
     if resnet:
         tasks += _resnet_tasks(cfg, primary)
+    if models:
+        tasks += plan_models.conv_tasks(cfg, gemm_precisions, primary)
+        tasks += plan_models.llm_tasks(cfg, primary)
+        tasks += plan_models.allreduce_tasks(cfg)
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(tasks, key=lambda t: (t.tier, order[t.kind]))

@@ -15,6 +15,7 @@ from .output import check_target, write_directory
 from .schema import META_FILE, PRECISIONS
 from .session import ProgressFn, Session
 from .threads import pin_threads
+from .work import LlmShape
 
 DEFAULT_BUDGET_S = 900.0
 DEFAULT_QUICK_BUDGET_S = 30.0
@@ -33,6 +34,7 @@ def run(
     seed: int = 0,
     threads: int | None = None,
     warn: Callable[[str], None] | None = None,
+    llm_shape: Sequence[int] | None = None,
 ) -> Path:
     """Measure this machine and write a ``capsim-calibration/1`` directory to ``out_dir``.
 
@@ -40,7 +42,9 @@ def run(
     ``precisions`` restricts the GEMM sweep (default: every supported one; when none of them is
     supported on the device the run is refused, when some are not ``warn`` is told -- default:
     a line on stderr); ``progress`` receives :class:`~calibrate.progress.ProgressEvent` objects;
-    ``threads`` pins the BLAS / OpenMP threads (see :mod:`calibrate.threads`). Raises
+    ``threads`` pins the BLAS / OpenMP threads (see :mod:`calibrate.threads`); ``llm_shape``
+    (layers, hidden, heads, kv_heads, head_dim, ffn, vocab) replaces the default model of the
+    ``forward_llm_step`` rows (Llama-3.1-8B on GPUs, a tiny one on CPUs). Raises
     :class:`CalibrationError` on bad arguments, an unusable backend or an existing non-empty
     ``out_dir`` (unless ``overwrite``). Returns the directory written; when Ctrl-C ended the
     measurements early it still holds what was measured (see :func:`was_interrupted`).
@@ -50,16 +54,18 @@ def run(
     out = Path(out_dir)
     budget = _budget(budget_seconds, quick)
     requested = normalize_precisions(precisions)
+    shape = parse_llm_shape(llm_shape)
     check_target(out, overwrite)
     pinned_by = pin_threads(threads) if threads is not None else None
     be = select_backend(backend, device, seed)
     try:
-        session = Session(be, quick, requested, budget, started, progress)
+        session = Session(be, quick, requested, budget, started, progress, llm_shape=shape)
         for line in session.unsupported_notes():
             (warn or _stderr)(line)
         session.device.update(blas_threads=threads, blas_threads_pinned_by=pinned_by)
         rows = session.execute()
         command = {"backend": backend, "device": device, "threads": threads}
+        command["llm_shape"] = list(llm_shape) if llm_shape is not None else None
         meta = session.meta(created, command, seed)
     finally:
         be.close()
@@ -77,6 +83,30 @@ def was_interrupted(out_dir: str | Path) -> bool:
 
 def _stderr(line: str) -> None:
     print(f"calibrate: warning: {line}", file=sys.stderr, flush=True)
+
+
+def parse_llm_shape(values: Sequence[int] | None) -> LlmShape | None:
+    """``(layers, hidden, heads, kv_heads, head_dim, ffn, vocab)`` as an :class:`LlmShape`.
+
+    >>> parse_llm_shape([2, 256, 4, 2, 64, 512, 1000]).kv_heads
+    2
+    """
+    if values is None:
+        return None
+    names = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab")
+    if len(values) != len(names):
+        raise CalibrationError(
+            f"--llm-shape needs {len(names)} integers ({','.join(names)}), got {len(values)}"
+        )
+    bad = [f"{n}={v}" for n, v in zip(names, values, strict=True) if int(v) != v or v < 1]
+    if bad:
+        raise CalibrationError(f"--llm-shape: sizes must be integers >= 1 ({', '.join(bad)})")
+    shape = LlmShape(*(int(v) for v in values))
+    if shape.heads % shape.kv_heads:
+        raise CalibrationError(
+            f"--llm-shape: heads ({shape.heads}) must be a multiple of kv_heads ({shape.kv_heads})"
+        )
+    return shape
 
 
 def normalize_precisions(precisions: Iterable[str] | None) -> list[str] | None:

@@ -30,6 +30,9 @@ KINDS = (
     "attention_prefill",
     "forward_block",
     "forward_resnet50",
+    "conv2d",
+    "forward_llm_step",
+    "allreduce",
     "power_idle",
     "power_busy",
 )
@@ -58,7 +61,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("k", "int", "GEMM inner dimension (input features); gemm and power_busy"),
     Column("batch", "int", "sequences (attention, forward_block) or images (resnet50)"),
     Column("seq_len", "int", "context length L (decode) or prompt length (prefill, block)"),
-    Column("heads", "int", "attention heads (query heads = KV heads)"),
+    Column("heads", "int", "attention (query) heads; = KV heads except in forward_llm_step"),
     Column("head_dim", "int", "size of one attention head"),
     Column("hidden", "int", "model width of forward_block (= heads * head_dim)"),
     Column("ffn", "int", "gated-MLP intermediate size of forward_block"),
@@ -76,7 +79,30 @@ COLUMNS: tuple[Column, ...] = (
     Column("gflops_per_s", "float", "derived: flops / median_s / 1e9"),
     Column("gbytes_per_s", "float", "derived: bytes / median_s / 1e9"),
     Column("power_w", "float", "median board power during the window, watts (power rows)"),
+    # added in harness 1.1 (optional in the header: older files lack them)
+    Column("in_channels", "int", "conv2d input channels"),
+    Column("out_channels", "int", "conv2d output channels"),
+    Column("height", "int", "conv2d input height"),
+    Column("width", "int", "conv2d input width"),
+    Column("kernel", "int", "conv2d square kernel size (padding (kernel - 1) // 2)"),
+    Column("stride", "int", "conv2d stride"),
+    Column("groups", "int", "conv2d groups (in_channels = depthwise)"),
+    Column("layout", "str", "conv2d memory layout: NCHW or NHWC (channels-last)"),
+    Column("layers", "int", "forward_llm_step decoder layers"),
+    Column("kv_heads", "int", "forward_llm_step key/value heads (GQA; heads = query heads)"),
+    Column("vocab", "int", "forward_llm_step vocabulary size (embedding and LM head)"),
+    Column("phase", "str", "forward_llm_step phase: decode or prefill"),
+    Column("message_bytes", "int", "allreduce message size per rank, bytes"),
+    Column("ranks", "int", "allreduce participating ranks (GPUs or processes)"),
 )
+
+#: columns a file may lack (added after the first version of the format); read as empty cells
+OPTIONAL_COLUMNS = frozenset(
+    {
+        "in_channels", "out_channels", "height", "width", "kernel", "stride", "groups", "layout",
+        "layers", "kv_heads", "vocab", "phase", "message_bytes", "ranks",
+    }
+)  # fmt: skip
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 COLUMN_TYPES: dict[str, str] = {c.name: c.type for c in COLUMNS}
@@ -92,8 +118,39 @@ SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "attention_prefill": ("batch", "seq_len", "heads", "head_dim"),
     "forward_block": ("batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens"),
     "forward_resnet50": ("batch",),
+    "conv2d": (
+        "batch",
+        "in_channels",
+        "out_channels",
+        "height",
+        "width",
+        "kernel",
+        "stride",
+        "groups",
+    ),
+    "forward_llm_step": (
+        "layers",
+        "hidden",
+        "heads",
+        "kv_heads",
+        "head_dim",
+        "ffn",
+        "vocab",
+        "batch",
+        "seq_len",
+        "tokens",
+    ),
+    "allreduce": ("message_bytes", "ranks"),
     "power_idle": (),
     "power_busy": ("m", "n", "k"),
+}
+
+
+#: required text columns of each kind, and their accepted values
+TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"conv2d": ("layout",), "forward_llm_step": ("phase",)}
+TEXT_VALUES: dict[str, tuple[str, ...]] = {
+    "layout": ("NCHW", "NHWC"),
+    "phase": ("decode", "prefill"),
 }
 
 
@@ -102,7 +159,8 @@ def required_columns(kind: str) -> tuple[str, ...]:
     base = ("kind", "precision", "flops", "bytes", "repeats")
     timing = TIMING_COLUMNS + ("gflops_per_s", "gbytes_per_s") if kind in TIMED_KINDS else ()
     power = ("power_w",) if kind in POWER_KINDS else ()
-    return base + SHAPE_COLUMNS[kind] + timing + power
+    text = TEXT_COLUMNS.get(kind, ())
+    return base + SHAPE_COLUMNS[kind] + text + timing + power
 
 
 def columns_doc() -> dict[str, str]:

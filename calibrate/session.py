@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from .power import PowerMeter
 from .progress import ProgressEvent
 from .schema import DEVICE_KEYS, KINDS, PRECISIONS
 from .timing import Stats, TimingConfig, measure, summarize
+from .work import LlmShape
 
 #: seconds kept back for writing the directory
 RESERVE_S = 0.25
@@ -52,6 +54,7 @@ class Session:
         budget_s: float,
         started: float,
         progress: ProgressFn | None,
+        llm_shape: LlmShape | None = None,
     ) -> None:
         self.be, self.quick, self.requested = be, quick, requested
         self.budget_s, self.started = budget_s, started
@@ -71,6 +74,8 @@ class Session:
                 f"{', '.join(self._supported()) or 'none'}"
             )
         self.cfg: SweepConfig = sweep_config(be.device_kind, quick, be.cache_bytes())
+        if llm_shape is not None:
+            self.cfg = replace(self.cfg, llm=llm_shape)
         self.meter, self.power_note = self._open_power()
         self.resnet_note = be.resnet50_unavailable()
         self.tasks = build_plan(
@@ -79,6 +84,7 @@ class Session:
             self.primary,
             resnet=self.resnet_note is None,
             fused_attention=be.fused_attention,
+            models=be.model_kinds,
         )
         self.tasks += self._power_tasks()
         self.tasks.sort(key=lambda t: t.tier)
@@ -89,8 +95,19 @@ class Session:
         self.budget_hit = False
         self.interrupted = False
         self.warmed_up = be.device_kind != "cuda"
+        self.predicted_s = self._predicted_total()
+        #: share of the remaining time a point may use: all of it when the plan fits
+        self.pace = 1.0 if self.predicted_s <= budget_s else 0.6
+        self._eta_cache = (float("-inf"), 0.0)
 
     # -- setup ---------------------------------------------------------------------------------
+    def _predicted_total(self) -> float:
+        """Predicted seconds of the whole plan at the prior rates (before anything is measured)."""
+        timing = self.cfg.timing
+        total = sum(self.cost.cost_s(t, timing) for t in self.tasks if t.build is not None)
+        power = self.cfg.idle_s + self.cfg.busy_s if self.meter is not None else 0.0
+        return total + power + (0.0 if self.warmed_up else self.cfg.warmup_s)
+
     def _supported(self) -> list[str]:
         return [p for p in PRECISIONS if self.support[p].supported]
 
@@ -134,7 +151,7 @@ class Session:
             self._emit(
                 "plan",
                 f"{len(self.tasks)} points on {self.be.name}/{self.be.device_kind}, "
-                f"budget {self.budget_s:.0f} s",
+                f"predicted {self.predicted_s:.0f} s, budget {self.budget_s:.0f} s",
             )
             for task in self.tasks:
                 self._run(task)
@@ -189,16 +206,22 @@ class Session:
             return
         assert task.build is not None
         op = task.build(self.be)
-        stats = measure(self.be, op, timing, self.deadline)
+        stats = op.stats or measure(self.be, op, timing, self.deadline)
         self.cost.update(task, stats.median_s)
-        self.rows.append(_row(task, op.impl, op.inner, stats))
+        row = _row(task, op.impl, op.inner, stats)
+        if op.row:
+            row.update(op.row)
+            median = max(stats.median_s, 1e-12)
+            row.update(gflops_per_s=row["flops"] / median / 1e9)
+            row.update(gbytes_per_s=row["bytes"] / median / 1e9)
+        self.rows.append(row)
 
     def _timing(self) -> TimingConfig:
         """The per-point time shrinks when the budget would not cover the remaining points."""
         base = self.cfg.timing
         left = max(self.deadline - time.perf_counter(), 0.0)
         remaining = max(len(self.tasks) - self.done, 1)
-        share = 0.6 * left / remaining
+        share = self.pace * left / remaining
         return base.with_time(min(base.max_time_s, max(share, base.max_time_s / 20)))
 
     def _pending_warmup(self, task: Task) -> float:
@@ -251,9 +274,16 @@ class Session:
         self.skipped.append(task.describe() | {"reason": reason})
 
     def _eta(self) -> float:
-        timing = self._timing()
-        rest = sum(self.cost.cost_s(t, timing) for t in self.tasks[self.done :])
-        return min(rest, max(self.deadline - time.perf_counter(), 0.0))
+        """Predicted seconds left (recomputed at most once a second: plans have ~1000 points)."""
+        now = time.perf_counter()
+        at, rest = self._eta_cache
+        if now - at >= 1.0:
+            timing = self._timing()
+            rest = sum(self.cost.cost_s(t, timing) for t in self.tasks[self.done :])
+            self._eta_cache = (now, rest)
+        else:
+            rest -= now - at
+        return min(max(rest, 0.0), max(self.deadline - now, 0.0))
 
     def _emit(self, phase: str, message: str = "") -> None:
         if self.progress is None:
@@ -279,6 +309,7 @@ def _present(d: dict[str, Any]) -> dict[str, Any]:
 def _row(task: Task, impl: str, inner: int | None, stats: Stats | None) -> dict[str, Any]:
     row: dict[str, Any] = {"kind": task.kind, "precision": task.precision, "impl": impl}
     row.update(task.params)
+    row.update(task.text)
     row.update(flops=task.flops, bytes=task.bytes)
     if stats is not None:
         median = max(stats.median_s, 1e-12)
@@ -296,10 +327,11 @@ def _row(task: Task, impl: str, inner: int | None, stats: Stats | None) -> dict[
     return row
 
 
-_SORT_PARAMS = ("n", "k", "m", "batch", "seq_len", "hidden", "buffer_bytes")
+_SORT_PARAMS = ("n", "k", "m", "layers", "in_channels", "out_channels", "height", "kernel", "stride", "batch", "seq_len", "hidden", "buffer_bytes", "message_bytes")  # fmt: skip
 
 
 def _row_key(row: dict[str, Any]) -> tuple:
     prec = PRECISIONS.index(row["precision"]) if row["precision"] in PRECISIONS else len(PRECISIONS)
     params = tuple(row.get(p) or 0 for p in _SORT_PARAMS)
-    return (KINDS.index(row["kind"]), prec, *params)
+    text = (row.get("phase") or "", row.get("layout") or "", row["impl"] or "")
+    return (KINDS.index(row["kind"]), prec, *text[:2], *params, text[2])

@@ -33,6 +33,10 @@ class Op:
     flush: bool = True
     context: Callable[[], AbstractContextManager[Any]] | None = None
     keep: list[Any] = field(default_factory=list)
+    #: cells the op decides when it runs (e.g. an all-reduce's ``ranks`` and ``bytes``)
+    row: dict[str, Any] = field(default_factory=dict)
+    #: statistics the op measured itself (in other processes: all-reduce); not timed again
+    stats: Any = None
 
     def entered(self) -> AbstractContextManager[Any]:
         """The context to run this op in (a no-op when none was given)."""
@@ -55,6 +59,8 @@ class Backend(ABC):
     kernel_precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     #: attention does not materialise the (seq x seq) scores (flash / memory-efficient kernels)
     fused_attention: ClassVar[bool] = False
+    #: runs conv2d, whole-model LLM steps and all-reduce (planned only then)
+    model_kinds: ClassVar[bool] = False
     device_kind: str = "cpu"
     timing_method: str = "perf_counter"
 
@@ -147,6 +153,37 @@ class Backend(ABC):
         self, batch: int, seq_len: int, hidden: int, heads: int, ffn: int, precision: str
     ) -> Op:
         """Forward pass of one pre-norm transformer block (RMSNorm, attention, gated MLP)."""
+
+    def make_conv2d(
+        self,
+        batch: int,
+        cin: int,
+        cout: int,
+        hw: int,
+        kernel: int,
+        stride: int,
+        groups: int,
+        layout: str,
+        precision: str,
+    ) -> Op:
+        """One 2-D convolution (padding ``(kernel - 1) // 2``, no bias)."""
+        from ..errors import Unsupported
+
+        raise Unsupported(f"the {self.name} backend has no conv2d (needs torch)")
+
+    def make_llm_step(
+        self, shape: Any, batch: int, seq_len: int, phase: str, precision: str, graph: bool
+    ) -> Op:
+        """One decode or prefill step of a whole decoder-only model (``work.LlmShape``)."""
+        from ..errors import Unsupported
+
+        raise Unsupported(f"the {self.name} backend has no whole-model LLM step (needs torch)")
+
+    def make_allreduce(self, message_bytes: int, sizes: tuple[int, ...]) -> Op:
+        """An all-reduce of ``message_bytes`` over every visible GPU (``sizes``: the sweep)."""
+        from ..errors import Unsupported
+
+        raise Unsupported(f"the {self.name} backend has no all-reduce (needs torch.distributed)")
 
     def make_resnet50(self, batch: int, precision: str) -> Op:
         """Forward pass of ResNet-50 on ``batch`` 224x224 images."""

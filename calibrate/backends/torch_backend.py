@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import hostinfo, kernels_torch
 from ..errors import CalibrationError, Unsupported
+from . import torch_models
 from .base import Backend, Op, PrecisionSupport, precision_table
 
 _FLOAT = {
@@ -28,6 +29,8 @@ _CPU_REASONS = {
     "fp8": "torch._scaled_mm (fp8) needs a CUDA device with compute capability >= 8.9",
     "int8": "torch._int_mm is measured on CUDA devices only",
 }
+#: torch._int_mm needs M > 16; smaller M is padded to this (what an engine does)
+INT_MM_MIN_M = 32
 #: a reduced precision counts as "fast" on CPU when its matmul is at most this much slower than fp32
 CPU_SLOWDOWN_LIMIT = 2.0
 
@@ -60,6 +63,7 @@ class TorchBackend(Backend):
     name = "torch"
     kernel_precisions = ("fp32", "fp16", "bf16", "fp64")
     fused_attention = True
+    model_kinds = True
 
     def __init__(self, device: str | None = None, seed: int = 0) -> None:
         super().__init__(seed)
@@ -290,19 +294,21 @@ class TorchBackend(Backend):
     def _gemm_int8(self, m: int, n: int, k: int) -> Op:
         if not self.cuda:
             raise Unsupported(_CPU_REASONS["int8"])
-        if m <= 16:
-            raise Unsupported("torch._int_mm needs M > 16")
+        rows = max(m, INT_MM_MIN_M)  # torch._int_mm needs M > 16: pad as an engine would
         w = self.cached(
             ("gemm", n, k, "int8"),
             lambda: torch.randint(
                 -8, 8, (n, k), generator=self.gen, device=self.device, dtype=torch.int8
             ),
         )
-        a = torch.randint(-8, 8, (m, k), generator=self.gen, device=self.device, dtype=torch.int8)
+        a = torch.randint(
+            -8, 8, (rows, k), generator=self.gen, device=self.device, dtype=torch.int8
+        )
         wt = w.t()
+        pad = f" (M padded {m} -> {rows})" if rows != m else ""
         return Op(
             lambda: torch._int_mm(a, wt),
-            "torch._int_mm int8 -> int32",
+            "torch._int_mm int8 -> int32" + pad,
             context=self._context("int8"),
         )
 
@@ -335,6 +341,32 @@ class TorchBackend(Backend):
         x = self._randn((batch, seq_len, hidden), dtype)
         fn = lambda: kernels_torch.block_forward(x, w, heads)  # noqa: E731
         return Op(fn, "torch block (sdpa)", context=self._context(precision))
+
+    def make_conv2d(
+        self,
+        batch: int,
+        cin: int,
+        cout: int,
+        hw: int,
+        kernel: int,
+        stride: int,
+        groups: int,
+        layout: str,
+        precision: str,
+    ) -> Op:
+        """See :func:`calibrate.backends.torch_models.make_conv2d`."""
+        shape = (batch, cin, cout, hw, kernel, stride, groups)
+        return torch_models.make_conv2d(self, shape, layout, precision)
+
+    def make_llm_step(
+        self, shape: Any, batch: int, seq_len: int, phase: str, precision: str, graph: bool
+    ) -> Op:
+        """See :func:`calibrate.backends.torch_models.make_llm_step`."""
+        return torch_models.make_llm_step(self, shape, batch, seq_len, phase, precision, graph)
+
+    def make_allreduce(self, message_bytes: int, sizes: tuple[int, ...]) -> Op:
+        """See :func:`calibrate.backends.torch_models.make_allreduce`."""
+        return torch_models.make_allreduce(self, message_bytes, sizes)
 
     def make_resnet50(self, batch: int, precision: str) -> Op:
         """torchvision ResNet-50 (random weights, eval mode; channels-last on CUDA)."""
@@ -369,7 +401,7 @@ def cuda_candidates(cc: tuple[int, int], ccs: str) -> tuple[dict[str, str], dict
     else:
         methods["fp8"] = "torch._scaled_mm float8_e4m3fn -> bf16"
     if hasattr(torch, "_int_mm"):
-        methods["int8"] = "torch._int_mm int8 -> int32 (needs M > 16)"
+        methods["int8"] = "torch._int_mm int8 -> int32 (M <= 16 padded to 32, as engines do)"
     else:
         reasons["int8"] = f"torch {torch.__version__} has no torch._int_mm"
     return methods, reasons

@@ -33,6 +33,9 @@ MIN_BODY = 0.3
 
 
 COMPOSITE_KINDS = ("forward_block", "forward_resnet50")
+#: harness kinds the fit uses; newer ones (conv2d, forward_llm_step, allreduce) are left out
+#: with a note until capsim models them
+USED_KINDS = frozenset({"launch", "bandwidth_copy", "bandwidth_read", "gemm", "attention_decode", "attention_prefill", *COMPOSITE_KINDS, "power_idle", "power_busy"})  # fmt: skip
 
 
 DEFAULT_TOLERANCE = 0.05

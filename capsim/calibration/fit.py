@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from capsim.calibration.curves import (
     COMPOSITE_KINDS,
+    USED_KINDS,
     _sig,
     _today,
     achieved_efficiency,
@@ -159,8 +160,9 @@ def fit_measurements(
 
 def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, today) -> FitResult:
     today = today or _today()
+    notes: list[str] = run_notes(meta, data) + unused_kind_notes(rows)
+    rows = [r for r in rows if r["kind"] in USED_KINDS]
     timed = [r for r in rows if r["kind"] != "power_idle" and r.get("median_s")]
-    notes: list[str] = run_notes(meta, data)
     if gpu is not None and not peaks_are_measured(gpu):
         check_spec_peaks(gpu, timed, (meta.get("device") or {}).get("name"))
     if any(r["precision"] == "fp64" for r in timed):
@@ -231,6 +233,18 @@ def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, to
     )
     fitted = _with_calibration(gpu, cal, today)
     return FitResult(fitted, cal, predictions, notes)
+
+
+def unused_kind_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per row kind that capsim cannot use yet (its rows are ignored, not refused)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r["kind"] not in USED_KINDS:
+            counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    return [
+        f"{n} {kind} rows ignored: capsim does not use {kind} measurements yet"
+        for kind, n in sorted(counts.items())
+    ]
 
 
 def _usable(r: dict[str, Any]) -> bool:

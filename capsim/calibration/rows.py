@@ -133,7 +133,7 @@ def _row_label(r: dict[str, Any]) -> str:
     return kind
 
 
-_POINT_KEYS = ("kind", "precision", "m", "n", "k", "batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens", "buffer_bytes")  # fmt: skip
+_POINT_KEYS = ("kind", "precision", "m", "n", "k", "batch", "seq_len", "heads", "head_dim", "hidden", "ffn", "tokens", "buffer_bytes", "in_channels", "out_channels", "height", "width", "kernel", "stride", "groups", "layout", "layers", "kv_heads", "vocab", "phase", "message_bytes", "ranks", "impl")  # fmt: skip
 
 
 def combine_runs(

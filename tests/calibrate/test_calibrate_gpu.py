@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import calibrate
-from calibrate import Unsupported, load_measurements
+from calibrate import load_measurements
 from calibrate.power import PowerMeter
 from calibrate.timing import TimingConfig, measure
 
@@ -89,8 +89,36 @@ def test_int8_int_mm(cuda_backend) -> None:
     with op.entered():
         out = op.fn()
     assert out.dtype == torch.int32 and tuple(out.shape) == (32, 64)
-    with pytest.raises(Unsupported, match="M > 16"):
-        cuda_backend.make_gemm(16, 64, 128, "int8")
+    small = cuda_backend.make_gemm(1, 64, 128, "int8")  # padded to M = 32, as an engine does
+    with small.entered():
+        assert tuple(small.fn().shape) == (32, 64)
+    assert small.impl.endswith("(M padded 1 -> 32)")
+
+
+def test_conv2d_channels_last_and_cudnn_benchmark(cuda_backend) -> None:
+    torch = _torch_cuda()
+    op = cuda_backend.make_conv2d(8, 64, 128, 28, 3, 2, 1, "NHWC", "bf16")
+    assert "cudnn.benchmark=True" in op.impl
+    with op.entered():
+        assert torch.backends.cudnn.benchmark is True
+        y = op.fn()
+    assert tuple(y.shape) == (8, 128, 14, 14)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_llm_decode_graph_replays_the_eager_step(cuda_backend) -> None:
+    from calibrate.plan import TINY_LLM
+
+    be = cuda_backend
+    eager = be.make_llm_step(TINY_LLM, 4, 128, "decode", "bf16", graph=False)
+    graph = be.make_llm_step(TINY_LLM, 4, 128, "decode", "bf16", graph=True)
+    assert "CUDA graph" in graph.impl and "eager" in eager.impl
+    with graph.entered():
+        graph.fn()
+    be.synchronize()
+    prefill = be.make_llm_step(TINY_LLM, 2, 256, "prefill", "bf16", graph=False)
+    with prefill.entered():
+        assert tuple(prefill.fn().shape) == (2, TINY_LLM.vocab)
 
 
 def test_resnet50_when_torchvision_is_there(cuda_backend) -> None:
