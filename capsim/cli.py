@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from capsim.catalog import load_catalog
+from capsim.cli_bench import bench_group
 from capsim.cli_calibrate import calibrate_group
 from capsim.cli_options import (
     catalog_of,
@@ -340,3 +341,4 @@ def catalog_validate(ctx, directory: Path | None) -> None:
 
 main.add_command(calibrate_group, "calibrate")
 main.add_command(whatif, "whatif")
+main.add_command(bench_group, "bench")
