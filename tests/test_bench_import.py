@@ -369,6 +369,14 @@ def test_wrong_field_is_named(runner, tmp_path):
     _bad(runner, [str(bad_csv), "--gpu", "l4"], "perf.csv", "row 4", "Inferences/Second")
 
 
+def test_value_out_of_range_is_named(runner, tmp_path):
+    doc = json.loads(SWEEP.read_text())
+    doc["request_throughput"] = -5.8
+    bad = tmp_path / "negative.json"
+    bad.write_text(json.dumps(doc))
+    _bad(runner, [str(bad), "--gpu", "l4"], "negative.json", "request_throughput", "-5.8")
+
+
 def test_missing_field_is_named(runner, tmp_path):
     summary = (SERVER / "mlperf_log_summary.txt").read_text().replace("Scenario : Server\n", "")
     d = tmp_path / "run"

@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from capsim.bench import genai_perf, mlperf, perf_analyzer, plain_csv, sglang, vllm
 from capsim.bench.common import read_text
 from capsim.bench.jsonio import json_records
 from capsim.bench.model import FORMATS, SETTING_KEYS, BenchRun
-from capsim.errors import InputError
+from capsim.errors import InputError, format_validation_error
 
 Parser = Callable[[Path, str, str], list[BenchRun]]
 PARSERS: dict[str, Parser] = {
@@ -78,7 +80,11 @@ def read_runs(path: Path, fmt: str | None = None) -> list[BenchRun]:
     if fmt is not None and fmt not in PARSERS:
         raise InputError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", where="--as")
     chosen = fmt or detect(path, text)
-    return PARSERS[chosen](path, text, sha)
+    try:
+        return PARSERS[chosen](path, text, sha)
+    except ValidationError as exc:  # a value out of range (a negative throughput, ...)
+        err = format_validation_error(exc, file=path, model=BenchRun)
+        raise InputError(f"{err.message} (as read from a {chosen} file)", file=path) from None
 
 
 def read_files(paths: Iterable[Path], fmt: str | None = None) -> list[BenchRun]:

@@ -222,7 +222,7 @@ def parse_csv_export(path: Path, text: str, sha: str) -> list[BenchRun]:
     stats: dict[str, tuple[str | None, dict[str, str]]] = {}
     values: dict[str, str] = {}
     header: list[str] | None = None
-    for n, row in enumerate(rows, 1):
+    for row in rows:
         if not row or not any(c.strip() for c in row):
             header = None
             continue
@@ -236,7 +236,6 @@ def parse_csv_export(path: Path, text: str, sha: str) -> list[BenchRun]:
             values[key] = row[1] if len(row) > 1 else ""
         elif header[0] == "Metric":
             stats[key] = (unit, dict(zip(header[1:], row[1:], strict=False)))
-        _ = n
     if "time_to_first_token" not in stats and "request_latency" not in stats:
         raise InputError(
             "expected a GenAI-Perf/AIPerf CSV export with a 'Time To First Token (ms)' or "
