@@ -400,3 +400,25 @@ def test_bad_options(runner):
 def test_input_error_is_a_library_error_too():
     with pytest.raises(InputError, match="file not found"):
         read_runs(DATA / "nope.json")
+
+
+# ---------------------------------------------------------------- replay plan
+def test_replay_plan_of_real_runs():
+    from capsim.bench.replay import replay_plan, require_replayable
+
+    given = {"gpu": "h100-sxm", "model": "qwen2.5-3b", "precision": "bf16"}
+    plan = require_replayable(apply_settings(one(SGLANG), given))
+    assert plan.arrivals == {"kind": "closed", "concurrency": 8, "think_time_s": 0.0}
+    assert plan.tp == 1 and plan.tokens["prompt_median"] == pytest.approx(3019 / 50)
+    assert "prompt length spread not recorded: fixed at the mean" in plan.assumptions
+    rate = replay_plan(apply_settings(one(ASCEND), given))
+    assert rate.arrivals == {"kind": "poisson", "rate_rps": 1.0}
+    assert "prompt lengths" in rate.missing  # the file has no token totals
+    server = replay_plan(one(SERVER / "mlperf_log_summary.txt"))
+    assert server.arrivals == {"kind": "poisson", "rate_rps": 75.0}
+    assert "model (give --model)" in server.missing and "prompt lengths" in server.missing
+    assert "offline" in " ".join(replay_plan(one(OFFLINE)).missing)
+    perf = replay_plan(apply_settings(read_runs(PERF)[0], given))
+    assert perf.missing == [] and perf.tokens is None  # not an LLM run: no lengths needed
+    with pytest.raises(InputError, match=r"run 0: cannot replay this run; missing: model"):
+        require_replayable(one(SERVER / "mlperf_log_summary.txt"))
