@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("capsim.sim",),  # engines, fleets, lifecycle, controllers
     ("capsim.evaluate",),  # one configuration
     ("capsim.planning",),  # static / autoscaled plans, what-if, parallel runs
+    ("capsim.bench",),  # imported benchmark runs, their replay
     ("capsim.calibration",),  # fitting catalog entries from measurements
     ("capsim.report",),  # formatting and files
     ("capsim.cli",),  # click commands

@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "whatif",
         "Compare autoscaling policies on the same traffic, in real time.",
     ),
+    "bench": (
+        "capsim.cli.bench",
+        "bench_group",
+        "Serving-benchmark results (vLLM, SGLang, GenAI-Perf/AIPerf, perf_analyzer, MLPerf).",
+    ),
     "calibrate": (
         "capsim.cli.calibrate",
         "calibrate_group",

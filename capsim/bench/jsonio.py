@@ -1,0 +1,58 @@
+"""JSON and JSON Lines readers whose errors name the file, line and column.
+
+>>> json_records('{"a": 1}\\n{"a": 2}\\n', "f.jsonl", what="x")
+[{'a': 1}, {'a': 2}]
+>>> json_records('{"a": Infinity}', "f.json", what="x")[0]["a"]
+inf
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from capsim.errors import InputError
+
+
+def parse_json(text: str, path: Path | str) -> Any:
+    """One JSON document (NaN/Infinity allowed, as Python writes them)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"not valid JSON: {exc.msg}", file=path, where=f"line {exc.lineno}, column {exc.colno}"
+        ) from None
+
+
+def json_records(text: str, path: Path | str, *, what: str) -> list[dict[str, Any]]:
+    """The objects in a JSON file: one object, a list of objects, or one object per line."""
+    stripped = text.strip()
+    if not stripped:
+        raise InputError(f"the file is empty; expected a {what}", file=path)
+    try:
+        doc = json.loads(stripped)
+    except json.JSONDecodeError:
+        doc = None
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(
+                    f"not valid JSON or JSON Lines: {exc.msg}",
+                    file=path,
+                    where=f"line {n}, column {exc.colno}",
+                ) from None
+        doc = records
+    items = doc if isinstance(doc, list) else [doc]
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError(
+                f"expected a JSON object, got {type(item).__name__}; expected a {what}",
+                file=path,
+                where=f"record {i + 1}",
+            )
+    return items

@@ -1,0 +1,125 @@
+"""What the vLLM and SGLang serving-benchmark results share (their JSON keys descend from the
+same ``benchmark_serving.py``): load, lengths, latency statistics and per-request samples.
+
+>>> load_from(float("inf"), 4, None, file="f").kind
+'concurrency'
+>>> load_from("inf", None, None, file="f").kind
+'offline'
+>>> load_from(2.5, None, 1.0, file="f").rate_rps
+2.5
+>>> precision_from("bfloat16", None), precision_from("auto", "fp8"), precision_from("auto", None)
+('bf16', 'fp8', None)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from capsim.bench.common import dist_from_keys, to_float, to_int
+from capsim.bench.model import (
+    ConcurrencyLoad,
+    LengthDist,
+    Load,
+    Measured,
+    OfflineLoad,
+    RateLoad,
+    Samples,
+)
+from capsim.errors import InputError
+
+_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16"}
+_DTYPES |= {"float32": "fp32", "float": "fp32", "fp32": "fp32"}
+_QUANT = {"fp8": "fp8", "modelopt": "fp8", "fbgemm_fp8": "fp8", "awq": "int4", "gptq": "int4"}
+_QUANT |= {"awq_marlin": "int4", "gptq_marlin": "int4", "w8a8_int8": "int8", "int8": "int8"}
+_QUANT |= {"w8a8_fp8": "fp8", "compressed-tensors": None, "bitsandbytes": "int4"}
+
+ENGINES = {"vllm", "sglang", "tgi", "lmdeploy", "tensorrt-llm", "trt-llm", "deepspeed-mii"}
+
+
+def precision_from(dtype: Any, quantization: Any) -> str | None:
+    """capsim precision name from an engine's ``dtype`` and ``quantization`` (None: unknown)."""
+    if isinstance(quantization, str) and quantization:
+        return _QUANT.get(quantization.lower())
+    if isinstance(dtype, str):
+        return _DTYPES.get(dtype.lower())
+    return None
+
+
+def load_from(rate: Any, max_concurrency: Any, burstiness: Any, *, file: Path | str) -> Load:
+    """The offered load from ``request_rate`` (``inf`` allowed) and ``max_concurrency``.
+
+    An infinite rate with a concurrency cap is N clients sending back to back (closed loop);
+    without a cap every request is sent at once (offline burst).
+    """
+    r = to_float(rate, file=file, where="request_rate")
+    cap = to_int(max_concurrency, file=file, where="max_concurrency")
+    if r is None or math.isinf(r):
+        return ConcurrencyLoad(concurrency=cap) if cap else OfflineLoad()
+    if r <= 0:
+        raise InputError(f"expected a positive rate, got {rate!r}", file=file, where="request_rate")
+    b = to_float(burstiness, file=file, where="burstiness")
+    return RateLoad(rate_rps=r, burstiness=b, max_concurrency=cap)
+
+
+def length_from(
+    d: Mapping[str, Any], per_request_key: str, total_key: str, *, file: Path | str
+) -> LengthDist | None:
+    """Per-request lengths when saved, else the mean from the total over completed requests."""
+    values = d.get(per_request_key)
+    if isinstance(values, list) and values:
+        ints = [to_int(v, file=file, where=f"{per_request_key}[{i}]") for i, v in enumerate(values)]
+        return LengthDist(kind="per_request", values=[int(v or 0) for v in ints])
+    total = to_float(d.get(total_key), file=file, where=total_key)
+    done = to_float(d.get("completed"), file=file, where="completed")
+    if total is None or not done:
+        return None
+    return LengthDist(kind="stats", mean=total / done, derived=f"{total_key} / completed")
+
+
+def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:
+    """Per-request TTFT (s), ITLs (s) and lengths saved by ``--save-detailed``/``--output-details``."""
+    out: dict[str, Any] = {}
+    ttfts = d.get("ttfts")
+    if isinstance(ttfts, list) and ttfts:
+        out["ttft_s"] = [to_float(x, file=file, where=f"ttfts[{i}]") for i, x in enumerate(ttfts)]
+    itls = d.get("itls")
+    if isinstance(itls, list) and itls:
+        if not all(isinstance(row, list) for row in itls):
+            raise InputError("expected a list of lists of seconds", file=file, where="itls")
+        out["itl_s"] = [
+            [to_float(x, file=file, where=f"itls[{i}]") for x in row] for i, row in enumerate(itls)
+        ]
+    for key, field in (("input_lens", "input_len"), ("output_lens", "output_len")):
+        vals = d.get(key)
+        if isinstance(vals, list) and vals:
+            out[field] = [to_int(x, file=file, where=f"{key}[{i}]") for i, x in enumerate(vals)]
+    return Samples(**out) if out else None
+
+
+def measured_from(d: Mapping[str, Any], e2e_metric: str, *, file: Path | str) -> Measured:
+    """Throughputs and TTFT/TPOT/ITL/e2e statistics (ms in the file, seconds here)."""
+
+    def num(key: str) -> float | None:
+        return to_float(d.get(key), file=file, where=key)
+
+    total = num("total_token_throughput")
+    if total is None:
+        total = num("total_throughput")
+    out_tps = num("output_throughput")
+    in_tps = num("input_throughput")
+    if in_tps is None and total is not None and out_tps is not None:
+        in_tps = total - out_tps
+    return Measured(
+        request_throughput_rps=num("request_throughput"),
+        output_tokens_per_s=out_tps,
+        input_tokens_per_s=in_tps,
+        total_tokens_per_s=total,
+        ttft_s=dist_from_keys(d, "ttft", 1e-3, file=file),
+        tpot_s=dist_from_keys(d, "tpot", 1e-3, file=file),
+        itl_s=dist_from_keys(d, "itl", 1e-3, file=file),
+        e2e_s=dist_from_keys(d, e2e_metric, 1e-3, file=file),
+        samples=samples_from(d, file=file),
+    )
