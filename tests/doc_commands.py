@@ -109,8 +109,8 @@ def parse_block(
     block = Block(where if first_line is None else f"{where}:{first_line}")
     for i, text, _, shown in entries:
         for part in (p.strip() for p in text.split("&&")):
-            if not part.startswith("capsim "):
-                continue
+            if not part.startswith("capsim ") or part.split()[1].endswith(":"):
+                continue  # not a command (e.g. an output line "capsim plan: ...")
             src = where if first_line is None else f"{where}:{first_line + i}"
             cmd = parse_command(src, part, _skip_for(part, skips))
             block.commands.append(replace(cmd, shown_output=tuple(x for x in shown if x.strip())))
