@@ -31,6 +31,8 @@ What cannot run here is marked where it is shown (``<!-- ci: skip (REASON) -->``
 
 from __future__ import annotations
 
+import doctest
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -40,6 +42,7 @@ import yaml
 from click.testing import CliRunner
 
 from capsim.cli import main
+from tests import doc_commands
 from tests.doc_commands import (
     ROOT,
     Block,
@@ -51,6 +54,7 @@ from tests.doc_commands import (
     parse_command,
 )
 
+HOOK = ROOT / "docs" / "_hooks" / "schema_reference.py"
 VIDUR = "needs Microsoft Vidur's profiling CSV (github.com/microsoft/vidur), not shipped"
 HELP_SKIPS = {
     "capsim calibrate import-vidur": VIDUR,
@@ -282,3 +286,29 @@ def test_every_page_and_command_is_covered() -> None:
     for page in ("docs/tutorials/plan.md", "docs/tutorials/whatif.md", "docs/service-time.md"):
         assert page in pages and page in sources
     assert any(c.shown_output for c in commands)  # outputs shown after a `$` are checked
+
+
+def test_extraction_examples() -> None:
+    """The examples in the extractor's docstrings (how prompts, comments, `>` are read)."""
+    result = doctest.testmod(doc_commands, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def _hook():
+    spec = importlib.util.spec_from_file_location("schema_reference", HOOK)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["scenario", "catalog", "model"])
+def test_generated_reference_has_every_object_and_field(kind: str) -> None:
+    """The docs' reference pages (generated at build time) list everything the schema has."""
+    hook = _hook()
+    schema = hook.schema_of(kind)
+    page = hook.on_page_markdown(f"# x\n\n<!-- capsim-schema: {kind} -->\n")
+    for name, obj in [(schema.get("title", ""), schema), *schema.get("$defs", {}).items()]:
+        assert f"### {name} {{#def-{name.lower()}}}" in page
+        for field in obj.get("properties", {}):
+            assert f"| `{field}` |" in page, (name, field)
