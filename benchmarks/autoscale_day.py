@@ -20,10 +20,9 @@ import time
 
 import numpy as np
 
-from capsim.autoscale import FixedSpec, KPASpec
-from capsim.catalog import load_catalog
-from capsim.scenario import load_scenario
-from capsim.simulate import make_service, stream_for
+from capsim.evaluate import make_service, stream_for
+from capsim.load import load_catalog, load_scenario
+from capsim.spec.autoscaling import FixedSpec, KPASpec
 
 SCENARIO = "scenarios/embedding_autoscaled.yaml"
 
@@ -34,13 +33,14 @@ def main() -> None:
     ap.add_argument("--engine", action="store_true", help="also time run_batched (slow)")
     args = ap.parse_args()
 
-    import capsim.whatif as W
+    import capsim.planning.whatif_run as W
+    from capsim.workload.streams import real_time
 
     s = load_scenario(SCENARIO)
     cat = load_catalog()
     gpu, prec = "t4", "fp16"
     svc = make_service(s, cat[gpu], prec)
-    sr = W._real_time(s)
+    sr = real_time(s)
     t0, c0 = time.perf_counter(), time.process_time()
     stream = stream_for(sr, 0)
     stream_wall, stream_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -91,8 +91,9 @@ def main() -> None:
             f"{r.scalars['replicas_peak']:.0f} | {r.quantiles['latency'][99.0] * 1000:.1f} |"
         )
     if args.engine:
-        from capsim.sim.batched import EngineConfig, run_batched
-        from capsim.simulate import _jitter_for
+        from capsim.evaluate import _jitter_for
+        from capsim.sim.batched import run_batched
+        from capsim.sim.batched_queue import EngineConfig
 
         cfg = EngineConfig(
             replicas=4,

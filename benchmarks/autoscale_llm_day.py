@@ -15,10 +15,10 @@ import argparse
 import platform
 import time
 
-from capsim import whatif as W
-from capsim.catalog import load_catalog
-from capsim.scenario import load_scenario
-from capsim.simulate import make_service, stream_for
+import capsim.planning.whatif as W
+from capsim.evaluate import make_service, stream_for
+from capsim.load import load_catalog, load_scenario
+from capsim.workload.streams import real_time
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     gpu, prec = s.whatif.gpu, s.whatif.precision
     svc = make_service(s, cat[gpu], prec)
     t0 = time.perf_counter()
-    stream = stream_for(W._real_time(s), 0)
+    stream = stream_for(real_time(s), 0)
     print(
         f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}; "
         f"{len(stream):,} requests over {stream.horizon / 3600:g} h on {gpu} {prec} "

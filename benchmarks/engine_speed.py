@@ -19,7 +19,8 @@ import time
 import numpy as np
 import simpy
 
-from capsim.sim.batched import EngineConfig, run_batched
+from capsim.sim.batched import run_batched
+from capsim.sim.batched_queue import EngineConfig
 
 C = 4
 

@@ -28,10 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing capsim
     sys.path.insert(0, str(ROOT))
 
-from capsim.catalog import GPU, SOURCED_FIELDS, load_gpu_file  # noqa: E402
-from capsim.models import load_model_card  # noqa: E402
+from capsim.load import (  # noqa: E402
+    load_gpu_file,  # noqa: E402
+    load_model_card,  # noqa: E402
+)
 from capsim.paths import shipped_catalog_dir  # noqa: E402
-from capsim.service.llm import LLMEngineSettings, LLMServiceModel, default_op_timer  # noqa: E402
+from capsim.service.comm import default_op_timer  # noqa: E402
+from capsim.service.llm import LLMServiceModel  # noqa: E402
+from capsim.spec.catalog import GPU, SOURCED_FIELDS  # noqa: E402
+from capsim.spec.engine import LLMEngineSettings  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vidur_profiling"
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from capsim.catalog import load_catalog
-from capsim.scenario import load_scenario
-from capsim.sim.llm import run_llm, run_llm_replication
-from capsim.simulate import make_service, stream_for
+from capsim.evaluate import make_service, stream_for
+from capsim.load import load_catalog, load_scenario
+from capsim.sim.llm_adapter import run_llm_replication
+from capsim.sim.llm_engine import run_llm
 
 CONFIGS = [("h100-sxm", "fp8", 1), ("l4", "fp8", 3), ("a100-80gb-sxm", "int8", 2)]
 

@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from capsim.autoscale import HPA, KPA, Fixed, HPASpec, KPASpec, Policy
-from capsim.sim.batched import EngineConfig, run_batched
+from capsim.sim.batched import run_batched
 from capsim.sim.batched_fleet import BatchedFleet
+from capsim.sim.batched_queue import EngineConfig
 from capsim.sim.lifecycle import ColdStartSampler, run_lifecycle
+from capsim.sim.policies import HPA, KPA, Fixed, Policy
+from capsim.spec.autoscaling import HPASpec, KPASpec
 
 BT = np.array([0.0] + [0.004 + 0.0015 * b for b in range(1, 17)])
 
@@ -181,8 +183,8 @@ def test_kpa_scales_from_zero_and_serves_buffered_requests():
 
 
 def test_cold_starts_are_common_random_numbers():
-    from capsim.autoscale import ColdStart
     from capsim.sim.lifecycle import cold_start_seed
+    from capsim.spec.autoscaling import ColdStart
 
     cs = ColdStart()
     a = ColdStartSampler(cs, cold_start_seed(5, 0), 1e9)

@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from capsim.autoscale import FixedSpec, make_policy
-from capsim.catalog import load_catalog
 from capsim.cli import main
-from capsim.scenario import load_scenario
+from capsim.load import load_catalog, load_scenario
 from capsim.sim.lifecycle import ScalableFleet, run_lifecycle
-from capsim.sim.llm import EngineLimits, run_llm
+from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_fleet import ScalableLLMFleet
+from capsim.sim.llm_types import EngineLimits
+from capsim.sim.policies import make_policy
+from capsim.spec.autoscaling import FixedSpec
 
 from .test_llm_engine import ConstTimer, LinearTimer, _poisson
 
@@ -159,8 +160,8 @@ def chat_day(rate: float = 8.0, period: float = 7200.0, **over) -> dict:
 
 
 def test_llm_whatif_autoscaled_fleet_is_cheaper_and_meets_ttft_and_tpot(write_scenario):
+    from capsim.planning.whatif import whatif
     from capsim.report.whatif import format_whatif
-    from capsim.whatif import whatif
 
     s = load_scenario(write_scenario(chat_day()))
     r = whatif(s, load_catalog())
@@ -203,7 +204,7 @@ def test_llm_whatif_cli_json_and_files(runner, write_scenario, tmp_path):
 
 
 def test_llm_plan_tunes_the_policy(write_scenario):
-    from capsim.planner import plan
+    from capsim.planning.api import plan
     from capsim.report.text import format_plan
 
     s = load_scenario(write_scenario(chat_day()))
@@ -222,7 +223,7 @@ def test_plan_says_when_autoscaling_does_not_pay(write_scenario):
     """An hour-long 'day' with a 30-minute cold start: a replica asked for at the ramp is ready
     after the peak, so only a floor as high as the peak meets the SLO, and that is no saving.
     The plan says so instead of recommending the policy."""
-    from capsim.planner import plan
+    from capsim.planning.api import plan
     from capsim.report.text import format_plan
 
     data = chat_day(rate=4.0, period=3600.0)

@@ -8,19 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from capsim.autoscale import (
-    HPA,
-    KPA,
-    ColdStart,
-    HPASpec,
-    KPASpec,
-    Observation,
-    Predictive,
-    PredictiveSpec,
-    Scheduled,
-    ScheduledSpec,
-    make_policy,
-)
+from capsim.sim.policies import HPA, KPA, Observation, Predictive, Scheduled, make_policy
+from capsim.spec.autoscaling import ColdStart, HPASpec, KPASpec, PredictiveSpec, ScheduledSpec
 
 
 def obs(t, ready, *, inflight_per_replica=None, util=None, rps=None, prov=0, period=15.0):

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from capsim.catalog import load_catalog
 from capsim.cli import main
-from capsim.scenario import load_scenario
+from capsim.load import load_catalog, load_scenario
 
 
 def day_scenario(rate: float = 120.0, period: float = 14400.0, **over) -> dict:
@@ -47,8 +46,8 @@ def day_scenario(rate: float = 120.0, period: float = 14400.0, **over) -> dict:
 
 
 def test_daily_cycle_autoscaled_fleet_is_cheaper_than_the_peak_fleet(write_scenario):
+    from capsim.planning.whatif import whatif
     from capsim.report.whatif import format_whatif
-    from capsim.whatif import whatif
 
     s = load_scenario(write_scenario(day_scenario()))
     r = whatif(s, load_catalog())
@@ -173,7 +172,7 @@ def test_whatif_bad_scenario_fields(runner, write_scenario):
 
 
 def test_plan_tunes_the_policy_against_the_fixed_baseline(write_scenario):
-    from capsim.planner import plan
+    from capsim.planning.api import plan
     from capsim.report.text import format_plan, plan_dict
 
     s = load_scenario(write_scenario(day_scenario(rate=40.0)))
@@ -202,13 +201,14 @@ def test_whatif_bad_config_options(runner, write_scenario):
 def test_initial_replicas_follow_the_replayed_trace(write_scenario, tmp_path):
     """A trace sped up 4x offers 4x the rate in its first minute: the initial fleet sizes for
     the replayed stream, not the raw file."""
-    from capsim.simulate import stream_for
-    from capsim.whatif import _real_time, rate_at_start
+    from capsim.evaluate import stream_for
+    from capsim.planning.whatif_run import rate_at_start
+    from capsim.workload.streams import real_time
 
     trace = tmp_path / "t.csv"
     trace.write_text("TIMESTAMP\n" + "\n".join(f"{t / 10:.1f}" for t in range(3000)) + "\n")
     data = day_scenario()
     data["traffic"] = {"arrivals": {"kind": "trace", "path": str(trace), "speedup": 4}}
     s = load_scenario(write_scenario(data))
-    stream = stream_for(_real_time(s), 0)
+    stream = stream_for(real_time(s), 0)
     assert rate_at_start(s, stream.arrival) == pytest.approx(40.0, rel=0.02)  # 10 req/s x 4

@@ -14,22 +14,25 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from capsim.calibration import Calibration, EfficiencyCurve, OpTable, Provenance
-from capsim.catalog import GPU, load_catalog, load_gpu_file
 from capsim.cli import main
-from capsim.models import load_model_card
+from capsim.load import load_catalog, load_gpu_file, load_model_card
 from capsim.paths import shipped_catalog_dir
 from capsim.service.calibrated import CalibratedTimer, timer_for
+from capsim.service.comm import default_op_timer
 from capsim.service.fixed import FixedServiceModel
-from capsim.service.llm import IterationShape, LLMEngineSettings, LLMServiceModel, default_op_timer
+from capsim.service.llm import LLMServiceModel
+from capsim.service.llm_ops import IterationShape
 from capsim.service.roofline import roofline_op_time
+from capsim.spec.calibration import Calibration, EfficiencyCurve, OpTable, Provenance
+from capsim.spec.catalog import GPU
+from capsim.spec.engine import LLMEngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDUR = ROOT.parent / "shared" / "data" / "vidur_profiling"
 CARDS = {"a100-80gb-sxm": "a100", "h100-sxm": "h100"}
 needs_vidur = pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur_profiling absent")
 
-#: capsim operator -> what Vidur measured for it (see capsim.calibration_fit.VIDUR_TABLES)
+#: capsim operator -> what Vidur measured for it (see capsim.calibration.vidur.VIDUR_TABLES)
 LLAMA_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "mlp_act", "embed", "norm")
 
 
@@ -80,7 +83,7 @@ def test_vidur_import_predicts_every_measured_llama_op_within_10_percent(gpu_id)
     thinned tables). Worst at the time of writing: +5.0% on both cards (benchmarks/README.md).
     capsim's norm (fused add + RMSNorm, 2 per layer) is compared with Vidur's mean of
     input_layernorm and post_attention_layernorm plus one add; RoPE with Vidur's attn_rope."""
-    from capsim.calibration_fit import read_vidur, vidur_measured
+    from capsim.calibration.vidur import read_vidur, vidur_measured
 
     gpu = _gpu(gpu_id)
     med, _ = read_vidur(VIDUR / f"mlp_{CARDS[gpu_id]}_Llama-2-7b-hf.csv")

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import yaml
 
-from capsim.calibration_fit import predict_forward_block
-from capsim.catalog import load_gpu_file
+from capsim.calibration.curves import predict_forward_block
 from capsim.cli import main
+from capsim.load import load_gpu_file
 from capsim.paths import shipped_catalog_dir
 from capsim.service.calibrated import CalibratedTimer
 
@@ -49,7 +49,7 @@ def run_harness(out: Path) -> Path:
 def _rows(runs: list[Path]) -> list[dict]:
     """The rows as the fit sees them: several runs combined point by point."""
     from calibrate import load_measurements
-    from capsim.calibration_fit import combine_runs
+    from capsim.calibration.rows import combine_runs
 
     return combine_runs([load_measurements(d) for d in runs], [str(d) for d in runs])[1]
 
@@ -136,8 +136,8 @@ def test_cpu_entry_estimate_and_plan_with_calibrated_and_roofline_entries(measur
     res = runner.invoke(main, ["--catalog", str(cat), "estimate", "--gpu", "local-cpu", "--model", "mobilenet-v2", "--precision", "fp32", "--batch", "1", "4"])  # fmt: skip
     assert res.exit_code == 0 and "source: fitted" in res.output
     # the library call behind capsim estimate gives the block prediction used above
-    from capsim.estimate import estimate
-    from capsim.models import TransformerModel
+    from capsim.service.estimate import estimate
+    from capsim.spec.models import TransformerModel
 
     block = TransformerModel(name="b", layers=1, hidden_size=1024, attention_heads=8, kv_heads=8, ffn_size=2752, vocab_size=1, max_context=128)  # fmt: skip
     est = estimate(gpu, block, "fp32", [1], prompt=64, output=1)

@@ -11,9 +11,10 @@ import math
 
 import pytest
 
-from capsim.catalog import GIB, SOURCED_FIELDS, load_catalog
-from capsim.models import FixedModel, available_model_names, load_model_card
+from capsim.load import available_model_names, load_catalog, load_model_card
 from capsim.paths import shipped_catalog_dir, shipped_models_dir
+from capsim.spec.catalog import GIB, SOURCED_FIELDS
+from capsim.spec.models import FixedModel
 
 REQUIRED_CARDS = {
     "t4",

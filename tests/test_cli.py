@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
+import sys
 
 import click
 import numpy as np
 import pytest
 
-from capsim.cli import main
+from capsim.cli import COMMANDS, main
 from tests.conftest import small_fixed_scenario
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         yield (*prefix, name), cmd
         if isinstance(cmd, click.Group):
             yield from _commands(cmd, (*prefix, name))
@@ -25,6 +30,29 @@ def test_every_command_has_help_with_an_example(runner, path):
     assert res.exit_code == 0, res.output
     assert "Example" in res.output
     assert "capsim " in res.output
+
+
+def test_top_level_help_lists_each_command_with_its_own_summary():
+    ctx = click.Context(main)
+    for name, (_, _, summary) in COMMANDS.items():
+        cmd = main.get_command(ctx, name)
+        assert summary == inspect.getdoc(cmd.callback).split("\n\n")[0].replace("\n", " ")
+
+
+def test_help_imports_no_heavy_package():
+    code = (
+        "import sys\n"
+        "from capsim.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('scipy', 'pandas', 'matplotlib', 'simpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "Commands:" in res.stdout
 
 
 def _bad(runner, args, *needles):
@@ -178,9 +206,9 @@ def test_same_seed_same_numbers_different_seed_different_samples(runner, write_s
 
 
 def test_plan_is_the_same_in_parallel_and_serial(write_scenario):
-    from capsim.planner import plan
+    from capsim.load import load_scenario
+    from capsim.planning.api import plan
     from capsim.report.text import plan_dict
-    from capsim.scenario import load_scenario
 
     s = load_scenario(write_scenario(small_fixed_scenario()))
     serial = plan_dict(plan(s, jobs=1))

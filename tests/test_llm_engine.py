@@ -1,4 +1,4 @@
-"""The continuous-batching engine (capsim.sim.llm): oracles, preemption, routers, CLI."""
+"""The continuous-batching engine (capsim.sim.llm_engine): oracles, preemption, routers, CLI."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capsim.catalog import load_catalog
 from capsim.errors import InputError
-from capsim.models import load_model_card
+from capsim.load import load_catalog, load_model_card
 from capsim.service.fixed import Unsupported
-from capsim.service.llm import LLMEngineSettings
-from capsim.sim.llm import EngineLimits, LLMService, _sum_max_lines, engine_settings, run_llm
+from capsim.sim.llm_adapter import LLMService
+from capsim.sim.llm_engine import run_llm
+from capsim.sim.llm_types import EngineLimits, _sum_max_lines
+from capsim.spec.engine import LLMEngineSettings, engine_settings
 
 from .conftest import ROOT, SHARED
 
@@ -306,8 +307,8 @@ def _small_chatbot(write_scenario, **over):
 
 
 def test_empirical_tokens_are_trace_pairs(write_scenario):
-    from capsim.scenario import load_scenario
-    from capsim.workload import make_stream
+    from capsim.load import load_scenario
+    from capsim.workload.streams import make_stream
 
     s = load_scenario(_small_chatbot(write_scenario))
     st = make_stream(s, 0)
@@ -320,9 +321,9 @@ def test_empirical_tokens_are_trace_pairs(write_scenario):
 
 
 def test_simulate_is_deterministic_and_reports_llm_metrics(write_scenario, tmp_path):
+    from capsim.evaluate import Config, simulate
+    from capsim.load import load_scenario
     from capsim.report.files import write_evaluation
-    from capsim.scenario import load_scenario
-    from capsim.simulate import Config, simulate
 
     s = load_scenario(_small_chatbot(write_scenario))
     a = simulate(s, Config("l4", "fp8", 2), replications=2)
@@ -351,7 +352,9 @@ def test_bad_engine_key_in_scenario(write_scenario, runner):
     res = runner.invoke(main, ["simulate", str(path), "--gpu", "l4", "--precision", "fp8",
                                "--replicas", "2"])  # fmt: skip
     assert res.exit_code == 2
-    assert "fleet.batching.engine.max_batch_tokens" in res.output
+    assert "fleet.batching.engine" in res.output
+    assert "unknown field 'max_batch_tokens'" in res.output
+    assert "max_num_batched_tokens" in res.output  # the accepted names are listed
 
 
 def test_chatbot_plan_cli_reduced(write_scenario, runner):

@@ -12,24 +12,21 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from capsim.catalog import GIB, GPU, load_gpu_file
-from capsim.models import load_model_card
+from capsim.load import load_gpu_file, load_model_card
 from capsim.paths import shipped_catalog_dir
-from capsim.service.llm import (
-    IterationShape,
-    LLMEngineSettings,
-    LLMServiceModel,
-    OpContext,
-    default_op_timer,
-    estimate_llm,
+from capsim.service.comm import OpContext, default_op_timer
+from capsim.service.llm import LLMServiceModel
+from capsim.service.llm_estimate import estimate_llm
+from capsim.service.llm_memory import (
     kv_bytes_per_token,
     memory_fit,
     param_count,
-    prefill_iterations,
-    prefill_work,
     weight_bytes_per_gpu,
 )
+from capsim.service.llm_ops import IterationShape, prefill_iterations, prefill_work
 from capsim.service.roofline import OpCost, OpTime
+from capsim.spec.catalog import GIB, GPU
+from capsim.spec.engine import LLMEngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDUR = ROOT.parent / "shared" / "data" / "vidur_profiling"

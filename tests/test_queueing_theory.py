@@ -1,4 +1,4 @@
-"""Checks of capsim.queueing against the worked numbers in the reference and basic identities.
+"""Checks of capsim.analysis.theory against the worked numbers in the reference and basic identities.
 
 Worked numbers are compared to every digit the reference prints: the tolerance is half a unit in
 the last printed digit (always tighter than a relative 1e-3).
@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-import capsim.queueing as q
+import capsim.analysis.theory as q
+from capsim.analysis import theory_batch, theory_mmc
 
 
 def digits(value: str) -> pytest.approx:
@@ -64,7 +65,7 @@ def test_worked_mdc():
 
 def test_worked_batch_mmk1():
     lam, mu, k = 8.0, 2.0, 8
-    assert q._batch_mmk1_root(lam, mu, k) == digits("0.84300")
+    assert theory_batch._batch_mmk1_root(lam, mu, k) == digits("0.84300")
     assert q.batch_mmk1_wait_mean(lam, mu, k) == digits("0.6458")
 
 
@@ -77,9 +78,11 @@ def test_worked_batch_deterministic_size_dependent():
 
 
 def test_docstring_examples():
-    result = doctest.testmod(q, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 10
-    assert result.failed == 0
+    results = [
+        doctest.testmod(m, optionflags=doctest.ELLIPSIS) for m in (q, theory_mmc, theory_batch)
+    ]
+    assert sum(r.attempted for r in results) > 10
+    assert sum(r.failed for r in results) == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def test_mdc_result_is_frozen():
 
 def test_batch_mmk1_root_and_k1():
     lam, mu, k = 8.0, 2.0, 8
-    r = q._batch_mmk1_root(lam, mu, k)
+    r = theory_batch._batch_mmk1_root(lam, mu, k)
     assert mu * r ** (k + 1) - (lam + mu) * r + lam == pytest.approx(0.0, abs=1e-12)
     # K = 1 is M/M/1
     assert q.batch_mmk1_wait_mean(0.6, 1.0, 1) == pytest.approx(0.6 / (1.0 - 0.6), rel=1e-10)

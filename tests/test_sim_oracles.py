@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capsim import queueing as q
-from capsim.sim.batched import EngineConfig, run_batched
+import capsim.analysis.theory as q
+from capsim.sim.batched import run_batched
+from capsim.sim.batched_queue import EngineConfig
 
 
 def poisson(lam: float, n: int, seed: int) -> np.ndarray:
@@ -188,7 +189,7 @@ def test_replication_interval_for_p99_covers_the_true_value():
     (An interval from the per-request order statistics would cover far less often: successive
     latencies are strongly correlated.)
     """
-    from capsim.stats import mser5, t_interval
+    from capsim.analysis.stats import mser5, t_interval
 
     lam, mu = 0.7, 1.0
     exact = q.mm1_response_quantile(lam, mu, 0.99)  # 15.35 s

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from capsim.autoscale import FixedSpec, HPASpec, KPASpec
 from capsim.errors import InputError
-from capsim.whatif import pick_baseline
+from capsim.planning.whatif import pick_baseline
+from capsim.spec.autoscaling import FixedSpec, HPASpec, KPASpec
 
 HPA = HPASpec(kind="hpa", target=80, max_replicas=8)
 KPA = KPASpec(kind="kpa", target=6)

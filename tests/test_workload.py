@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capsim.scenario import Burst, Diurnal, Piecewise, Poisson, Renewal, Trace
-from capsim.workload import arrival_times, rate_multiplier, read_trace, trace_stream
+from capsim.spec.scenario import Burst, Diurnal, Piecewise, Poisson, Renewal, Trace
+from capsim.workload.arrivals import arrival_times, rate_multiplier
+from capsim.workload.traces import read_trace, trace_stream
 from tests.conftest import SHARED
 
 

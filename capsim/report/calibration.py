@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from capsim.catalog import GPU
+from capsim.calibration.fit import _predict_row
+from capsim.calibration.rows import _row_label
+from capsim.service.calibrated import CalibratedTimer
 from capsim.service.roofline import OpCost, roofline_op_time
+from capsim.spec.catalog import GPU
+from capsim.spec.precision import HARNESS_FORMATS
 
 COLUMNS = [
     "kind",
@@ -38,7 +42,6 @@ COLUMNS = [
 ]
 #: token counts shown in the text table of stored calibration tables (all go to CSV / JSON)
 SHOWN_TOKENS = (1, 8, 64, 512, 4096)
-_HARNESS_FORMATS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 
 
 def _roofline_s(gpu: GPU | None, name: str, flops: float, nbytes: float, fmt: str) -> float:
@@ -49,8 +52,6 @@ def _roofline_s(gpu: GPU | None, name: str, flops: float, nbytes: float, fmt: st
 
 def measurement_frame(rows: list[dict[str, Any]], gpu: GPU | None) -> pd.DataFrame:
     """One row per timed measurement of a harness directory."""
-    from capsim.calibration_fit import _predict_row, _row_label
-
     out = []
     for r in rows:
         if r["kind"] in ("power_idle", "power_busy") or not r.get("median_s"):
@@ -58,7 +59,7 @@ def measurement_frame(rows: list[dict[str, Any]], gpu: GPU | None) -> pd.DataFra
         fmt = r["precision"]
         t = r["median_s"]
         f, b = float(r["flops"]), float(r["bytes"])
-        roof = _roofline_s(gpu, r["kind"], f, b, fmt) if fmt in _HARNESS_FORMATS else np.nan
+        roof = _roofline_s(gpu, r["kind"], f, b, fmt) if fmt in HARNESS_FORMATS else np.nan
         pred = _predict_row(gpu, r) if gpu is not None and gpu.calibration is not None else None
         label = _row_label(r)
         shape = label.split(" ", 2)[-1] if label.count(" ") >= 2 else ""
@@ -90,8 +91,6 @@ def measurement_frame(rows: list[dict[str, Any]], gpu: GPU | None) -> pd.DataFra
 
 def table_frame(gpu: GPU) -> pd.DataFrame:
     """One row per stored point of ``gpu``'s calibration tables."""
-    from capsim.service.calibrated import CalibratedTimer
-
     cal = gpu.calibration
     if cal is None:
         return pd.DataFrame(columns=COLUMNS)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from capsim.catalog import Catalog
+from capsim.spec.catalog import Catalog
+from capsim.spec.precision import MATH_FORMATS
 
-FORMATS = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+FORMATS = MATH_FORMATS
 
 
 def catalog_rows(cat: Catalog) -> list[dict[str, Any]]:

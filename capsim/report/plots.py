@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 
-from capsim.planner import PlanResult
-from capsim.simulate import Evaluation
+from capsim.evaluate import Evaluation
+from capsim.planning.static import PlanResult
 
 MS = 1000.0
 

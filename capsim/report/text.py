@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 
-from capsim.planner import CandidateResult, PlanResult
-from capsim.simulate import Evaluation
-
-MS = 1000.0
-
-
-def _ms(x: float) -> str:
-    return "inf" if not math.isfinite(x) else f"{x * MS:.1f}"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+from capsim.evaluate import Evaluation, slo_targets
+from capsim.planning.static import CandidateResult, PlanResult
+from capsim.report.tables import MS, _ms, _table
+from capsim.report.whatif import autoscaled_dict, format_autoscaled
 
 
 def evaluation_row(e: Evaluation) -> dict[str, Any]:
@@ -101,7 +88,7 @@ def plan_dict(result: PlanResult) -> dict[str, Any]:
         "slo": s.slo.model_dump(),
         "peak_rate_rps": result.peak_rate_rps,
         "recommendation": candidate_dict(rec) if rec else None,
-        "trace": trace_lines(result) if rec else [],
+        "trace": result.trace,
         "ranked": [candidate_dict(r) for r in result.feasible],
         "lost": [candidate_dict(r) for r in result.lost],
         **_autoscaled(result),
@@ -111,52 +98,7 @@ def plan_dict(result: PlanResult) -> dict[str, Any]:
 def _autoscaled(result: PlanResult) -> dict[str, Any]:
     if getattr(result, "autoscaled", None) is None:
         return {}
-    from capsim.report.whatif import autoscaled_dict
-
     return {"autoscaled": autoscaled_dict(result.autoscaled)}
-
-
-def trace_lines(result: PlanResult) -> list[str]:
-    """Where the recommendation's numbers come from: price, efficiencies, service times."""
-    from capsim.catalog import load_catalog
-    from capsim.simulate import make_service
-
-    rec = result.recommendation
-    assert rec is not None and rec.best is not None
-    s, e = result.scenario, rec.best
-    cat = result.catalog or load_catalog()
-    gpu = cat[e.config.gpu]
-    svc = make_service(s, gpu, e.config.precision, e.config.tp)
-    out = [
-        f"price: {e.price.label} x {e.config.gpus} GPUs = ${e.usd_per_hour:.2f}/h "
-        f"(catalog {gpu.id}: sources.price = {gpu.sources.get('price', '?')})",
-        f"roofline: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s {svc.math_format} x "
-        f"efficiency {gpu.efficiency.compute}; bandwidth {gpu.bandwidth_gb_s:g} GB/s x "
-        f"efficiency {gpu.efficiency.memory}; kernel overhead {gpu.kernel_overhead_us:g} us "
-        f"(sources.efficiency = {gpu.sources.get('efficiency', '?')})",
-    ]
-    if gpu.calibration is not None:  # measured tables / fitted curves replace the roofline
-        from capsim.service.calibrated import source_of
-
-        out.append(f"{source_of(gpu)}; used for service times, the roofline only where it has none")
-    if not s.is_llm:
-        mb = max(1, round(e.summary.scalars["mean_batch"].mean))
-        b = svc.batch(mb)
-        out.append(
-            f"service time: batch of {mb} (mean batch size) = {b.time_s * MS:.2f} ms "
-            f"({b.bound}-bound: compute {b.compute_s * MS:.2f} ms, memory {b.memory_s * MS:.2f} ms, "
-            f"overhead {b.overhead_s * MS:.2f} ms); source: {b.source}"
-        )
-    else:
-        if hasattr(svc, "trace_lines"):
-            out.extend(svc.trace_lines(mean_batch=e.summary.scalars["mean_batch"].mean))
-    sc = e.summary.scalars
-    out.append(
-        f"simulated: {e.summary.replications} replications, utilisation "
-        f"{sc['utilisation'].mean:.0%}, throughput {sc['throughput_rps'].mean:.1f} req/s, "
-        f"energy {sc['energy_j'].mean / 3.6e6:.3f} kWh per run"
-    )
-    return out
 
 
 def format_plan(result: PlanResult) -> str:
@@ -216,7 +158,7 @@ def format_plan(result: PlanResult) -> str:
             f"(p{p:g} {c.metric} {_ms(c.ci.mean)} ms, upper 95% limit {_ms(c.ci.high)} ms "
             f"<= target {c.target_s * MS:g} ms)"
         )
-        lines += [f"  {t}" for t in trace_lines(result)]
+        lines += [f"  {t}" for t in result.trace]
         if "usd_per_1m_output_tokens" in e.extra:  # LLM: cost per token, energy, KV cache
             x = e.extra
             lines.append(
@@ -233,15 +175,11 @@ def format_plan(result: PlanResult) -> str:
         rows = [[r.candidate.label(), r.status, r.reason] for r in lost]
         lines.append(_table(rows, ["config", "status", "reason"]))
     if getattr(result, "autoscaled", None) is not None:
-        from capsim.report.whatif import format_autoscaled
-
         lines += ["", format_autoscaled(result.autoscaled, s)]
     return "\n".join(lines)
 
 
 def _targets(s) -> list[tuple[str, float]]:
-    from capsim.simulate import slo_targets
-
     return slo_targets(s)
 
 

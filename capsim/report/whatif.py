@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 
-from capsim.report.text import MS, _ms, _table
-from capsim.whatif import PolicyResult, WhatIfResult
+from capsim.planning.autoscaled import knobs
+from capsim.planning.whatif import PolicyResult, WhatIfResult
+from capsim.report.tables import MS, _ms, _table
 
 
 def _share(x: float | None) -> str:
@@ -283,48 +282,10 @@ def plot_cdfs(ax: Axes, r: WhatIfResult, metric: str | None = None) -> Axes:
     return ax
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "policy"
-
-
-def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
-    """whatif.json, whatif.csv, hourly_attainment.csv, per policy a timeline CSV and PNG, and
-    latency_cdf.png — every write atomic."""
-    from capsim.report.files import write_csv, write_figure, write_json, write_panels
-
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = list(r.policies[0].targets)
-    paths = [
-        write_json(out / "whatif.json", whatif_dict(r)),
-        write_csv(out / "whatif.csv", r.frame()),
-        write_csv(out / "hourly_attainment.csv", r.hourly_frame()),
-    ]
-    for m in metrics:
-        name = "latency_cdf.png" if len(metrics) == 1 else f"latency_cdf_{m}.png"
-        paths.append(write_figure(out / name, lambda ax, m=m: plot_cdfs(ax, r, m)))
-    for p in r.policies:
-        slug = _slug(p.name)
-        paths.append(write_csv(out / f"timeline_{slug}.csv", p.timeline))
-        paths.append(
-            write_panels(
-                out / f"timeline_{slug}.png",
-                [
-                    lambda ax, p=p: plot_load(ax, p),
-                    lambda ax, p=p: plot_replicas(ax, p),
-                    lambda ax, p=p: plot_window_p(ax, p),
-                ],
-                title=f"{p.name}: {_describe(p)}",
-            )
-        )
-    return paths
-
-
 # --------------------------------------------------------------------------- plan (autoscaled)
 def autoscaled_frame(ap) -> Any:
     """Every autoscaled trial of the plan, one row each."""
     import pandas as pd
-
-    from capsim.plan_autoscale import knobs
 
     rows = []
     pct = None
@@ -360,8 +321,6 @@ def autoscaled_frame(ap) -> Any:
 
 
 def autoscaled_dict(ap) -> dict[str, Any]:
-    from capsim.plan_autoscale import knobs
-
     def cand(c) -> dict[str, Any]:
         d: dict[str, Any] = {
             "gpu": c.gpu,
@@ -401,8 +360,6 @@ def autoscaled_dict(ap) -> dict[str, Any]:
 
 def format_autoscaled(ap, scenario) -> str:
     """The autoscaled section of ``capsim plan``: tuned policy vs the fixed peak fleet."""
-    from capsim.plan_autoscale import knobs
-
     pct = scenario.slo.percentile
     h = ap.horizon_s / 3600
     lines = [
@@ -466,25 +423,3 @@ def format_autoscaled(ap, scenario) -> str:
     for n in ap.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)
-
-
-def write_autoscaled(out: Path, ap) -> list[Path]:
-    """autoscaled.csv (every trial) and the recommended policy's timeline."""
-    from capsim.report.files import write_csv, write_panels
-
-    paths = [write_csv(out / "autoscaled.csv", autoscaled_frame(ap))]
-    rec = ap.recommendation
-    if rec is not None:
-        p = rec.best.result
-        paths.append(
-            write_panels(
-                out / "autoscaled_timeline.png",
-                [
-                    lambda ax: plot_load(ax, p),
-                    lambda ax: plot_replicas(ax, p),
-                    lambda ax: plot_window_p(ax, p),
-                ],
-                title=f"{rec.label()}: {_describe(p)}",
-            )
-        )
-    return paths

@@ -30,8 +30,8 @@ timed by the first rule that applies, and :attr:`OpTime.source` says which:
 use it automatically. Pass ``timer=default_op_timer`` (LLM) or ``timer=roofline_op_time`` (fixed)
 to force the roofline.
 
->>> from capsim.catalog import load_catalog
->>> from capsim.models import load_model_card
+>>> from capsim.load import load_catalog
+>>> from capsim.load import load_model_card
 >>> from capsim.service.llm import LLMServiceModel
 >>> gpu = load_catalog()["a100-80gb-sxm"]
 >>> svc = LLMServiceModel(gpu, load_model_card("llama-2-7b"), "fp16")
@@ -47,9 +47,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.calibration import Calibration, EfficiencyCurve, OpTable
-from capsim.catalog import GPU
+from capsim.service.comm import comm_op_time
 from capsim.service.roofline import OpCost, OpTime, roofline_op_time
+from capsim.spec.calibration import Calibration, EfficiencyCurve, OpTable
+from capsim.spec.catalog import GPU
 
 MEASURED, FITTED, ROOFLINE = "measured", "fitted", "roofline"
 _SOURCES = (MEASURED, FITTED, ROOFLINE)
@@ -123,8 +124,6 @@ class CalibratedTimer:
 
     def __call__(self, gpu: GPU, cost: OpCost, ctx) -> OpTime:
         if ctx.op in COMM_OPS:
-            from capsim.service.llm import comm_op_time
-
             return comm_op_time(gpu, ctx.op, cost.bytes, ctx.tp)
         tm = self.evaluate(
             ctx.op, cost.flops, cost.bytes, cost.math_format, cost.kernels, ctx.n, ctx.k, ctx.tp,

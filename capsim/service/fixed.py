@@ -10,8 +10,8 @@ reads the weights once::
 Small batches are memory- (or launch-) bound: the weights are read for a handful of requests.
 Larger ones become compute-bound, which is why batching buys throughput.
 
->>> from capsim.catalog import load_catalog
->>> from capsim.models import load_model_card
+>>> from capsim.load import load_catalog
+>>> from capsim.load import load_model_card
 >>> svc = FixedServiceModel(load_catalog()["t4"], load_model_card("resnet-50"), "fp16")
 >>> svc.batch(1).time_s < svc.batch(8).time_s < 8 * svc.batch(1).time_s
 True
@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.catalog import GIB, GPU
-from capsim.models import FixedModel
-from capsim.precision import get_precision
+from capsim.service.calibrated import fixed_timer_for
 from capsim.service.roofline import OpCost, OpTime, power_fraction, roofline_op_time
+from capsim.spec.catalog import GIB, GPU
+from capsim.spec.models import FixedModel
+from capsim.spec.precision import get_precision
+from capsim.spec.scenario import Scenario
 
 #: CUDA context + framework workspace held on every card (PyTorch/TensorRT measure ~0.3-1 GiB).
 RESERVED_BYTES = 0.75 * GIB
@@ -89,8 +91,6 @@ class FixedServiceModel:
     ):
         self.gpu, self.model, self.batch_overhead_s = gpu, model, batch_overhead_s
         if timer is None and gpu.calibration is not None:
-            from capsim.service.calibrated import fixed_timer_for
-
             timer = fixed_timer_for(gpu)
         self.timer = timer or roofline_op_time
         self.precision = get_precision(precision)
@@ -139,6 +139,31 @@ class FixedServiceModel:
 
     def power_fractions(self, max_batch: int) -> np.ndarray:
         return np.array([0.0] + [self.batch(b).power_fraction for b in range(1, max_batch + 1)])
+
+    def max_throughput_rps(self, s: Scenario) -> float:
+        """Best throughput of one replica: full batches of up to ``fleet.max_batch``."""
+        t = self.batch_times(s.fleet.max_batch)
+        return max(b / t[b] for b in range(1, s.fleet.max_batch + 1))
+
+    def idle_latency_violation(self, s: Scenario) -> str | None:
+        """A request alone on an idle replica already slower than the target (None if not)."""
+        t1 = self.batch(1).time_s
+        if t1 > s.slo.latency_ms / 1000:
+            return (
+                f"one request alone takes {t1 * 1000:.2f} ms > target {s.slo.latency_ms:g} ms "
+                f"({self.batch(1).bound}-bound); more replicas cannot help"
+            )
+        return None
+
+    def trace_lines(self, s: Scenario | None = None, mean_batch: float | None = None) -> list[str]:
+        """The service time of the mean batch, with its bound and source."""
+        mb = max(1, round(mean_batch)) if mean_batch else 1
+        b = self.batch(mb)
+        return [
+            f"service time: batch of {mb} (mean batch size) = {b.time_s * 1e3:.2f} ms "
+            f"({b.bound}-bound: compute {b.compute_s * 1e3:.2f} ms, memory {b.memory_s * 1e3:.2f} ms, "
+            f"overhead {b.overhead_s * 1e3:.2f} ms); source: {b.source}"
+        ]
 
     def memory_fit(self, max_batch: int) -> MemoryFit:
         """Weights + activations of the largest batch + reserved, against usable memory."""

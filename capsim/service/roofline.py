@@ -6,9 +6,9 @@ For one operator (a GEMM, an attention kernel, a whole fixed-shape network's for
            + kernels * kernel_overhead
 
 where ``peak[fmt]`` is the card's dense peak for the math format actually used (see
-:mod:`capsim.precision`) and the efficiencies come from the catalog entry.
+:mod:`capsim.spec.precision`) and the efficiencies come from the catalog entry.
 
->>> from capsim.catalog import load_catalog
+>>> from capsim.load import load_catalog
 >>> gpu = load_catalog()["h100-sxm"]
 >>> t = roofline_op_time(gpu, OpCost("gemv", flops=2 * 4096 * 4096, bytes=2 * 4096 * 4096, math_format="fp16"))
 >>> t.bound
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from capsim.catalog import GPU
+from capsim.spec.catalog import GPU
 
 
 @dataclass(frozen=True)

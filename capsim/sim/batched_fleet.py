@@ -33,7 +33,7 @@ from operator import mul
 
 import numpy as np
 
-from capsim.sim.lifecycle import FleetSample
+from capsim.sim.batched_readout import FleetReadout
 
 _SCHEDULES: dict[tuple[int, int, int, float], tuple[np.ndarray, tuple]] = {}
 
@@ -80,7 +80,7 @@ class Jitter:
     """Multiplicative service-time factors, drawn on demand in chunks from one generator.
 
     Chunked draws give the same sequence as one large draw, so factor k is the same for every
-    policy (and equals ``capsim.simulate``'s factor k for the fixed-fleet engine).
+    policy (and equals ``capsim.evaluate``'s factor k for the fixed-fleet engine).
     """
 
     def __init__(self, rng: np.random.Generator | None, cv: float):
@@ -98,7 +98,7 @@ class Jitter:
         return memoryview(self.buf)
 
 
-class BatchedFleet:
+class BatchedFleet(FleetReadout):
     """Replicas serving a shared queue with dynamic batching; implements ``ScalableFleet``.
 
     ``jitter`` is an array of per-batch factors (at least one per request) or a :class:`Jitter`.
@@ -477,94 +477,3 @@ class BatchedFleet:
         while j >= 0 and nt[j] >= horizon:
             carry.append((nt[j] + ns[j], nbz[j]))
             j -= 1
-
-    def _longest(self) -> float:
-        f = self._jsrc.max_factor if self._jsrc is not None else self.max_factor
-        return max(self.bt) * f
-
-    # ------------------------------------------------------------------ observation
-    def _arrived(self, t: float) -> int:
-        hi = bisect_right(self._mv, t, self._seen)
-        if hi > self._seen:
-            self._seen_sum += float(self.arr[self._seen : hi].sum())
-            self._seen = hi
-        return hi
-
-    def sample(self, t: float) -> FleetSample:
-        """Counters since time 0, exact at ``t`` (call after ``sync(t)``).
-
-        Only the batches logged since the last sample are looked at (plus those that were
-        still running then), so a sample costs the same whatever the length of the run.
-        """
-        self._sum_pending(t)
-        arrived = self._arrived(t)
-        started = self.head
-        carry = [x for x in self._carry if x[0] > t]
-        self._carry = carry
-        rem_sum = 0.0
-        rem_req = 0.0
-        in_service = 0
-        for e, b in carry:
-            rem_sum += e - t
-            rem_req += b * (e - t)
-            in_service += b
-        if self.limit is not None:
-            queue = len(self.adm) - started
-            int_a = self._admitted_integral(t)
-        else:
-            queue = max(arrived - started, 0)
-            int_a = arrived * t - self._seen_sum
-        int_s = started * t - self.sum_btg
-        int_d = started * t - (self.sum_btg + self.sum_bs) + rem_req
-        return FleetSample(
-            t=t,
-            arrived=arrived,
-            queue=queue,
-            in_service=in_service,
-            busy=len(carry),
-            busy_seconds=self.sum_s - rem_sum,
-            request_seconds=int_a - int_d,
-            queue_seconds=int_a - int_s,
-            rejected=self.rejected,
-            oldest_wait=(t - self._mv[self._queue_head_index()]) if queue > 0 else 0.0,
-        )
-
-    def _queue_head_index(self) -> int:
-        return self.adm[self.head] if self.limit is not None else self.head
-
-    def _admitted_integral(self, t: float) -> float:
-        k = len(self.adm)
-        if k > self._adm_seen:
-            idx = np.frombuffer(self.adm, dtype=np.int64, count=k)[self._adm_seen :]
-            self._adm_sum += float(self.arr[idx].sum())
-            self._adm_seen = k
-        return k * t - self._adm_sum
-
-    # ------------------------------------------------------------------ results
-    def batch_log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Start, duration and size of every batch, in start order."""
-        self._flush(count=False)
-        if not self.blocks:
-            return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-        if len(self.blocks) > 1:
-            self.blocks = [tuple(np.concatenate(c) for c in zip(*self.blocks, strict=True))]
-        return self.blocks[0]
-
-    @property
-    def log_rows(self) -> list[tuple[float, float, int]]:
-        """The batch log as tuples (start, duration, size) — for small runs and tests."""
-        st, du, sz = self.batch_log()
-        return list(zip(st.tolist(), du.tolist(), sz.tolist(), strict=True))
-
-    def service_order(self) -> np.ndarray:
-        """Request indices in the order they started (arrival order without a queue limit)."""
-        if self.limit is not None:
-            return np.frombuffer(self.adm, dtype=np.int64, count=len(self.adm)).copy()
-        return np.arange(self.n)
-
-    def rejected_mask(self) -> np.ndarray:
-        mask = np.zeros(self.n, dtype=bool)
-        if self.limit is not None:
-            mask[: self.scanned] = True
-            mask[self.service_order()] = False
-        return mask

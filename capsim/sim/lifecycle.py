@@ -3,7 +3,7 @@
 The autoscaler is a SimPy process. Every ``policy.period_s`` seconds it brings the engine up to
 the present (:meth:`ScalableFleet.sync`), reads the engine's cumulative counters
 (:class:`FleetSample`), turns their differences since the last tick into an
-:class:`~capsim.autoscale.Observation`, asks the policy for the desired count and reconciles:
+:class:`~capsim.sim.policies.Observation`, asks the policy for the desired count and reconciles:
 
 * more wanted: new replicas are *requested* now and *provision* for a cold start (sum of the
   node, image, weights and warm-up phases, one draw per replica from its own random stream);
@@ -30,7 +30,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import simpy
 
-from capsim.autoscale import ColdStart, Observation, Policy
+from capsim.sim.policies import Observation, Policy
+from capsim.spec.autoscaling import ColdStart
+from capsim.workload.streams import seed_children
 
 
 # --------------------------------------------------------------------------- engine interface
@@ -81,10 +83,8 @@ class ScalableFleet(Protocol):
 
 # --------------------------------------------------------------------------- cold starts
 def cold_start_seed(seed: int, replication: int) -> np.random.SeedSequence:
-    """The replication's cold-start stream (:func:`capsim.workload.seed_children`, 4th child):
+    """The replication's cold-start stream (:func:`capsim.workload.streams.seed_children`, 4th child):
     its own, so every policy still sees the same arrivals and service-time jitter."""
-    from capsim.workload import seed_children
-
     return seed_children(seed, replication)[3]
 
 

@@ -1,6 +1,6 @@
 """The continuous-batching LLM engine with replicas that come and go (the autoscaler's view).
 
-:class:`ScalableLLMFleet` is :class:`capsim.sim.llm.LLMFleet` — the same vLLM-like replicas,
+:class:`ScalableLLMFleet` is :class:`capsim.sim.llm_engine.LLMFleet` — the same vLLM-like replicas,
 iterations and routers — implementing :class:`capsim.sim.lifecycle.ScalableFleet`:
 
 * it runs on its own SimPy environment; ``sync(t)`` runs it up to ``t`` (the autoscaler's
@@ -20,7 +20,7 @@ completions, so a sample costs O(replicas) whatever the length of the run. "Queu
 yet admitted to a batch; a request preempted later counts as in service.
 
 >>> import numpy as np
->>> from capsim.sim.llm import EngineLimits
+>>> from capsim.sim.llm_types import EngineLimits
 >>> class Const:                        # 10 ms per iteration, whatever the batch
 ...     def iteration_time(self, *a, **k): return 0.01
 >>> f = ScalableLLMFleet(np.array([0.0, 0.5]), np.array([10, 10]), np.array([3, 3]), Const(),
@@ -43,14 +43,8 @@ import numpy as np
 import simpy
 
 from capsim.sim.lifecycle import FleetSample
-from capsim.sim.llm import (
-    EngineLimits,
-    IterationTimer,
-    LLMFleet,
-    LLMRunResult,
-    _Replica,
-    run_result,
-)
+from capsim.sim.llm_engine import LLMFleet, run_result
+from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult, _Replica
 
 
 class ScalableLLMFleet(LLMFleet):

@@ -1,0 +1,67 @@
+"""Money and energy: prices per GPU-hour from the catalog, and a linear power model.
+
+Power while a batch runs is ``warm_idle + (max - warm_idle) * f`` where ``f`` is 1 for
+compute-bound work and ``memory_bound_fraction`` for memory-bound work (see
+:func:`capsim.service.roofline.power_fraction`); between batches a replica draws its warm-idle
+power (it holds the model in memory).
+
+>>> from capsim.load import load_catalog
+>>> price_per_gpu_hour(load_catalog()["h100-sxm"]).usd_per_hour
+6.88
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.spec.catalog import GPU, PriceOption
+
+
+@dataclass(frozen=True)
+class Price:
+    usd_per_hour: float
+    provider: str
+    instance: str | None
+
+    @property
+    def label(self) -> str:
+        inst = f" {self.instance}" if self.instance else ""
+        return f"{self.provider}{inst} ${self.usd_per_hour:g}/GPU-h"
+
+
+def price_per_gpu_hour(gpu: GPU, provider: str | None = None) -> Price:
+    """The catalog's default price, or the named provider's when the card lists one."""
+    options: list[PriceOption] = [gpu.price, *gpu.price.alternatives]
+    chosen: PriceOption = gpu.price
+    if provider is not None:
+        for o in options:
+            if o.provider == provider:
+                chosen = o
+                break
+    return Price(chosen.usd_per_hour, chosen.provider, chosen.instance)
+
+
+def batch_energy_j(
+    gpu: GPU, durations: np.ndarray, power_fractions: np.ndarray, gpus_per_replica: int = 1
+) -> float:
+    """Energy of the busy periods (J): each batch at its own power level."""
+    p = gpu.power
+    watts = p.warm_idle_w + (p.max_w - p.warm_idle_w) * power_fractions
+    return float(np.dot(durations, watts)) * gpus_per_replica
+
+
+def llm_busy_energy_j(
+    gpu: GPU, prefill_s: float, decode_s: float, gpus_per_replica: int = 1
+) -> float:
+    """Energy of LLM engine iterations (J): those with prefill work at max power (compute-bound),
+    decode-only ones at the memory-bound level."""
+    p = gpu.power
+    watts_dec = p.warm_idle_w + (p.max_w - p.warm_idle_w) * p.memory_bound_fraction
+    return (prefill_s * p.max_w + decode_s * watts_dec) * gpus_per_replica
+
+
+def idle_energy_j(gpu: GPU, idle_seconds: float, gpus_per_replica: int = 1) -> float:
+    """Energy of warm-idle replica time (J)."""
+    return gpu.power.warm_idle_w * idle_seconds * gpus_per_replica

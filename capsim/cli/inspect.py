@@ -1,0 +1,126 @@
+"""``capsim estimate``, ``capsim validate`` and ``capsim schema``: look at a model, a scenario or the file formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from capsim.cli.options import (
+    catalog_of,
+    emit,
+    handle_errors,
+)
+from capsim.errors import InputError
+from capsim.load import load_model_card, load_scenario
+from capsim.report.output import to_json
+from capsim.service.estimate import estimate as run_estimate
+from capsim.spec.catalog import GPU
+from capsim.spec.models import _CardFile
+from capsim.spec.scenario import Scenario
+from capsim.workload.streams import peak_rate, sim_horizon
+
+
+# --------------------------------------------------------------------------- estimate
+@click.command()
+@click.option("--gpu", required=True, help="Catalog id, e.g. h100-sxm.")
+@click.option(
+    "--model", "model_name", required=True, help="Model card name, e.g. resnet-50 or llama-3.1-8b."
+)
+@click.option("--precision", required=True)
+@click.option(
+    "--batch",
+    "batches",
+    type=click.IntRange(1, 65536),
+    multiple=True,
+    help="Batch size(s); repeat or space-separate.",
+)
+@click.option(
+    "--tp", type=click.Choice(["1", "2", "4", "8"]), default="1", help="Tensor parallelism (LLM)."
+)
+@click.option(
+    "--prompt",
+    type=click.IntRange(1, 10**6),
+    default=1024,
+    show_default=True,
+    help="Prompt tokens (LLM).",
+)
+@click.option(
+    "--output",
+    type=click.IntRange(1, 10**6),
+    default=256,
+    show_default=True,
+    help="Output tokens (LLM).",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.argument("more_batches", nargs=-1, type=click.IntRange(1, 65536))
+@click.pass_context
+@handle_errors
+def estimate(
+    ctx, gpu, model_name, precision, batches, tp, prompt, output, fmt, more_batches
+) -> None:
+    """Service time and memory fit of one model on one card: the roofline breakdown.
+
+    \b
+    Examples:
+      capsim estimate --gpu t4 --model resnet-50 --precision int8 --batch 1 8 32
+      capsim estimate --model llama-3.1-8b --gpu h100-sxm --precision fp8 --batch 32 --prompt 1024 --output 256
+    """
+    cat = catalog_of(ctx)
+    if gpu not in cat.gpus:
+        raise InputError(f"unknown GPU '{gpu}'; the catalog has: {', '.join(cat)}", where="--gpu")
+    try:
+        card = load_model_card(model_name)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0]), where="--model") from None
+    sizes = list(batches) + list(more_batches) or [1, 8, 32]
+    result = run_estimate(
+        cat[gpu], card, precision, sizes, tp=int(tp), prompt=prompt, output=output
+    )
+    if fmt == "json":
+        emit(to_json(result.to_dict()))
+    else:
+        emit(result.to_text())
+
+
+# --------------------------------------------------------------------------- validate, schema
+@click.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.pass_context
+@handle_errors
+def validate(ctx, scenario: Path) -> None:
+    """Check a scenario file (and the GPUs and model it names) without running it.
+
+    \b
+    Example:
+      capsim validate scenarios/vision.yaml
+    """
+    s = load_scenario(scenario, catalog_of(ctx))
+    h, scale = sim_horizon(s)
+    comp = f" (compressed x{1 / scale:.0f})" if scale < 1 else ""
+    emit(
+        f"ok: {scenario}: '{s.name}', model {s.model.name} ({s.model.kind}), "
+        f"{len(s.candidates.gpus)} GPUs x {len(s.candidates.precisions)} precisions, "
+        f"peak {peak_rate(s):.1f} req/s, simulated horizon {h:g} s{comp}"
+    )
+
+
+@click.command()
+@click.option(
+    "--kind",
+    type=click.Choice(["scenario", "catalog", "model"]),
+    default="scenario",
+    show_default=True,
+)
+def schema(kind: str) -> None:
+    """Print the JSON Schema of scenario, catalog-entry or model-card files (for editors).
+
+    \b
+    Example:
+      capsim schema --kind scenario > scenario.schema.json
+    """
+    model = {"scenario": Scenario, "catalog": GPU, "model": _CardFile}[kind]
+    emit(json.dumps(model.model_json_schema(), indent=2))

@@ -1,0 +1,64 @@
+"""What the CLI's commands share: options, the user-error handler, catalog and progress.
+
+Every command module (``cli``, ``cli_whatif``, ``cli_calibrate``) takes these from here, so a
+user error looks the same everywhere: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+import click
+
+from capsim.errors import InputError
+from capsim.load import load_catalog
+from capsim.service.fixed import Unsupported
+
+FORMATS = click.Choice(["table", "json", "csv"])
+
+jobs_option = click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Parallel processes.",
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit (2: bad input)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn user-input errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, Unsupported) as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def catalog_of(ctx: click.Context):
+    """The catalog the command runs against (``--catalog``, ``CAPSIM_CATALOG`` or shipped)."""
+    return load_catalog(ctx.obj.get("catalog") if ctx.obj else None)
+
+
+def progress_printer(quiet: bool):
+    """Progress lines on stderr when it is a terminal, else None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return lambda msg: click.echo(f"  {msg}", err=True)
+
+
+def emit(text: str) -> None:
+    click.echo(text)

@@ -1,0 +1,116 @@
+"""``capsim plan`` and ``capsim simulate``: search the candidates, or evaluate one configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from capsim.cli.options import (
+    FORMATS,
+    catalog_of,
+    emit,
+    handle_errors,
+    jobs_option,
+    progress_printer,
+    quiet_option,
+)
+from capsim.errors import InputError
+from capsim.evaluate import Config
+from capsim.evaluate import simulate as run_sim
+from capsim.load import load_scenario
+from capsim.planning.api import plan as run_plan
+from capsim.report.files import write_evaluation, write_plan
+from capsim.report.output import to_json
+from capsim.report.text import (
+    evaluation_dict,
+    format_evaluation,
+    format_plan,
+    plan_dict,
+    plan_frame,
+)
+from capsim.spec.precision import PRECISIONS
+
+
+# --------------------------------------------------------------------------- plan
+@click.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write CSV/JSON and PNG plots here.",
+)
+@jobs_option
+@quiet_option
+@click.pass_context
+@handle_errors
+def plan(
+    ctx: click.Context, scenario: Path, fmt: str, out: Path | None, jobs: int, quiet: bool
+) -> None:
+    """Find the cheapest configuration meeting the scenario's SLO, and why the others lost.
+
+    \b
+    Example:
+      capsim plan scenarios/embedding.yaml --out results/ --jobs 2
+    """
+    cat = catalog_of(ctx)
+    s = load_scenario(scenario, cat)
+    result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
+    if fmt == "json":
+        emit(to_json(plan_dict(result)))
+    elif fmt == "csv":
+        emit(plan_frame(result).to_csv(index=False))
+    else:
+        emit(format_plan(result))
+    if out is not None:
+        paths = write_plan(out, result)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+
+# --------------------------------------------------------------------------- simulate
+@click.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--gpu", required=True, help="Catalog id, e.g. l4.")
+@click.option("--precision", required=True, help="fp32, tf32, fp16, bf16, fp8, int8 or int4.")
+@click.option("--replicas", type=click.IntRange(1, 100000), required=True)
+@click.option(
+    "--tp", type=click.Choice(["1", "2", "4", "8"]), default="1", help="Tensor parallelism (LLM)."
+)
+@click.option(
+    "--replications", type=click.IntRange(1, 1000), default=None, help="Override the scenario."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+@handle_errors
+def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out) -> None:
+    """Simulate one configuration and print its full metrics.
+
+    \b
+    Example:
+      capsim simulate scenarios/vision.yaml --gpu l4 --precision int8 --replicas 3
+    """
+    cat = catalog_of(ctx)
+    if gpu not in cat.gpus:
+        raise InputError(f"unknown GPU '{gpu}'; the catalog has: {', '.join(cat)}", where="--gpu")
+    if precision not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
+            where="--precision",
+        )
+    s = load_scenario(scenario, cat)
+    if replications == 1 and s.simulation.replications > 1:
+        replications = 2  # an interval needs two
+    ev = run_sim(
+        s, Config(gpu, precision, replicas, int(tp)), catalog=cat, replications=replications
+    )
+    if fmt == "json":
+        emit(to_json(evaluation_dict(ev)))
+    else:
+        emit(format_evaluation(ev))
+    if out is not None:
+        paths = write_evaluation(out, ev)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)

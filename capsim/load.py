@@ -1,0 +1,201 @@
+"""Reading spec files: the hardware catalog, model cards and scenarios, with their cross-checks.
+
+The only module that opens catalog, model-card and scenario YAML; the schemas themselves live in
+:mod:`capsim.spec` and never touch the file system.
+
+>>> s = load_scenario("scenarios/embedding.yaml")
+>>> s.slo.percentile
+99.0
+>>> load_catalog()["h100-sxm"].peak_flops("fp8") / 1e12
+1979.0
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from capsim.errors import InputError, load_yaml, parse_model
+from capsim.paths import resolve_scenario_path, shipped_catalog_dir, shipped_models_dir
+from capsim.spec.catalog import GPU, Catalog
+from capsim.spec.engine import engine_settings
+from capsim.spec.models import FixedModel, TransformerModel, parse_model_card
+from capsim.spec.precision import PRECISIONS
+from capsim.spec.scenario import Scenario, Trace
+from capsim.workload.streams import check_traffic  # workload builds on this module
+
+
+def load_gpu_file(path: str | os.PathLike) -> GPU:
+    """Parse and validate one catalog YAML file."""
+    p = Path(path)
+    gpu = parse_model(GPU, load_yaml(p), file=p)
+    if gpu.id != p.stem:
+        raise InputError(f"id '{gpu.id}' must match the file name '{p.stem}'", file=p, where="id")
+    return gpu
+
+
+def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
+    """Load every ``*.yaml`` in a catalog directory (default: the shipped catalog)."""
+    d = Path(path) if path is not None else shipped_catalog_dir()
+    if not d.is_dir():
+        raise InputError("catalog directory not found", file=d)
+    gpus: dict[str, GPU] = {}
+    files: dict[str, Path] = {}
+    for f in sorted(d.glob("*.yaml")):
+        gpu = load_gpu_file(f)
+        gpus[gpu.id] = gpu
+        files[gpu.id] = f
+    if not gpus:
+        raise InputError("no *.yaml catalog entries in this directory", file=d)
+    return Catalog(gpus, files)
+
+
+def model_search_dirs(scenario_dir: Path | None = None) -> list[Path]:
+    dirs = []
+    if scenario_dir is not None:
+        dirs.append(scenario_dir / "models")
+    dirs.append(shipped_models_dir())
+    return dirs
+
+
+def available_model_names(scenario_dir: Path | None = None) -> list[str]:
+    names = set()
+    for d in model_search_dirs(scenario_dir):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def load_model_card(name: str, scenario_dir: Path | None = None) -> FixedModel | TransformerModel:
+    """Find a card by name in ``<scenario_dir>/models`` then in the shipped cards."""
+    for d in model_search_dirs(scenario_dir):
+        f = d / f"{name}.yaml"
+        if f.is_file():
+            card = parse_model_card(load_yaml(f), file=f)
+            if card.name != name:
+                raise InputError(
+                    f"name '{card.name}' must match the file name '{name}'", file=f, where="name"
+                )
+            return card
+    raise KeyError(
+        f"unknown model {name!r}; available: {', '.join(available_model_names(scenario_dir))}"
+    )
+
+
+def _resolve_model(data: dict, base: Path, file: Path) -> None:
+    model = data.get("model")
+    if isinstance(model, str):
+        try:
+            data["model"] = load_model_card(model, base).model_dump()
+        except KeyError as exc:
+            raise InputError(str(exc.args[0]), file=file, where="model") from None
+    elif isinstance(model, dict):
+        parse_model_card(model, file=f"{file} (model)")
+
+
+def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, key: str) -> None:
+    """Make ``traffic.<section>.<key>`` (a CSV path, when ``kind`` matches) absolute and check it."""
+    spec = (data.get("traffic") or {}).get(section)
+    if isinstance(spec, dict) and spec.get("kind") == kind and spec.get(key):
+        p = Path(str(spec[key]))
+        if not p.is_absolute():
+            p = base / p
+        if p.is_dir():
+            raise InputError(
+                f"expected a CSV file, got a directory: {p}",
+                file=file,
+                where=f"traffic.{section}.{key}",
+            )
+        if not p.is_file():
+            raise InputError(
+                f"trace file not found: {p}", file=file, where=f"traffic.{section}.{key}"
+            )
+        spec[key] = str(p)
+
+
+def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
+    """Unknown GPUs and unknown price providers are errors naming the field."""
+    for i, g in enumerate(s.candidates.gpus):
+        if g not in catalog.gpus:
+            raise InputError(
+                f"unknown GPU '{g}'; the catalog has: {', '.join(sorted(catalog.gpus))}",
+                file=file,
+                where=f"candidates.gpus[{i}]",
+            )
+    for p in s.candidates.precisions:
+        if p not in PRECISIONS:  # pragma: no cover - Literal already checks
+            raise InputError(f"unknown precision {p}", file=file, where="candidates.precisions")
+    w = s.whatif
+    if w is not None and w.gpu is not None and w.gpu not in catalog.gpus:
+        raise InputError(
+            f"unknown GPU '{w.gpu}'; the catalog has: {', '.join(sorted(catalog.gpus))}",
+            file=file,
+            where="whatif.gpu",
+        )
+    if w is not None and w.precision is not None and w.precision not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{w.precision}'; accepted: {', '.join(PRECISIONS)}",
+            file=file,
+            where="whatif.precision",
+        )
+    prov = s.candidates.price_provider
+    if prov is not None:
+        known = {
+            prov_.provider
+            for g in catalog.gpus.values()
+            for prov_ in (g.price, *g.price.alternatives)
+        }
+        if prov not in known:
+            raise InputError(
+                f"no card lists provider '{prov}'; known: {', '.join(sorted(known))}",
+                file=file,
+                where="candidates.price_provider",
+            )
+
+
+def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Scenario:
+    """Read, resolve (model card by name, trace path) and validate a scenario file."""
+    file = resolve_scenario_path(path)
+    data = load_yaml(file)
+    if not isinstance(data, dict):
+        raise InputError("a scenario must be a mapping of fields", file=file)
+    base = file.parent
+    _resolve_model(data, base, file)
+    _resolve_file(data, base, file, "arrivals", "trace", "path")
+    _resolve_file(data, base, file, "tokens", "empirical", "trace")
+    scenario = parse_model(Scenario, data, file=file)
+    cat = catalog if catalog is not None else load_catalog()
+    check_against_catalog(scenario, cat, file=str(file))
+    if scenario.is_llm:
+        check_llm(scenario, cat, file=str(file))
+    check_traffic(scenario, file=str(file))
+    return scenario
+
+
+def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
+    """What an LLM scenario needs beyond its schema: token lengths for every request, and
+    engine settings that the model allows (as vLLM checks them at start-up)."""
+    a = s.traffic.arrivals
+    if (
+        s.traffic.tokens is None
+        and isinstance(a, Trace)
+        and (a.prompt_tokens_column is None or a.output_tokens_column is None)
+    ):
+        raise InputError(
+            "LLM traffic needs token lengths: give traffic.tokens, or the trace's "
+            "prompt_tokens_column and output_tokens_column",
+            file=file,
+            where="traffic.tokens",
+        )
+    if s.traffic.tokens is None and not isinstance(a, Trace):
+        raise InputError(
+            "LLM traffic needs token lengths: give traffic.tokens (lognormal or empirical)",
+            file=file,
+            where="traffic.tokens",
+        )
+    engine = getattr(s.fleet.batching, "engine", {}) or {}
+    try:
+        for g in s.candidates.gpus:  # the card-dependent defaults differ
+            engine_settings(engine, s.model, catalog[g])
+    except InputError as exc:
+        raise InputError(exc.message, file=file, where=exc.where) from None

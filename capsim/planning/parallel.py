@@ -1,0 +1,70 @@
+"""Running many independent simulations: one helper, any :class:`concurrent.futures.Executor`.
+
+Every command that runs many simulations (the static plan's candidate waves, the autoscaled
+plan's finalists, the what-if policy × replication grid) goes through :func:`run_tasks`. Tasks
+and results are plain picklable data and ``fn`` is a module-level function, so any executor
+works: local processes (the default when ``jobs > 1``), threads, or a distributed engine's
+``Executor``. Results come back in task order whatever order the workers finish in, so a run's
+numbers do not depend on the executor.
+
+>>> run_tasks(abs, [-2, 3, -5])
+[2, 3, 5]
+>>> seen = []
+>>> run_tasks(abs, [-1, -4], progress=lambda i, n, r: seen.append((i, n, r)))
+[1, 4]
+>>> seen
+[(1, 2, 1), (2, 2, 4)]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Progress = Callable[[int, int, Any], None]
+
+
+def local_executor(jobs: int, tasks: int) -> Executor | None:
+    """A local process pool for ``jobs`` workers, or None when running in this process is as fast.
+
+    >>> local_executor(1, 10) is None and local_executor(4, 1) is None
+    True
+    """
+    if jobs <= 1 or tasks <= 1:
+        return None
+    return ProcessPoolExecutor(max_workers=min(jobs, tasks, os.cpu_count() or 1))
+
+
+def run_tasks(
+    fn: Callable[[T], R],
+    tasks: Iterable[T],
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    *,
+    jobs: int = 1,
+) -> list[R]:
+    """``[fn(t) for t in tasks]``, on ``executor`` (or local processes when ``jobs > 1``).
+
+    ``progress(i, n, result)`` is called after the i-th of n results, in task order. An
+    executor passed in is used and left open (its owner shuts it down); one made here for
+    ``jobs`` is shut down before returning.
+    """
+    todo = list(tasks)
+    own = executor is None
+    pool = local_executor(jobs, len(todo)) if own else executor
+    results: list[R] = []
+    try:
+        outs = pool.map(fn, todo) if pool is not None else map(fn, todo)
+        for i, r in enumerate(outs, 1):
+            results.append(r)
+            if progress is not None:
+                progress(i, len(todo), r)
+    finally:
+        if own and pool is not None:
+            pool.shutdown()
+    return results

@@ -1,0 +1,246 @@
+"""The closed-form LLM estimate: time to first token, per-token latency and throughput at a batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from capsim.service.comm import OpTimer
+from capsim.service.llm import LLMServiceModel
+from capsim.service.llm_memory import (
+    MemoryFit,
+    _precision,
+    memory_fit,
+    parallelism_problem,
+    precision_problem,
+)
+from capsim.service.llm_ops import IterationBreakdown, IterationShape, prefill_iterations
+from capsim.spec.catalog import GIB, GPU
+from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.models import TransformerModel
+from capsim.spec.precision import Precision
+
+
+@dataclass(frozen=True)
+class LLMEstimate:
+    """Service time and memory of one batch on one replica (the ``capsim estimate`` answer).
+
+    Times are ``None`` when the card cannot run the configuration at all (precision or tensor
+    parallel split unsupported); when it only lacks memory the times are still given.
+    """
+
+    gpu: str
+    model: str
+    precision: str
+    math_format: str | None
+    tp: int
+    batch: int
+    prompt: int
+    output: int
+    decode_context: int
+    fit: MemoryFit
+    prefill_s: float | None
+    prefill_iterations: int
+    prefill_batch_s: float | None
+    decode_step_s: float | None
+    decode_tokens_per_s: float | None
+    max_batch: int
+    max_batch_step_s: float | None
+    max_tokens_per_s: float | None
+    request_latency_s: float | None
+    decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
+    prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
+
+    @property
+    def batch_fits(self) -> bool:
+        """Whether ``batch`` sequences of prompt + output tokens fit at once."""
+        return 0 < self.batch <= self.max_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers (seconds, bytes, tokens) and per-operator breakdowns."""
+        d = {k: v for k, v in self.__dict__.items() if not k.endswith("breakdown")}
+        d["batch_fits"] = self.batch_fits
+        d["fit"] = self.fit.to_dict()
+        for name in ("decode_breakdown", "prefill_breakdown"):
+            b = getattr(self, name)
+            d[name] = b.to_rows() if b is not None else None
+        return d
+
+    def row(self) -> dict[str, Any]:
+        """This batch size's line of a per-batch table (seconds)."""
+        return {
+            "batch": self.batch,
+            "prefill_batch_s": self.prefill_batch_s,
+            "decode_step_s": self.decode_step_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "request_latency_s": self.request_latency_s,
+            "batch_fits": self.batch_fits,
+        }
+
+    def to_text(self) -> str:
+        """A human summary and the per-operator table of one decode step."""
+        f = self.fit
+        gpus = f"{self.gpu}" + (f" x{self.tp} (tp={self.tp})" if self.tp > 1 else "")
+        lines = [
+            f"{self.model} on {gpus} at {self.precision} ({self.math_format or 'unsupported'} math)",
+            f"memory   {f.reason}",
+            f"         per GPU: weights {f.weight_bytes / GIB:.2f} GiB, usable "
+            f"{f.usable_bytes / GIB:.2f} GiB, KV cache {f.kv_cache_bytes / GIB:.2f} GiB = "
+            f"{f.kv_tokens:,} tokens ({f.kv_bytes_per_token / 1024:g} KiB/token)",
+        ]
+        if self.prefill_s is None:
+            return "\n".join(lines)
+        ms = 1e3
+        lines += [
+            f"prefill  1 prompt of {self.prompt:,} tokens: {self.prefill_s * ms:.2f} ms "
+            f"({self.prefill_iterations} iteration{'s' * (self.prefill_iterations > 1)}); "
+            f"{self.batch} prompts: {self.prefill_batch_s * ms:.2f} ms",
+            f"decode   batch {self.batch} at context {self.decode_context:,}: "
+            f"{self.decode_step_s * ms:.2f} ms/step = {self.decode_tokens_per_s:,.0f} tokens/s"
+            + ("" if self.batch_fits else f" (but at most {self.max_batch} sequences fit)"),
+        ]
+        if self.max_batch and self.max_batch_step_s:
+            lines.append(
+                f"ceiling  batch {self.max_batch} (largest at {self.prompt + self.output:,} "
+                f"tokens): {self.max_batch_step_s * ms:.2f} ms/step = "
+                f"{self.max_tokens_per_s:,.0f} tokens/s"
+            )
+        else:
+            lines.append("ceiling  0 tokens/s: no sequence of this length fits")
+        lines.append(
+            f"request  prefill + {self.output} decode steps at batch {self.batch} ~ "
+            f"{self.request_latency_s:.3f} s"
+        )
+        if self.decode_breakdown is not None:
+            lines += ["", self.decode_breakdown.to_text(f"decode step, batch {self.batch}")]
+        if self.prefill_breakdown is not None:
+            lines += ["", self.prefill_breakdown.to_text("prefill of one prompt (first iteration)")]
+        return "\n".join(lines)
+
+
+@dataclass
+class LLMEstimates:
+    """Several batch sizes of one configuration: a table of them, and the full estimate (memory,
+    ceiling, per-operator breakdown) of the largest."""
+
+    estimates: list[LLMEstimate]
+
+    @property
+    def largest(self) -> LLMEstimate:
+        return self.estimates[-1]
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the largest batch's (``prefill_s``, ``fit``, breakdowns ...)."""
+        if name.startswith("__") or name == "estimates":
+            raise AttributeError(name)
+        return getattr(self.largest, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.largest.to_dict(), "batches": [e.row() for e in self.estimates]}
+
+    def to_text(self) -> str:
+        e = self.largest
+        if e.prefill_s is None or len(self.estimates) == 1:
+            return e.to_text()
+        ms = 1e3
+        lines = e.to_text().splitlines()
+        head = lines[:3]
+        rows = [
+            f"         {x.batch:>6}  {x.prefill_batch_s * ms:>12.2f}  {x.decode_step_s * ms:>14.2f}"
+            f"  {x.decode_tokens_per_s:>12,.0f}  {x.request_latency_s:>9.3f}"
+            + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
+            for x in self.estimates
+        ]
+        body = [
+            f"prefill  1 prompt of {e.prompt:,} tokens: {e.prefill_s * ms:.2f} ms "
+            f"({e.prefill_iterations} iteration{'s' * (e.prefill_iterations > 1)})",
+            f"batches  decode at context {e.decode_context:,}; prefill of all the batch's "
+            f"prompts; request = prefill + {e.output} decode steps",
+            f"         {'batch':>6}  {'prefill ms':>12}  {'decode ms/step':>14}  "
+            f"{'tokens/s':>12}  {'request s':>9}",
+            *rows,
+        ]
+        tail = lines[3:]
+        start = next(i for i, x in enumerate(tail) if x.startswith("ceiling"))
+        end = next(i for i, x in enumerate(tail) if x.startswith("request"))
+        return "\n".join(head + body + tail[start:end] + tail[end + 1 :])
+
+
+def estimate_llm(
+    gpu: GPU,
+    model: TransformerModel,
+    precision: str | Precision,
+    tp: int = 1,
+    batch: int = 1,
+    prompt: int = 1024,
+    output: int = 256,
+    settings: LLMEngineSettings | None = None,
+    timer: OpTimer | None = None,
+) -> LLMEstimate:
+    """Prefill and decode times, memory fit and throughput ceiling of one configuration.
+
+    Decode runs ``batch`` sequences at context ≈ prompt + output / 2; the ceiling is decode
+    throughput at the largest batch whose KV at prompt + output tokens fits (capped by
+    max_num_seqs). Prefill times include the per-iteration scheduler overhead.
+
+    >>> from capsim.load import load_catalog
+    >>> from capsim.load import load_model_card
+    >>> e = estimate_llm(load_catalog()["h100-sxm"], load_model_card("llama-3.1-8b"), "fp8", batch=32)
+    >>> e.fit.fits and e.max_tokens_per_s > e.decode_tokens_per_s > 0
+    True
+    """
+    if batch < 1 or prompt < 1 or output < 0:
+        raise ValueError(
+            f"need batch >= 1, prompt >= 1, output >= 0 (got {batch}, {prompt}, {output})"
+        )
+    st = (settings or LLMEngineSettings()).for_gpu(gpu)
+    p = _precision(precision)
+    full = prompt + output
+    fit = memory_fit(gpu, model, p, tp, st, context=full)
+    ctx = prompt + output // 2
+    base = dict(
+        gpu=gpu.id, model=model.name, precision=p.name, math_format=p.math_format(gpu.peak_tflops),
+        tp=tp, batch=batch, prompt=prompt, output=output, decode_context=ctx, fit=fit,
+        max_batch=fit.max_batch,
+    )  # fmt: skip
+    if precision_problem(gpu, p) or parallelism_problem(gpu, model, tp):
+        none = dict.fromkeys(
+            ("prefill_s", "prefill_batch_s", "decode_step_s", "decode_tokens_per_s",
+             "max_batch_step_s", "max_tokens_per_s", "request_latency_s"),
+        )  # fmt: skip
+        return LLMEstimate(**base, **none, prefill_iterations=0)
+    svc = LLMServiceModel(gpu, model, p, tp, st, timer)
+    one = prefill_iterations(1, prompt, st)
+    prefill_s = _prefill_time(svc, one)
+    prefill_batch_s = _prefill_time(svc, prefill_iterations(batch, prompt, st))
+    step = _decode_step(svc, batch, ctx)
+    top = fit.max_batch
+    top_step = _decode_step(svc, top, ctx) if top else None
+    return LLMEstimate(
+        **base,
+        prefill_s=prefill_s,
+        prefill_iterations=len(one),
+        prefill_batch_s=prefill_batch_s,
+        decode_step_s=step,
+        decode_tokens_per_s=batch / step,
+        max_batch_step_s=top_step,
+        max_tokens_per_s=top / top_step if top_step else 0.0,
+        request_latency_s=prefill_s + output * step,
+        decode_breakdown=svc.breakdown(decode=[ctx] * batch),
+        prefill_breakdown=svc.breakdown(
+            prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])
+        ),
+    )
+
+
+def _prefill_time(svc: LLMServiceModel, iterations: list[list[tuple[int, int, bool]]]) -> float:
+    total = 0.0
+    for it in iterations:
+        shape = IterationShape.of([(c, b) for c, b, _ in it], num_logits=sum(e for *_, e in it))
+        total += svc.iteration_time(*shape)
+    return total
+
+
+def _decode_step(svc: LLMServiceModel, batch: int, context: int) -> float:
+    """One decode iteration of ``batch`` sequences at ``context`` tokens each."""
+    return svc.iteration_time(batch, batch, batch * context, 0.0, batch)

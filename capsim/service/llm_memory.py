@@ -1,0 +1,292 @@
+"""Memory of an LLM replica: weights per GPU shard, KV cache per token, and whether it fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from capsim.spec.catalog import GIB, GPU
+from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.models import TransformerModel
+from capsim.spec.precision import Precision, get_precision
+
+
+def param_count(model: TransformerModel) -> int:
+    """Parameters from the architecture (biases ignored).
+
+    Embeddings + per layer (Q, K, V, O projections with GQA; gate, up, down or up, down; two
+    RMSNorm weight vectors) + final norm + LM head unless tied to the embeddings.
+
+    >>> from capsim.load import load_model_card
+    >>> round(param_count(load_model_card("llama-3.1-8b")) / 1e9, 2)
+    8.03
+    """
+    h, d = model.hidden_size, model.dim_head
+    attn = h * model.attention_heads * d * 2 + h * model.kv_heads * d * 2
+    mlp = (3 if model.gated_mlp else 2) * h * model.ffn_size
+    per_layer = attn + mlp + 2 * h
+    embed = model.vocab_size * h
+    head = 0 if model.tied_embeddings else embed
+    return embed + model.layers * per_layer + h + head
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What one GPU of a ``tp``-way replica holds: head counts and MLP width per GPU.
+
+    KV heads are divided among the GPUs; with more GPUs than KV heads each GPU keeps one
+    (replicated), as vLLM does.
+
+    >>> from capsim.load import load_model_card
+    >>> s = Shard.of(load_model_card("llama-3.1-70b"), 8)
+    >>> (s.q_heads, s.kv_heads, s.ffn)
+    (8, 1, 3584)
+    """
+
+    tp: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    ffn: int
+    vocab: int
+    layers: int
+    gated: bool
+
+    @classmethod
+    def of(cls, model: TransformerModel, tp: int) -> Shard:
+        return cls(
+            tp=tp,
+            q_heads=max(1, model.attention_heads // tp),
+            kv_heads=max(1, model.kv_heads // tp),
+            head_dim=model.dim_head,
+            hidden=model.hidden_size,
+            ffn=max(1, model.ffn_size // tp),
+            vocab=-(-model.vocab_size // tp),
+            layers=model.layers,
+            gated=model.gated_mlp,
+        )
+
+    @property
+    def qkv_width(self) -> int:
+        """Output width of the fused QKV projection on this GPU."""
+        return (self.q_heads + 2 * self.kv_heads) * self.head_dim
+
+    @property
+    def up_width(self) -> int:
+        """Output width of the (fused gate+)up projection on this GPU."""
+        return 2 * self.ffn if self.gated else self.ffn
+
+    def layer_params(self) -> int:
+        """Linear-layer weights of one layer on this GPU."""
+        h = self.hidden
+        return (
+            h * self.qkv_width + self.q_heads * self.head_dim * h + h * (self.up_width + self.ffn)
+        )
+
+
+def embedding_bytes_per_param(precision: Precision) -> float:
+    """Storage of the embedding table and LM head: quantized checkpoints (AWQ/GPTQ int4, FP8,
+    W8A8 int8) keep both in 16 bits, as vLLM loads them; unquantized models use their format."""
+    return precision.weight_bytes if precision.weight_bits >= 16 else 2.0
+
+
+def stream_bytes(precision: Precision) -> float:
+    """Bytes per element of the residual stream, attention inputs/outputs and all-reduces:
+    at least 16 bits (FP8/INT8 models quantize only the GEMM inputs)."""
+    return max(precision.act_bytes, 2.0)
+
+
+def weight_bytes_per_gpu(model: TransformerModel, precision: str | Precision, tp: int = 1) -> float:
+    """Weight bytes on each GPU of a ``tp``-way replica.
+
+    Layer weights at the weight precision, divided by ``tp`` (K/V projections replicated when
+    ``tp`` exceeds the KV heads); embeddings and LM head split ``tp`` ways (vocab-parallel) at
+    :func:`embedding_bytes_per_param`; norm vectors replicated at 16 bits.
+
+    >>> from capsim.load import load_model_card
+    >>> round(weight_bytes_per_gpu(load_model_card("llama-3.1-8b"), "fp16") / GIB, 2)
+    14.96
+    """
+    p = _precision(precision)
+    s = Shard.of(model, tp)
+    layers = model.layers * s.layer_params() * p.weight_bytes
+    tables = (1 if model.tied_embeddings else 2) * s.vocab * s.hidden
+    norms = (2 * model.layers + 1) * s.hidden * 2.0
+    return layers + tables * embedding_bytes_per_param(p) + norms
+
+
+def kv_bytes_per_token(model: TransformerModel, precision: str | Precision, tp: int = 1) -> float:
+    """KV-cache bytes of one token on each GPU: 2 (K and V) x layers x KV heads per GPU x
+    head_dim x KV bytes.
+
+    >>> from capsim.load import load_model_card
+    >>> kv_bytes_per_token(load_model_card("llama-3.1-8b"), "fp16")
+    131072.0
+    """
+    p = _precision(precision)
+    s = Shard.of(model, tp)
+    return 2.0 * model.layers * s.kv_heads * s.head_dim * p.kv_bytes
+
+
+def _precision(precision: str | Precision) -> Precision:
+    return precision if isinstance(precision, Precision) else get_precision(precision)
+
+
+def parallelism_problem(gpu: GPU, model: TransformerModel, tp: int) -> str | None:
+    """Why ``tp`` GPUs of this card cannot hold one replica of ``model`` (None if they can).
+
+    >>> from capsim.load import load_catalog
+    >>> from capsim.load import load_model_card
+    >>> parallelism_problem(load_catalog()["h100-sxm"], load_model_card("llama-2-7b"), 3)
+    '32 attention heads do not divide among tp=3 GPUs'
+    """
+    if tp < 1:
+        return f"tp must be at least 1 (got {tp})"
+    ic = gpu.interconnect
+    if tp > ic.max_gpus:
+        return f"tp={tp} exceeds the {ic.max_gpus} GPUs one {gpu.id} {ic.kind} group joins"
+    if model.attention_heads % tp:
+        return f"{model.attention_heads} attention heads do not divide among tp={tp} GPUs"
+    if model.kv_heads % tp and tp % model.kv_heads:
+        return f"{model.kv_heads} KV heads and tp={tp}: one must divide the other"
+    if model.ffn_size % tp:
+        return f"ffn_size {model.ffn_size} does not divide among tp={tp} GPUs"
+    return None
+
+
+def precision_problem(gpu: GPU, precision: str | Precision) -> str | None:
+    """Why the card cannot run this precision (None if it can)."""
+    p = _precision(precision)
+    if p.math_format(gpu.peak_tflops) is None:
+        return (
+            f"{gpu.id} has no {'/'.join(p.math)} math for {p.name} "
+            f"(supported: {', '.join(gpu.supported_formats())})"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Memory budget of each GPU of one replica, and whether a sequence of ``context`` fits.
+
+    All byte figures are per GPU. ``usable_bytes`` = usable memory x gpu_memory_utilization -
+    reserved; the KV cache gets what the weights leave, in whole blocks of ``block_size``
+    tokens.
+    """
+
+    gpu: str
+    model: str
+    precision: str
+    tp: int
+    context: int
+    fits: bool
+    reason: str
+    usable_bytes: float
+    reserved_bytes: float
+    weight_bytes: float
+    kv_bytes_per_token: float
+    kv_cache_bytes: float
+    kv_blocks: int
+    kv_tokens: int
+    block_size: int
+    max_num_seqs: int
+
+    @property
+    def max_batch_memory(self) -> int:
+        """Sequences of ``context`` tokens whose KV fits (memory only, no engine cap)."""
+        return self.max_batch_memory_for(self.context)
+
+    @property
+    def max_batch(self) -> int:
+        """Largest concurrent batch at ``context``: memory, capped by max_num_seqs."""
+        return self.max_batch_for(self.context)
+
+    def max_batch_memory_for(self, context: int) -> int:
+        """Sequences of ``context`` tokens whose KV blocks fit in the cache."""
+        blocks_per_seq = max(1, -(-int(context) // self.block_size))
+        return self.kv_blocks // blocks_per_seq
+
+    def max_batch_for(self, context: int) -> int:
+        """Largest concurrent batch of sequences of ``context`` tokens (0 if it does not fit)."""
+        if not self.fits:
+            return 0
+        return min(self.max_num_seqs, self.max_batch_memory_for(context))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["max_batch"] = self.max_batch
+        d["max_batch_memory"] = self.max_batch_memory
+        return d
+
+
+def memory_fit(
+    gpu: GPU,
+    model: TransformerModel,
+    precision: str | Precision,
+    tp: int = 1,
+    settings: LLMEngineSettings | None = None,
+    *,
+    context: int | None = None,
+) -> MemoryFit:
+    """Weights, KV capacity and the largest batch on each of ``tp`` GPUs.
+
+    Fits when the precision runs on the card, ``tp`` is a valid split, the weights fit in the
+    usable memory and the KV cache holds at least one sequence of ``context`` tokens (default:
+    ``settings.max_model_len``, else the model's ``max_context``, as vLLM checks at start-up).
+
+    >>> from capsim.load import load_catalog
+    >>> from capsim.load import load_model_card
+    >>> fit = memory_fit(load_catalog()["h100-sxm"], load_model_card("llama-3.1-8b"), "fp16")
+    >>> fit.fits, fit.kv_bytes_per_token
+    (True, 131072.0)
+    """
+    st = (settings or LLMEngineSettings()).for_gpu(gpu)
+    p = _precision(precision)
+    ctx = int(context or st.max_model_len or model.max_context)
+    usable = gpu.usable_memory_bytes * st.gpu_memory_utilization - st.reserved_gib * GIB
+    weights = weight_bytes_per_gpu(model, p, tp if tp >= 1 else 1)
+    kv_tok = kv_bytes_per_token(model, p, tp if tp >= 1 else 1)
+    kv_cache = max(0.0, usable - weights)
+    blocks = int(kv_cache // (kv_tok * st.block_size))
+    tokens = blocks * st.block_size
+    problem = precision_problem(gpu, p) or parallelism_problem(gpu, model, tp)
+    where = f"on {gpu.id}" + (f" x{tp}" if tp > 1 else "") + f" at {p.name}"
+    if problem is None and weights > usable:
+        problem = (
+            f"weights {weights / GIB:.1f} GiB > usable {usable / GIB:.1f} GiB {where} "
+            f"({gpu.usable_memory_gib:.1f} GiB x {st.gpu_memory_utilization:g} - "
+            f"{st.reserved_gib:g} GiB reserved per GPU)"
+        )
+    if problem is None and tokens < ctx:
+        problem = (
+            f"KV cache {kv_cache / GIB:.1f} GiB holds {tokens:,} tokens < one sequence of "
+            f"{ctx:,} tokens {where} (weights {weights / GIB:.1f} GiB of {usable / GIB:.1f} GiB "
+            "usable); lower max_model_len or use more GPUs"
+        )
+    fits = problem is None
+    if fits:
+        per_seq = tokens // max(1, -(-ctx // st.block_size) * st.block_size)
+        problem = (
+            f"fits {where}: weights {weights / GIB:.1f} GiB, KV cache {kv_cache / GIB:.1f} GiB "
+            f"= {tokens:,} tokens ({kv_tok / 1024:g} KiB/token), {per_seq:,} sequences of "
+            f"{ctx:,} tokens"
+        )
+    return MemoryFit(
+        gpu=gpu.id,
+        model=model.name,
+        precision=p.name,
+        tp=tp,
+        context=ctx,
+        fits=fits,
+        reason=problem,
+        usable_bytes=usable,
+        reserved_bytes=st.reserved_gib * GIB,
+        weight_bytes=weights,
+        kv_bytes_per_token=kv_tok,
+        kv_cache_bytes=kv_cache,
+        kv_blocks=blocks,
+        kv_tokens=tokens,
+        block_size=st.block_size,
+        max_num_seqs=st.max_num_seqs,
+    )

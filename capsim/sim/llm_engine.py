@@ -1,0 +1,481 @@
+"""Continuous batching of LLM requests (vLLM-like), replica by replica, one event per step.
+
+A *replica* (one model copy on ``tp`` GPUs) runs engine *iterations*. Each iteration the
+scheduler decides what goes into the batch, in this order (vLLM's chunked-prefill scheduling,
+decode first):
+
+1. **Decodes.** Every running sequence that has its prompt in the KV cache generates one token.
+2. **Prefill chunks in progress**, first admitted first, each taking what is left of its prompt up
+   to the remaining token budget (``max_num_batched_tokens``).
+3. **Admission (FCFS).** Waiting requests, oldest first, while the token budget lasts, the
+   running set is below ``max_num_seqs`` and the KV cache has blocks for the chunk; the first
+   request that does not fit stops admission (head-of-line, as vLLM). Without chunked prefill a
+   prompt is admitted only whole.
+
+A sequence holds ``ceil(tokens / block_size)`` KV blocks; blocks are allocated as tokens are
+written (a chunk's tokens, then one per decode step) and freed when the request completes.
+The iteration that finishes a prompt samples the first output token (time to first token);
+every later iteration adds one token.
+
+**Preemption (vLLM V1, recompute).** When the next iteration's running sequences need more KV
+blocks than the cache has, the *newest* running request is preempted: its blocks are freed and
+it goes back to the *front* of the waiting queue; when re-admitted it recomputes the prefill of
+its prompt plus the tokens it had generated (the first of those recomputed iterations samples
+its next token). Nothing is admitted in an iteration that preempted. A request that cannot fit
+in the KV cache even alone, or whose prompt + output exceeds ``max_model_len``, is rejected at
+arrival (vLLM refuses it).
+
+**Routers** (decided at arrival, as a proxy in front of the replicas would): ``round_robin``;
+``least_outstanding_requests`` (fewest requests routed there and not finished; ties go round
+the replicas); ``least_outstanding_tokens`` (smallest sum of prompt + output tokens of those
+requests, the work a proxy that knows ``max_tokens`` would see). ``shared_queue`` and
+``join_shortest_queue`` mean ``least_outstanding_requests`` here: a continuous-batching replica
+takes work as soon as it has KV room, so a central queue in front of it is a router by another
+name.
+
+**Speed.** Requests are indices into arrays; per-request state lives in Python lists. The
+engine keeps running aggregates (number of decoding sequences, the sum of their context
+offsets, KV blocks by residue) so an iteration costs O(1) in Python, and finds completions
+with a heap of finishing iteration numbers (decodes advance one token per iteration, so a
+sequence's last iteration is known when it starts decoding). A *step* is one SimPy event: one
+iteration when it has prefill work, or a run of pure-decode iterations during which nothing
+can change (no completion, no KV exhaustion, no arrival at this replica) whose total time is
+summed in closed form (a decode iteration's time is the max of two lines in its total context,
+which grows by the batch size each iteration). An arrival routed to a replica in the middle of
+such a run cuts the run at the first iteration boundary after the arrival. The timing of every
+request is the same as iterating one by one (tests check it).
+
+>>> import numpy as np
+>>> class Const:                       # 10 ms per iteration, whatever the batch
+...     def iteration_time(self, *a, **k): return 0.01
+...     def decode_lines(self, d): return (0.01, 0.0, 0.01, 0.0)
+>>> r = run_llm(np.array([0.0, 0.005]), np.array([100, 100]), np.array([3, 3]), Const(),
+...             EngineLimits())
+>>> r.first_token.round(3).tolist(), r.finish.round(3).tolist()
+([0.01, 0.02], [0.03, 0.04])
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+import numpy as np
+import simpy
+
+from capsim.sim.llm_replica import ReplicaOps
+from capsim.sim.llm_types import (
+    ROUTER_ALIASES,
+    ROUTERS,
+    UNLIMITED,
+    URGENT,
+    EngineLimits,
+    IterationTimer,
+    LLMRunResult,
+    _Ev,
+    _Replica,
+    _sum_max_lines,
+)
+
+
+class LLMFleet(ReplicaOps):
+    """Replicas, the router and the arrival dispatcher on one SimPy environment."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        arrival: np.ndarray,
+        prompt: np.ndarray,
+        output: np.ndarray,
+        timer: IterationTimer,
+        limits: EngineLimits,
+        replicas: int,
+        router: str,
+        max_wait_s: float,
+        max_queue_length: int | None,
+        fuse: bool,
+        static: bool = False,
+    ):
+        self.env = env
+        self.timer = timer
+        self.itime = timer.iteration_time
+        self.lines_of = getattr(timer, "decode_lines", None)
+        self._lines: dict[int, tuple[float, float, float, float] | None] = {}
+        self.n = len(arrival)
+        self.arr = arrival.tolist()
+        self.P = [int(x) for x in prompt.tolist()]
+        self.O = [int(x) for x in output.tolist()]
+        n = self.n
+        self.u = [0] * n
+        self.g = [0] * n  # tokens generated (at the last prefill; decodes: from u)
+        self.target = self.P[:]  # prefill target: prompt (+ generated, after a preemption)
+        self.computed = [0] * n
+        self.endit = [-1] * n
+        nan = math.nan
+        self.adm = [nan] * n
+        self.first = [nan] * n
+        self.fin = [nan] * n
+        self.rep = [-1] * n
+        self.npre = [0] * n
+        self.rejected = [False] * n
+        bs = limits.block_size
+        self.bs = bs
+        self.V = [[(-(r + m)) % bs for m in range(bs)] for r in range(bs)]
+        self.total = limits.kv_blocks if limits.kv_blocks is not None else UNLIMITED
+        self.budget = limits.max_num_batched_tokens or UNLIMITED
+        self.max_seqs = limits.max_num_seqs or UNLIMITED
+        self.chunked = limits.chunked_prefill
+        self.max_len = limits.max_model_len or UNLIMITED
+        self.limits = limits
+        if router in ROUTER_ALIASES:
+            router = ROUTER_ALIASES[router]
+        if router not in ROUTERS:
+            raise ValueError(f"unknown router {router!r}; accepted: {', '.join(ROUTERS)}")
+        self.router = router
+        self.rr = 0
+        self.max_wait = max_wait_s
+        self.max_queue = max_queue_length
+        self.fuse = fuse
+        self.reps: list[_Replica] = [_Replica(r, bs) for r in range(replicas)]
+        self.next_arrival = 0
+        self.done = False
+        self.unstable_reason = ""
+        self.iterations = 0
+        self.seq_iterations = 0
+        self.events = 0
+        self.tokens_generated = 0
+        self.prefill_tokens = 0
+        self.n_adm = 0  # requests admitted at least once, and the sum of their admission times
+        self.sum_adm = 0.0
+        self.track_kv = limits.kv_blocks is not None
+        # static routing (round robin, or one replica): who serves a request is known before
+        # it arrives, so each replica takes its own arrivals at its iteration boundaries and
+        # no arrival events are needed (the results are the same as routing at arrival)
+        self.static = static and (router == "round_robin" or replicas == 1)
+        if self.static:
+            for r, rp in enumerate(self.reps):
+                rp.own = list(range(r, self.n, replicas))
+
+    # -- scheduling helpers -------------------------------------------------------------------
+    def _schedule(self, delay: float, cb, value: Any = None, priority: int = 1) -> None:
+        """A bare event ``delay`` from now with callback ``cb`` (cheaper than a Timeout).
+
+        Arrivals use priority 0 (SimPy's URGENT): an arrival at the instant an iteration ends
+        is routed before the replica schedules its next iteration, so it can join it.
+        """
+        env = self.env
+        heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
+
+    def _decode_lines(self, d: int) -> tuple[float, float, float, float] | None:
+        lines = self._lines.get(d, False)
+        if lines is False:
+            lines = self.lines_of(d) if self.lines_of is not None else None
+            self._lines[d] = lines
+        return lines
+
+    def _unstable(self, now: float, waited: float) -> None:
+        self.unstable_reason = (
+            f"overloaded: at t={now:.1f}s a request had waited {waited:.1f}s "
+            f"(> max_wait_s {self.max_wait:g}); the queue grows without bound"
+        )
+        self.done = True
+
+    # -- one step of one replica --------------------------------------------------------------
+    def plan(self, rp: _Replica, now: float) -> None:
+        """Schedule the next iteration (or run of decode iterations) of replica ``rp``."""
+        if self.done:
+            rp.busy = False
+            return
+        if self.static:  # take this replica's arrivals up to now (in arrival order)
+            own, pos, arr = rp.own, rp.pos, self.arr
+            while pos < len(own) and arr[own[pos]] <= now:
+                self._accept(rp, own[pos])
+                pos += 1
+            rp.pos = pos
+        waiting = rp.waiting
+        if waiting:
+            waited = now - self.arr[waiting[0]]
+            if waited > self.max_wait:
+                self._unstable(now, waited)
+                rp.busy = False
+                return
+        bs, it, total = self.bs, rp.it, self.total
+        computed, target = self.computed, self.target
+        preempted = False
+        while True:
+            D = rp.D
+            need = (rp.sum_u + D * it + rp.corr[it % bs]) // bs if D else 0
+            left = self.budget - D
+            chunks = []
+            for i in rp.prefilling:
+                if left <= 0:
+                    need += -(-computed[i] // bs)
+                    continue
+                c = target[i] - computed[i]
+                if c > left:
+                    c = left
+                left -= c
+                chunks.append((i, c))
+                need += -(-(computed[i] + c) // bs)
+            if need <= total or not rp.running:
+                break
+            self._preempt_newest(rp)
+            preempted = True
+        # admission, FCFS, while budget, sequences and KV blocks allow
+        if not preempted and waiting:
+            running = rp.running
+            while waiting and left > 0 and len(running) < self.max_seqs:
+                i = waiting[0]
+                c = target[i] - computed[i]
+                if c > left:
+                    if not self.chunked:
+                        break
+                    c = left
+                nb = -(-c // bs)
+                if need + nb > total:
+                    break
+                waiting.popleft()
+                running[i] = None
+                rp.prefilling.append(i)
+                chunks.append((i, c))
+                need += nb
+                left -= c
+                if self.adm[i] != self.adm[i]:  # NaN: first admission
+                    self.adm[i] = now
+                    self.n_adm += 1
+                    self.sum_adm += now
+        if not rp.running:
+            rp.busy = False
+            if self.track_kv:
+                rp.kv_t.append(now)
+                rp.kv_u.append(0.0)
+            if self.static and rp.pos < len(rp.own):
+                self._schedule(self.arr[rp.own[rp.pos]] - now, self._on_wake, rp, URGENT)
+            return
+        D = rp.D
+        ctx = rp.sum_u + D * it
+        if chunks:
+            n_tok = D
+            work = 0.0
+            kv = 0
+            logits = D
+            for i, c in chunks:
+                b = computed[i]
+                n_tok += c
+                work += c * (b + c / 2.0)  # prefill_work(c, b)
+                kv += b + c
+                if b + c == target[i]:
+                    logits += 1
+            dt = self.itime(n_tok, D, ctx, work, logits, kv)
+            k = 1
+            rp.seg_decode = False
+            rp.seg_lines = None
+            rp.seg_cum = None
+            self.seq_iterations += D + len(chunks)
+            used = need
+        else:
+            # pure decode: a run of k iterations until a completion, KV exhaustion (or k = 1)
+            heap, endit = rp.heap, self.endit
+            while heap and endit[heap[0][1]] != heap[0][0]:
+                heapq.heappop(heap)
+            k = heap[0][0] - it
+            if preempted or not self.fuse:
+                k = 1
+            if (
+                k > 1
+                and total < UNLIMITED
+                and (rp.sum_u + D * (it + k - 1) + rp.corr[(it + k - 1) % bs]) // bs > total
+            ):
+                lo, hi = 1, k - 1  # largest k' with blocks(it + k' - 1) <= total
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if self._blocks(rp, it + mid - 1) <= total:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+            lines = self._lines.get(D, False)
+            if lines is False:
+                lines = self._decode_lines(D)
+            rp.seg_lines = None
+            rp.seg_cum = None
+            if lines is not None:
+                a1, b1, a2, b2 = lines
+                seg = (a1 + b1 * ctx, b1 * D, a2 + b2 * ctx, b2 * D)
+                dt = _sum_max_lines(*seg, k)
+                if k > 1:
+                    rp.seg_lines = seg
+            else:
+                cum, tsum, tm = [], 0.0, self.itime
+                for x in range(k):
+                    tsum += tm(D, D, ctx + D * x, 0.0, D)
+                    cum.append(tsum)
+                dt = tsum
+                if k > 1:
+                    rp.seg_cum = cum
+            if k > 1 and self.static and rp.pos < len(rp.own):
+                wait = self.arr[rp.own[rp.pos]] - now
+                if wait < dt:  # end the run at the first boundary at or after that arrival
+                    rp.seg_k = k
+                    j, end = self._boundary_after(rp, wait)
+                    k, dt = j, end
+                    if k == 1:
+                        rp.seg_lines = rp.seg_cum = None
+            rp.seg_decode = True
+            self.seq_iterations += D * k
+            if k > 1 and self.track_kv:
+                x = it + k - 1
+                used = (need + (rp.sum_u + D * x + rp.corr[x % bs]) // bs) / 2.0
+            else:
+                used = need
+        rp.chunks = chunks
+        rp.seg_t0 = now
+        rp.seg_k = k
+        rp.busy = True
+        gen = rp.gen = rp.gen + 1
+        if self.track_kv:
+            rp.kv_t.append(now)
+            rp.kv_u.append(used)
+        env = self.env  # self._schedule(dt, self._on_step, (rp, gen)), inlined
+        heapq.heappush(env._queue, (now + dt, 1, next(env._eid), _Ev(self._on_step, (rp, gen))))
+
+    def _on_step(self, ev: simpy.Event) -> None:
+        rp, gen = ev._value
+        if gen != rp.gen or self.done:
+            if self.done:
+                rp.busy = False
+            return
+        self.events += 1
+        now = self.env._now
+        k = rp.seg_k
+        dt = now - rp.seg_t0
+        if rp.seg_decode:
+            rp.busy_dec += dt
+        else:
+            rp.busy_pre += dt
+        self.iterations += k
+        self.tokens_generated += rp.D * k  # one token per decoding sequence per iteration
+        it = rp.it + k
+        rp.it = it
+        if rp.chunks:
+            computed, target, g, first = self.computed, self.target, self.g, self.first
+            for i, c in rp.chunks:
+                computed[i] += c
+                self.prefill_tokens += c
+                if computed[i] == target[i]:
+                    self.tokens_generated += 1  # the prefill's last token samples one
+                    rp.prefilling.remove(i)
+                    g[i] += 1
+                    if first[i] != first[i]:
+                        first[i] = now
+                    if g[i] >= self.O[i]:
+                        self.endit[i] = -1
+                        self._finish(rp, i, now)
+                    else:
+                        self._add_decode(rp, i, it)
+            rp.chunks = []
+        heap, endit = rp.heap, self.endit
+        while heap and heap[0][0] <= it:
+            e, i = heapq.heappop(heap)
+            if endit[i] == e:
+                self._remove_decode(rp, i)
+                self._finish(rp, i, now)
+        self.plan(rp, now)
+
+    _any_retired = False
+
+    def start(self) -> None:
+        if self.static:
+            for rp in self.reps:
+                if rp.own:
+                    self._schedule(self.arr[rp.own[0]], self._on_wake, rp, URGENT)
+        elif self.n:
+            self._schedule(self.arr[0], self._on_arrival, None, URGENT)
+
+    def _on_wake(self, ev) -> None:
+        """Static routing: an idle replica's next request arrives."""
+        rp = ev._value
+        if not rp.busy and not self.done:
+            self.plan(rp, self.env._now)
+
+
+def run_llm(
+    arrival: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
+    timer: IterationTimer,
+    limits: EngineLimits,
+    replicas: int = 1,
+    *,
+    router: str = "round_robin",
+    max_wait_s: float = math.inf,
+    max_queue_length: int | None = None,
+    horizon: float | None = None,
+    fuse: bool = True,
+    static_routing: bool = True,
+) -> LLMRunResult:
+    """Simulate ``replicas`` continuous-batching replicas on one request stream.
+
+    ``fuse=False`` schedules every iteration as its own event (slow; for tests that check the
+    fused runs give the same times). With round robin or one replica the routing is known in
+    advance and each replica takes its arrivals itself (``static_routing``, faster; the same
+    results as routing at each arrival, which ``static_routing=False`` forces).
+    """
+    if replicas < 1:
+        raise ValueError("replicas must be >= 1")
+    if not (len(arrival) == len(prompt) == len(output)):
+        raise ValueError("arrival, prompt and output need the same length")
+    if len(prompt) and (np.min(prompt) < 1 or np.min(output) < 1):
+        raise ValueError("prompt and output lengths must be >= 1 token")
+    env = simpy.Environment()
+    fleet = LLMFleet(
+        env, arrival, prompt, output, timer, limits, replicas, router, max_wait_s,
+        max_queue_length, fuse, static_routing,
+    )  # fmt: skip
+    fleet.start()
+    env.run()
+    h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
+    return run_result(fleet, arrival, prompt, output, h)
+
+
+def run_result(
+    fleet: LLMFleet, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, horizon: float
+) -> LLMRunResult:
+    """The per-request arrays and per-replica totals of a finished run of ``fleet``.
+
+    A run that ended with requests neither served nor rejected is unstable: the engine could
+    not schedule them (a safety net; the settings checks should make it impossible).
+    """
+    limits, env, h = fleet.limits, fleet.env, horizon
+    finish, rejected = np.asarray(fleet.fin), np.asarray(fleet.rejected, dtype=bool)
+    stuck = int(np.count_nonzero(np.isnan(finish) & ~rejected))
+    if stuck and not fleet.unstable_reason:
+        fleet.unstable_reason = (
+            f"{stuck} requests were never served: the engine could not schedule them"
+        )
+    return LLMRunResult(
+        arrival=np.asarray(arrival, dtype=float),
+        prompt=np.asarray(prompt),
+        output=np.asarray(output),
+        admitted=np.asarray(fleet.adm),
+        first_token=np.asarray(fleet.first),
+        finish=finish,
+        replica=np.asarray(fleet.rep, dtype=np.int32),
+        rejected=rejected,
+        preemptions=np.asarray(fleet.npre, dtype=np.int32),
+        horizon=h,
+        end_time=float(env.now),
+        replicas=len(fleet.reps),
+        busy_prefill_s=np.array([r.busy_pre for r in fleet.reps]),
+        busy_decode_s=np.array([r.busy_dec for r in fleet.reps]),
+        iterations=fleet.iterations,
+        seq_iterations=fleet.seq_iterations,
+        events=fleet.events,
+        tokens_generated=fleet.tokens_generated,
+        prefill_tokens=fleet.prefill_tokens,
+        kv_blocks=limits.kv_blocks,
+        kv_series={r.idx: (r.kv_t, r.kv_u) for r in fleet.reps},
+        unstable=bool(fleet.unstable_reason),
+        unstable_reason=fleet.unstable_reason,
+    )

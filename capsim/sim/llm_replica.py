@@ -1,0 +1,173 @@
+"""KV-cache bookkeeping, preemption and request routing of the LLM fleet's replicas."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left
+
+import simpy
+
+from capsim.sim.llm_types import (
+    URGENT,
+    _Replica,
+    _sum_max_lines,
+)
+
+
+class ReplicaOps:
+    """Methods of :class:`LLMFleet` (mixed in); they use its attributes."""
+
+    def _blocks(self, rp: _Replica, x: int) -> int:
+        """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).
+
+        Σ ceil((u_i + x) / bs) = (Σ u_i + D x + Σ_i ((-(u_i + x)) mod bs)) / bs, where the last
+        sum depends only on x mod bs and the residues u_i mod bs (kept in ``corr``).
+        """
+        if rp.D == 0:
+            return 0
+        return (rp.sum_u + rp.D * x + rp.corr[x % self.bs]) // self.bs
+
+    def _add_decode(self, rp: _Replica, i: int, s: int) -> None:
+        """Request i decodes from iteration ``s`` on, having generated g[i] tokens."""
+        g = self.g[i]
+        u = self.P[i] + g - s
+        self.u[i] = u
+        rp.D += 1
+        rp.sum_u += u
+        if self.bs > 1:
+            v = self.V[u % self.bs]
+            rp.corr = [a + b for a, b in zip(rp.corr, v, strict=True)]
+        e = s + self.O[i] - g
+        self.endit[i] = e
+        heapq.heappush(rp.heap, (e, i))
+
+    def _remove_decode(self, rp: _Replica, i: int) -> None:
+        u = self.u[i]
+        rp.D -= 1
+        rp.sum_u -= u
+        if self.bs > 1:
+            v = self.V[u % self.bs]
+            rp.corr = [a - b for a, b in zip(rp.corr, v, strict=True)]
+        self.endit[i] = -1
+
+    def _finish(self, rp: _Replica, i: int, now: float) -> None:
+        self.fin[i] = now
+        del rp.running[i]
+        rp.n_out -= 1
+        rp.tok_out -= self.P[i] + self.O[i]
+
+    def _preempt_newest(self, rp: _Replica) -> None:
+        i, _ = rp.running.popitem()
+        if self.endit[i] >= 0:  # decoding: tokens generated so far from its context
+            self.g[i] = self.u[i] + rp.it - self.P[i]
+            self._remove_decode(rp, i)
+        else:
+            rp.prefilling.remove(i)
+        self.target[i] = self.P[i] + self.g[i]
+        self.computed[i] = 0
+        self.npre[i] += 1
+        rp.waiting.appendleft(i)
+
+    def _boundary_after(self, rp: _Replica, dt: float) -> tuple[int, float]:
+        """The first iteration boundary of rp's decode run at or after ``dt`` into it:
+        (iterations, their total time)."""
+        k = rp.seg_k
+        if rp.seg_lines is not None:
+            a1, b1, a2, b2 = rp.seg_lines
+            first = a1 if a1 > a2 else a2
+            last = max(a1 + b1 * (k - 1), a2 + b2 * (k - 1))
+            # iteration times grow from first to last: the answer lies in [dt/last, dt/first]
+            hi = min(k, max(1, math.ceil(dt / first))) if first > 0 else 1
+            lo = min(hi, max(1, math.floor(dt / last))) if last > 0 else 1
+            while lo < hi:  # smallest j with cum(j) >= dt
+                mid = (lo + hi) // 2
+                if _sum_max_lines(a1, b1, a2, b2, mid) >= dt:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return lo, _sum_max_lines(a1, b1, a2, b2, lo)
+        cum = rp.seg_cum
+        j = min(bisect_left(cum, dt) + 1, k)
+        return j, cum[j - 1]
+
+    def _cut(self, rp: _Replica, now: float) -> None:
+        """A request joined ``rp`` during a run of decode iterations: end the run at the first
+        iteration boundary at or after ``now``."""
+        k = rp.seg_k
+        j, end = self._boundary_after(rp, now - rp.seg_t0)
+        if j >= k:
+            return
+        # the run now ends after j iterations; adjust the sequence-iteration count
+        self.seq_iterations -= rp.D * (k - j)
+        rp.seg_k = j
+        rp.gen += 1
+        self._schedule(rp.seg_t0 + end - now, self._on_step, (rp, rp.gen))
+
+    # -- arrivals and routing -----------------------------------------------------------------
+    def _pick(self, i: int) -> _Replica | None:
+        reps = [r for r in self.reps if r.active] if self._any_retired else self.reps
+        if not reps:
+            return None
+        c = len(reps)
+        if self.router == "round_robin":
+            rp = reps[self.rr % c]
+            self.rr += 1
+            return rp
+        start = self.rr % c
+        self.rr += 1
+        best, key = None, None
+        tokens = self.router == "least_outstanding_tokens"
+        for j in range(c):
+            rp = reps[(start + j) % c]
+            v = rp.tok_out if tokens else rp.n_out
+            if key is None or v < key:
+                best, key = rp, v
+        return best
+
+    def _refused(self, i: int) -> bool:
+        """What every replica refuses at arrival (vLLM): longer than ``max_model_len`` or than
+        the whole KV cache, or (without chunked prefill) a prompt over the token budget."""
+        p, o = self.P[i], self.O[i]
+        return (
+            p + o > self.max_len
+            or -(-(p + o) // self.bs) > self.total
+            or (not self.chunked and p > self.budget)
+        )
+
+    def _accept(self, rp: _Replica, i: int) -> bool:
+        """Request i reaches replica rp: queue it, or reject it (too long, queue full)."""
+        if self._refused(i) or (self.max_queue is not None and len(rp.waiting) >= self.max_queue):
+            self.rejected[i] = True
+            return False
+        self.rep[i] = rp.idx
+        rp.waiting.append(i)
+        rp.n_out += 1
+        rp.tok_out += self.P[i] + self.O[i]
+        return True
+
+    def route(self, i: int, now: float) -> None:
+        rp = self._pick(i)
+        if rp is None:
+            self.rejected[i] = True
+            return
+        if not self._accept(rp, i):
+            return
+        if not rp.busy:
+            self.plan(rp, now)
+        elif rp.seg_k > 1:
+            self._cut(rp, now)
+
+    def _on_arrival(self, ev: simpy.Event) -> None:
+        if self.done:
+            return
+        now = self.env._now
+        arr, n, j = self.arr, self.n, self.next_arrival
+        while j < n and arr[j] <= now:
+            self.route(j, now)
+            j += 1
+            if self.done:
+                return
+        self.next_arrival = j
+        if j < n:
+            self._schedule(arr[j] - now, self._on_arrival, None, URGENT)

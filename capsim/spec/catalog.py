@@ -1,0 +1,180 @@
+"""The hardware catalog: one YAML file per GPU, every number with its source.
+
+Units are in the field names: ``*_gib`` is GiB (2**30 bytes), ``*_gb_s`` is 10**9 bytes per
+second, ``peak_tflops`` is dense (non-sparse) TFLOP/s or TOP/s per math format, ``*_w`` watts,
+``*_us`` microseconds. A precision the card lacks in hardware is absent or ``null``; it is never
+derived from another one.
+
+>>> from capsim.load import load_catalog
+>>> cat = load_catalog()
+>>> gpu = cat["h100-sxm"]
+>>> gpu.peak_flops("fp8") / 1e12
+1979.0
+>>> gpu.peak_flops("int4") is None
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from capsim.spec.calibration import Calibration
+from capsim.spec.precision import MathFormat
+from capsim.strict import Strict
+
+GIB = 2**30
+
+
+class Efficiency(Strict):
+    """Achievable fraction of peak for the roofline (defaults when nothing was measured)."""
+
+    compute: float = Field(0.7, gt=0, le=1, description="fraction of dense peak FLOP/s")
+    memory: float = Field(0.8, gt=0, le=1, description="fraction of peak memory bandwidth")
+    compute_by_format: dict[str, float] = Field(
+        default_factory=dict,
+        description="per math format overrides of `compute` (e.g. fp8: 0.709 on H100)",
+    )
+
+    def compute_for(self, fmt: str) -> float:
+        """Compute efficiency for one math format (the override, else the default)."""
+        return self.compute_by_format.get(fmt, self.compute)
+
+
+class Interconnect(Strict):
+    """GPU-to-GPU link used by tensor-parallel all-reduce."""
+
+    kind: Literal["nvlink", "pcie", "infinity_fabric", "none"]
+    bandwidth_gb_s: float = Field(gt=0, description="per-GPU, per-direction GB/s")
+    latency_us: float = Field(5.0, ge=0, description="per-collective fixed latency")
+    efficiency: float = Field(0.7, gt=0, le=1, description="achieved fraction of link bandwidth")
+    max_gpus: int = Field(8, ge=1, description="largest tensor-parallel group on one node")
+
+
+class Power(Strict):
+    """Linear power model P(u) = idle + (max - idle) * u, plus the warm-idle state."""
+
+    idle_w: float = Field(ge=0, description="parked: no process holds the card")
+    warm_idle_w: float = Field(ge=0, description="a serving process holds the model, no work")
+    max_w: float = Field(gt=0, description="board power limit (TDP)")
+    memory_bound_fraction: float = Field(
+        0.55, ge=0, le=1, description="share of (max - idle) drawn by memory-bound work"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Power:
+        if not self.idle_w <= self.max_w or not self.warm_idle_w <= self.max_w:
+            raise ValueError("idle_w and warm_idle_w must not exceed max_w")
+        return self
+
+
+class PriceOption(Strict):
+    provider: str
+    usd_per_hour: float = Field(gt=0, description="per GPU, on demand")
+    instance: str | None = None
+    note: str | None = None
+
+
+class Pricing(PriceOption):
+    """The default on-demand price per GPU-hour, and alternatives by provider."""
+
+    alternatives: tuple[PriceOption, ...] = Field((), strict=False)  # a YAML list
+
+
+SOURCED_FIELDS = (
+    "memory_gib",
+    "usable_memory_gib",
+    "bandwidth_gb_s",
+    "peak_tflops",
+    "efficiency",
+    "kernel_overhead_us",
+    "interconnect",
+    "power",
+    "price",
+)
+
+
+class GPU(Strict):
+    """One catalog entry (one card)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str
+    vendor: str = "nvidia"
+    architecture: str | None = None
+    memory_gib: float = Field(gt=0)
+    usable_memory_gib: float = Field(gt=0, description="what the driver exposes to a process")
+    bandwidth_gb_s: float = Field(gt=0)
+    peak_tflops: dict[MathFormat, float | None]
+    efficiency: Efficiency = Efficiency()
+    kernel_overhead_us: float = Field(ge=0, description="fixed cost per kernel launch")
+    interconnect: Interconnect
+    power: Power
+    price: Pricing
+    sources: dict[str, str] = Field(description="field name -> where its number came from")
+    notes: str | None = None
+    calibration: Calibration | None = Field(
+        None,
+        description="measured tables and fitted curves (capsim calibrate); absent = roofline only",
+    )
+
+    @field_validator("peak_tflops")
+    @classmethod
+    def _positive_peaks(cls, v: dict[str, float | None]) -> dict[str, float | None]:
+        for fmt, val in v.items():
+            if val is not None and val <= 0:
+                raise ValueError(f"peak for {fmt} must be positive or null (unsupported)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GPU:
+        if self.usable_memory_gib > self.memory_gib:
+            raise ValueError("usable_memory_gib cannot exceed memory_gib")
+        missing = [f for f in SOURCED_FIELDS if f not in self.sources]
+        if missing:
+            raise ValueError(f"sources must name where each number came from; missing: {missing}")
+        if self.calibration is not None and "calibration" not in self.sources:
+            raise ValueError("sources must have a 'calibration' entry when calibration is given")
+        return self
+
+    def peak_flops(self, fmt: str) -> float | None:
+        """Dense peak in FLOP/s (or OP/s) for a math format, None if unsupported."""
+        tf = self.peak_tflops.get(fmt)  # type: ignore[call-overload]
+        return tf * 1e12 if tf else None
+
+    @property
+    def bandwidth(self) -> float:
+        """Peak memory bandwidth in bytes/s."""
+        return self.bandwidth_gb_s * 1e9
+
+    @property
+    def usable_memory_bytes(self) -> float:
+        return self.usable_memory_gib * GIB
+
+    def supported_formats(self) -> list[str]:
+        return [f for f, v in self.peak_tflops.items() if v]
+
+
+@dataclass(frozen=True)
+class Catalog(Mapping[str, GPU]):
+    """GPUs by id, plus the file each came from."""
+
+    gpus: dict[str, GPU]
+    files: dict[str, Path]
+
+    def __getitem__(self, key: str) -> GPU:
+        try:
+            return self.gpus[key]
+        except KeyError:
+            raise KeyError(
+                f"unknown GPU {key!r}; the catalog has: {', '.join(sorted(self.gpus))}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.gpus))
+
+    def __len__(self) -> int:
+        return len(self.gpus)

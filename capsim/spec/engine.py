@@ -1,0 +1,163 @@
+"""The LLM engine settings (``fleet.batching.engine``): vLLM's scheduler knobs, typed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from capsim.errors import InputError
+from capsim.spec.catalog import GPU
+from capsim.spec.models import TransformerModel
+from capsim.strict import Strict
+
+
+class LLMEngineSettings(Strict):
+    """Knobs of the serving engine (vLLM names and defaults unless said otherwise).
+
+    >>> LLMEngineSettings().block_size
+    16
+    >>> LLMEngineSettings(max_num_seqs=64).max_num_seqs
+    64
+    """
+
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="share of each GPU's memory the engine may use (vLLM EngineArgs default 0.9)",
+    )
+    reserved_gib: float = Field(
+        1.5,
+        ge=0,
+        description=(
+            "per-GPU memory inside that share kept for activations of the profiling run (about "
+            "0.5-1 GiB for 8192 batched tokens of a 7-8B model), CUDA graphs (0.2-1 GiB) and "
+            "NCCL/non-torch buffers; vLLM measures it at start-up, 1-2 GiB is typical"
+        ),
+    )
+    block_size: int = Field(
+        16, ge=1, description="tokens per KV-cache block (vLLM default on CUDA: 16)"
+    )
+    max_num_batched_tokens: int = Field(
+        8192,
+        ge=1,
+        description=(
+            "token budget of one iteration. Unset: vLLM V1's default for the OpenAI server, "
+            "8192 on GPUs with >= 70 GiB other than A100, 2048 elsewhere "
+            "(EngineArgs.get_batch_defaults; see for_gpu)"
+        ),
+    )
+    max_num_seqs: int = Field(
+        256,
+        ge=1,
+        description=(
+            "most sequences in one iteration. Unset: vLLM V1's default, 1024 on >= 70 GiB GPUs "
+            "other than A100, 256 elsewhere (see for_gpu)"
+        ),
+    )
+    chunked_prefill: bool = Field(
+        True, description="split long prompts into chunks that share iterations (vLLM V1: on)"
+    )
+    max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "longest context the engine must hold; None = the model's max_context, as vLLM, "
+            "which refuses to start if one such sequence does not fit in the KV cache"
+        ),
+    )
+    scheduler_overhead_ms: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "CPU time per iteration that the GPU waits for (scheduling, input preparation, "
+            "output processing). vLLM 0.5 left ~4 ms GPU bubbles per decode step "
+            "(vllm-project/vllm#6854); V1 with async scheduling overlaps most of it "
+            "(vllm#23569): use ~0.5 for that"
+        ),
+    )
+
+    def for_gpu(self, gpu: GPU) -> LLMEngineSettings:
+        """These settings on ``gpu``: what was not set takes vLLM V1's card-dependent default
+        (``max_num_batched_tokens`` 8192 and ``max_num_seqs`` 1024 on cards with >= 70 GiB
+        other than A100, else 2048 and 256).
+
+        >>> from capsim.load import load_catalog
+        >>> cat = load_catalog()
+        >>> LLMEngineSettings().for_gpu(cat["l4"]).max_num_batched_tokens
+        2048
+        >>> LLMEngineSettings().for_gpu(cat["h100-sxm"]).max_num_seqs
+        1024
+        >>> LLMEngineSettings(max_num_batched_tokens=4096).for_gpu(cat["l4"]).max_num_batched_tokens
+        4096
+        >>> LLMEngineSettings().for_gpu(cat["h100-sxm"]).for_gpu(cat["l4"]).max_num_seqs
+        256
+        """
+        big = gpu.memory_gib >= 70 and "a100" not in f"{gpu.id} {gpu.name}".lower()
+        update: dict[str, int] = {}
+        if "max_num_batched_tokens" not in self.model_fields_set:
+            update["max_num_batched_tokens"] = 8192 if big else 2048
+        if "max_num_seqs" not in self.model_fields_set:
+            update["max_num_seqs"] = 1024 if big else 256
+        if not update:
+            return self
+        # the card's defaults are not the user's settings: resolving again for another card
+        # gives that card's defaults
+        return type(self).model_construct(
+            _fields_set=set(self.model_fields_set), **{**self.model_dump(), **update}
+        )
+
+
+def engine_settings(
+    engine: dict[str, Any] | LLMEngineSettings,
+    model: TransformerModel | None = None,
+    gpu: GPU | None = None,
+) -> LLMEngineSettings:
+    """``fleet.batching.engine`` validated; errors name ``fleet.batching.engine.<field>``.
+
+    With ``gpu``, the settings on that card (:meth:`LLMEngineSettings.for_gpu`). With
+    ``model``, also what vLLM checks against the model at start-up: ``max_model_len`` at most
+    the model's context, and without chunked prefill a token budget that holds a whole
+    ``max_model_len`` prompt (else a long prompt could never be scheduled).
+    """
+    if isinstance(engine, LLMEngineSettings):  # a scenario's typed settings: only what it set
+        engine = engine.model_dump(exclude_unset=True)
+    try:
+        st = LLMEngineSettings(**engine)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        where = f"fleet.batching.engine.{loc}" if loc else "fleet.batching.engine"
+        if err.get("type") == "extra_forbidden":
+            accepted = ", ".join(sorted(LLMEngineSettings.model_fields))
+            msg = f"unknown engine setting '{loc}'; accepted: {accepted}"
+        else:
+            msg = err.get("msg", "invalid value")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+        raise InputError(msg, where=where) from None
+    if gpu is not None:
+        st = st.for_gpu(gpu)
+    if st.max_num_batched_tokens < st.max_num_seqs:
+        raise InputError(
+            f"max_num_batched_tokens ({st.max_num_batched_tokens}) must be >= max_num_seqs "
+            f"({st.max_num_seqs}), as vLLM requires",
+            where="fleet.batching.engine.max_num_batched_tokens",
+        )
+    if model is not None:
+        mml = st.max_model_len or model.max_context
+        if mml > model.max_context:
+            raise InputError(
+                f"max_model_len {mml:,} exceeds {model.name}'s context of "
+                f"{model.max_context:,} tokens",
+                where="fleet.batching.engine.max_model_len",
+            )
+        if not st.chunked_prefill and st.max_num_batched_tokens < mml:
+            raise InputError(
+                f"without chunked prefill max_num_batched_tokens ({st.max_num_batched_tokens:,}) "
+                f"must be >= max_model_len ({mml:,}), as vLLM requires: a longer prompt could "
+                "never be scheduled; raise the budget, lower max_model_len or chunk",
+                where="fleet.batching.engine.max_num_batched_tokens",
+            )
+    return st

@@ -1,0 +1,105 @@
+"""Model cards: what one inference costs in FLOPs and bytes.
+
+Two kinds, told apart by ``kind``:
+
+* ``fixed`` — a fixed-shape network (ResNet-50, BERT, an embedding model): one forward pass per
+  request, FLOPs and activation traffic per sample, weights read once per batch.
+* ``transformer`` — a decoder-only LLM given by its architecture; FLOPs, weight bytes and
+  KV-cache bytes per token follow from it (see :mod:`capsim.service.llm`).
+
+A scenario names a card (``model: resnet-50``, looked up in the scenario's ``models/`` folder and
+then in the shipped cards) or gives it inline.
+
+>>> from capsim.load import load_model_card
+>>> m = load_model_card("resnet-50")
+>>> round(m.flops_per_sample / 1e9, 1)
+8.2
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from capsim.errors import InputError, parse_model
+from capsim.strict import Strict
+
+
+class FixedModel(Strict):
+    """A fixed-shape network: every request costs the same."""
+
+    kind: Literal["fixed"] = "fixed"
+    name: str
+    task: str | None = Field(None, description="e.g. image classification, sentence embedding")
+    params: float = Field(gt=0, description="parameter count")
+    flops_per_sample: float = Field(gt=0, description="forward FLOPs for one request (2 x MACs)")
+    activation_elements_per_sample: float = Field(
+        gt=0, description="activation elements read+written per sample across all layers"
+    )
+    peak_activation_elements_per_sample: float = Field(
+        gt=0, description="largest live activation set per sample (memory footprint)"
+    )
+    kernels_per_forward: int = Field(gt=0, description="kernel launches per forward pass")
+    input: str = Field(description="input shape, e.g. '3x224x224 image' or '128 tokens'")
+    output: str = Field(description="output shape, e.g. '1000 logits'")
+    sources: dict[str, str] = Field(description="field name -> where its number came from")
+
+    @model_validator(mode="after")
+    def _sourced(self) -> FixedModel:
+        missing = [
+            f
+            for f in ("params", "flops_per_sample", "activation_elements_per_sample")
+            if f not in self.sources
+        ]
+        if missing:
+            raise ValueError(f"sources must name where each number came from; missing: {missing}")
+        return self
+
+
+class TransformerModel(Strict):
+    """A decoder-only transformer by architecture (Llama-style)."""
+
+    kind: Literal["transformer"] = "transformer"
+    name: str
+    layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    attention_heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int | None = Field(None, gt=0, description="default hidden_size / attention_heads")
+    ffn_size: int = Field(gt=0, description="intermediate size of the MLP")
+    vocab_size: int = Field(gt=0)
+    gated_mlp: bool = Field(True, description="SwiGLU-style gate + up projections")
+    tied_embeddings: bool = False
+    max_context: int = Field(4096, gt=0)
+    published_params: float | None = Field(None, gt=0, description="published parameter count")
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _heads(self) -> TransformerModel:
+        if self.attention_heads % self.kv_heads:
+            raise ValueError("attention_heads must be a multiple of kv_heads")
+        if self.head_dim is None and self.hidden_size % self.attention_heads:
+            raise ValueError("hidden_size must divide by attention_heads (or give head_dim)")
+        return self
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.attention_heads
+
+
+ModelCard = Annotated[FixedModel | TransformerModel, Field(discriminator="kind")]
+
+
+class _CardFile(Strict):
+    card: ModelCard
+
+
+def parse_model_card(
+    data: object, *, file: str | os.PathLike | None
+) -> FixedModel | TransformerModel:
+    """Validate a model card given as a mapping (from YAML or inline in a scenario)."""
+    if not isinstance(data, dict):
+        raise InputError("a model card must be a mapping", file=file)
+    return parse_model(_CardFile, {"card": data}, file=file).card

@@ -1,0 +1,343 @@
+"""Scenario files: the traffic, the model, the SLO, the fleet options and the candidates.
+
+A scenario is YAML validated by pydantic (unknown keys are errors). Alternatives are tagged by a
+``kind`` field (arrival process, load pattern, batching). Minimal example::
+
+    name: embedding-api
+    model: bge-large-en               # a card in ./models/ or a shipped one
+    traffic:
+      arrivals: {kind: poisson, rate_rps: 200}
+      horizon_s: 600
+    slo: {percentile: 99, latency_ms: 50}
+    fleet:
+      batching: {kind: dynamic, max_batch_size: 32, max_queue_delay_ms: 2}
+    candidates: {gpus: [t4, l4], precisions: [fp16, int8]}
+
+>>> from capsim.load import load_scenario
+>>> s = load_scenario("scenarios/embedding.yaml")
+>>> s.slo.percentile
+99.0
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from capsim.spec.autoscaling import PolicySpec, WhatIf
+from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.models import FixedModel, ModelCard, TransformerModel
+from capsim.spec.precision import MathFormat
+from capsim.strict import Strict
+
+PrecisionName = MathFormat
+
+
+# --------------------------------------------------------------------------- load patterns
+class Diurnal(Strict):
+    """A daily sine: the rate swings between trough and peak around the mean ``rate_rps``.
+
+    With ``peak_to_trough: 4`` the peak is 1.6x and the trough 0.4x the mean.
+    """
+
+    kind: Literal["diurnal"]
+    peak_to_trough: float = Field(ge=1, description="peak rate / trough rate")
+    peak_hour: float = Field(14.0, ge=0, lt=24, description="hour of day of the peak")
+    period_s: float = Field(86400.0, gt=0)
+
+
+class Piecewise(Strict):
+    """Rate multipliers at given times (step or linear in between); the last one holds."""
+
+    kind: Literal["piecewise"]
+    times_s: list[float] = Field(min_length=1)
+    multipliers: list[float] = Field(min_length=1)
+    interpolation: Literal["step", "linear"] = "step"
+
+    @model_validator(mode="after")
+    def _shape(self) -> Piecewise:
+        if len(self.times_s) != len(self.multipliers):
+            raise ValueError("times_s and multipliers must have the same length")
+        if any(b <= a for a, b in zip(self.times_s, self.times_s[1:], strict=False)):
+            raise ValueError("times_s must be strictly increasing")
+        if any(m < 0 for m in self.multipliers):
+            raise ValueError("multipliers must be >= 0")
+        return self
+
+
+Pattern = Annotated[Diurnal | Piecewise, Field(discriminator="kind")]
+
+
+class Burst(Strict):
+    """A burst: the rate is multiplied by ``multiplier`` for ``duration_s`` from ``start_s``."""
+
+    start_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+    multiplier: float = Field(gt=0)
+
+
+# --------------------------------------------------------------------------- arrival processes
+class _RateBased(Strict):
+    rate_rps: float = Field(gt=0, description="mean arrival rate, requests per second")
+    pattern: Pattern | None = None
+    bursts: list[Burst] = Field(default_factory=list)
+
+
+class Poisson(_RateBased):
+    """Poisson arrivals (exponential inter-arrival times), optionally time-varying."""
+
+    kind: Literal["poisson"]
+
+
+class Renewal(_RateBased):
+    """Renewal arrivals: gamma inter-arrival times with coefficient of variation ``cv``.
+
+    ``cv`` = 1 is Poisson, < 1 smoother, > 1 burstier, 0 deterministic.
+    """
+
+    kind: Literal["renewal"]
+    cv: float = Field(ge=0)
+
+
+class Trace(Strict):
+    """Replay a CSV trace (one row per request).
+
+    ``speedup`` compresses time (2 = twice the rate, half the duration). ``rate_scale`` changes
+    the rate but keeps the duration: below 1 it thins rows at random, above 1 it overlays
+    randomly time-shifted copies of the trace (wrapping around its span).
+    """
+
+    kind: Literal["trace"]
+    path: str
+    timestamp_column: str = "TIMESTAMP"
+    timestamp_format: Literal["auto", "seconds", "datetime"] = "auto"
+    prompt_tokens_column: str | None = None
+    output_tokens_column: str | None = None
+    speedup: float = Field(1.0, gt=0)
+    rate_scale: float = Field(1.0, gt=0)
+    start_s: float = Field(0.0, ge=0, description="skip this much of the trace")
+
+
+Arrivals = Annotated[Poisson | Renewal | Trace, Field(discriminator="kind")]
+
+
+class TokenLengths(Strict):
+    """Prompt/output token-length distributions for LLM traffic (lognormal, clipped)."""
+
+    kind: Literal["lognormal"] = "lognormal"
+    prompt_median: float = Field(gt=0)
+    prompt_sigma: float = Field(ge=0)
+    output_median: float = Field(gt=0)
+    output_sigma: float = Field(ge=0)
+    prompt_max: int = Field(8192, gt=0)
+    output_max: int = Field(2048, gt=0)
+
+
+class EmpiricalTokens(Strict):
+    """Prompt/output token lengths drawn as (prompt, output) pairs from the rows of a CSV trace.
+
+    Pairs are sampled jointly with replacement, so the correlation between prompt and output
+    lengths in the trace is kept; lengths are clipped to [1, max].
+    """
+
+    kind: Literal["empirical"]
+    trace: str = Field(description="CSV file (relative to the scenario file)")
+    prompt_column: str = "ContextTokens"
+    output_column: str = "GeneratedTokens"
+    prompt_max: int = Field(8192, gt=0)
+    output_max: int = Field(2048, gt=0)
+
+
+def _tokens_kind(v: Any) -> str:
+    if isinstance(v, dict):
+        return str(v.get("kind", "lognormal"))
+    return getattr(v, "kind", "lognormal")
+
+
+Tokens = Annotated[
+    Annotated[TokenLengths, Tag("lognormal")] | Annotated[EmpiricalTokens, Tag("empirical")],
+    Discriminator(_tokens_kind),
+]
+
+
+class Traffic(Strict):
+    arrivals: Arrivals
+    horizon_s: float | None = Field(
+        None, gt=0, description="span of traffic to simulate (default: 1 h, or the trace span)"
+    )
+    tokens: Tokens | None = None
+
+
+# --------------------------------------------------------------------------- SLO, fleet
+class SLO(Strict):
+    """Latency targets at one percentile (met when the CI's upper limit is below target)."""
+
+    percentile: float = Field(99.0, gt=0, lt=100)
+    latency_ms: float | None = Field(None, gt=0, description="end-to-end latency target")
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token (LLM)")
+    tpot_ms: float | None = Field(None, gt=0, description="time per output token (LLM)")
+    max_rejection_rate: float = Field(0.001, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_target(self) -> SLO:
+        if self.latency_ms is None and self.ttft_ms is None and self.tpot_ms is None:
+            raise ValueError("give at least one target: latency_ms, ttft_ms or tpot_ms")
+        return self
+
+
+class DynamicBatching(Strict):
+    """Triton-style dynamic batching: start when the batch is full or the oldest waited enough."""
+
+    kind: Literal["dynamic"]
+    max_batch_size: int = Field(8, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(0.0, ge=0)
+
+
+class NoBatching(Strict):
+    """One request per forward pass."""
+
+    kind: Literal["none"]
+
+
+class ContinuousBatching(Strict):
+    """vLLM-style continuous batching (LLM scenarios); engine settings in ``engine``."""
+
+    kind: Literal["continuous"]
+    engine: LLMEngineSettings = Field(default_factory=LLMEngineSettings)
+
+
+Batching = Annotated[DynamicBatching | NoBatching | ContinuousBatching, Field(discriminator="kind")]
+
+
+class Fleet(Strict):
+    batching: Batching = DynamicBatching(kind="dynamic")
+    router: Literal[
+        "shared_queue",
+        "round_robin",
+        "join_shortest_queue",
+        "least_outstanding_requests",  # LLM: fewest unfinished requests (see capsim.sim.llm_replica)
+        "least_outstanding_tokens",  # LLM: fewest unfinished prompt + output tokens
+    ] = "shared_queue"
+    max_queue_length: int | None = Field(
+        None, ge=1, description="queued requests beyond are rejected"
+    )
+    batch_overhead_ms: float = Field(
+        0.1, ge=0, description="host/framework time per batch (scheduling, copies)"
+    )
+    service_time_cv: float = Field(
+        0.0, ge=0, description="run-to-run jitter of batch times (gamma, mean 1)"
+    )
+
+    @property
+    def max_batch(self) -> int:
+        b = self.batching
+        return b.max_batch_size if isinstance(b, DynamicBatching) else 1
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        b = self.batching
+        return b.max_queue_delay_ms / 1000 if isinstance(b, DynamicBatching) else 0.0
+
+
+class Candidates(Strict):
+    gpus: list[str] = Field(min_length=1)
+    precisions: list[PrecisionName] = Field(min_length=1)
+    tensor_parallel: list[int] = Field(default_factory=lambda: [1])
+    max_replicas: int = Field(64, ge=1)
+    price_provider: str | None = Field(
+        None, description="use this provider's price where the card lists one (default: catalog)"
+    )
+
+    @field_validator("gpus", "precisions")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"listed more than once: {', '.join(dup)}")
+        return v
+
+    @field_validator("tensor_parallel")
+    @classmethod
+    def _tp(cls, v: list[int]) -> list[int]:
+        if not v or any(t not in (1, 2, 4, 8) for t in v):
+            raise ValueError("tensor_parallel values must be among 1, 2, 4, 8")
+        return v
+
+
+class Simulation(Strict):
+    replications: int = Field(5, ge=2, description="independent replications (minimum)")
+    max_replications: int = Field(20, ge=2, description="added while the CI straddles the target")
+    seed: int = Field(0, ge=0)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    warmup: Literal["auto", "none"] | float = Field(
+        "auto", description="'auto' (MSER-5 when the load is stationary), 'none', or seconds"
+    )
+    compress_to_s: float | None = Field(
+        None,
+        gt=0,
+        description="simulate the horizon compressed into this many seconds (quasi-stationary)",
+    )
+    max_wait_s: float = Field(
+        60.0, gt=0, description="a request waiting longer marks the run unstable (overloaded)"
+    )
+    max_requests: int = Field(
+        60_000_000,
+        ge=1,
+        description="most requests one replication may generate (~200 bytes each in memory)",
+    )
+
+    @field_validator("warmup")
+    @classmethod
+    def _warm(cls, v: Any) -> Any:
+        if isinstance(v, float) and v < 0:
+            raise ValueError("warmup seconds must be >= 0")
+        return v
+
+
+class Scenario(Strict):
+    name: str
+    description: str | None = None
+    model: ModelCard
+    traffic: Traffic
+    slo: SLO
+    fleet: Fleet = Fleet()
+    candidates: Candidates
+    simulation: Simulation = Simulation()
+    autoscaling: PolicySpec | None = Field(
+        None, description="autoscaling policy (and cold start) used by plan and whatif"
+    )
+    whatif: WhatIf | None = Field(None, description="policy variants for capsim whatif")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Scenario:
+        llm = isinstance(self.model, TransformerModel)
+        if llm and not isinstance(self.fleet.batching, ContinuousBatching):
+            raise ValueError("a transformer model needs fleet.batching.kind: continuous")
+        if not llm and isinstance(self.fleet.batching, ContinuousBatching):
+            raise ValueError("continuous batching is for transformer models; use kind: dynamic")
+        if not llm and self.candidates.tensor_parallel != [1]:
+            raise ValueError(
+                "candidates.tensor_parallel applies to transformer models only (one replica of a "
+                "fixed-shape model is one GPU)"
+            )
+        if not llm and self.slo.latency_ms is None:
+            raise ValueError("slo.latency_ms is required for fixed-shape models")
+        if self.simulation.max_replications < self.simulation.replications:
+            raise ValueError("simulation.max_replications must be >= simulation.replications")
+        return self
+
+    @property
+    def is_llm(self) -> bool:
+        return isinstance(self.model, TransformerModel)
+
+    @property
+    def fixed_model(self) -> FixedModel:
+        assert isinstance(self.model, FixedModel)
+        return self.model
+
+    @property
+    def stationary(self) -> bool:
+        """True when the offered load does not change over time (warm-up deletion applies)."""
+        a = self.traffic.arrivals
+        return isinstance(a, Poisson | Renewal) and a.pattern is None and not a.bursts
