@@ -5,6 +5,7 @@ working directory, through click's CliRunner, and must exit 0 and print its key 
 that a page shows after a ``$`` prompt must appear as shown (``...`` stands for anything).
 
 The working directory holds what a reader has after cloning: ``scenarios/`` (the shipped ones),
+``benchmarks/`` (with the real H200 measurements the calibration tutorial fits),
 ``my_catalog/`` (a copy of the shipped catalog, as the examples name it), and ``CAPSIM_CATALOG``
 points at a private copy of the catalog, so a ``calibrate fit`` never touches the repository.
 
@@ -132,6 +133,7 @@ class Workspace:
                 _fast_copy(item, scen / item.name)
             else:
                 (scen / item.name).symlink_to(item)
+        (path / "benchmarks").symlink_to(ROOT / "benchmarks")  # real measurement runs
         shutil.copytree(ROOT / "hardware_catalog", path / "catalog")
         shutil.copytree(ROOT / "hardware_catalog", path / "my_catalog")
         self.env = {"CAPSIM_CATALOG": str(path / "catalog")}
@@ -251,9 +253,7 @@ EXPECTED_SKIPS = [
     "README.md: capsim calibrate fit meas/ --gpu l4",
     "README.md: capsim calibrate compare meas/ --gpu l4 --out compare/",
     "README.md: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
-    "docs/tutorials/calibrate.md: capsim calibrate run --out l4-meas/ --backend torch --precisions fp16,fp8,int8 --budget-seconds 900",
-    "docs/tutorials/calibrate.md: capsim calibrate fit l4-meas/ --gpu l4",
-    "docs/tutorials/calibrate.md: capsim calibrate compare l4-meas/ --gpu l4 --out compare/",
+    "docs/tutorials/calibrate.md: capsim calibrate run --out h200/ --budget-seconds 420",
     "capsim calibrate --help: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "capsim calibrate fit --help: capsim calibrate fit meas/ --gpu l4",
     "capsim calibrate fit --help: capsim calibrate fit run1/ run2/ --gpu l4",
@@ -312,3 +312,10 @@ def test_generated_reference_has_every_object_and_field(kind: str) -> None:
         assert f"### {name} {{#def-{name.lower()}}}" in page
         for field in obj.get("properties", {}):
             assert f"| `{field}` |" in page, (name, field)
+
+
+def test_generated_commands_page_has_every_command() -> None:
+    page = _hook().on_page_markdown("<!-- capsim-help -->")
+    helped = {b.source.removesuffix(" --help") for b in BLOCKS if b.source.endswith("--help")}
+    for name in helped | {"capsim calibrate fit", "capsim catalog show"}:
+        assert f"## {name}\n" in page

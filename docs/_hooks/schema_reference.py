@@ -41,9 +41,12 @@ def help_pages() -> str:
 
 def _command_paths(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[str, ...]]:
     out = [path]
-    if isinstance(cmd, click.Group):
-        for name, sub in sorted(cmd.commands.items()):
-            out += _command_paths(sub, (*path, name))
+    if isinstance(cmd, click.Group):  # through list/get_command: groups may load lazily
+        ctx = click.Context(cmd)
+        for name in sorted(cmd.list_commands(ctx)):
+            sub = cmd.get_command(ctx, name)
+            if sub is not None:
+                out += _command_paths(sub, (*path, name))
     return out
 
 
