@@ -107,7 +107,7 @@ def calibrate_group() -> None:
 
     \b
     Example:
-      capsim calibrate run --out meas/ --backend numpy --quick --budget-seconds 20
+      capsim calibrate run --out meas/ --backend numpy --quick --precisions fp32 --budget-seconds 20 --threads 1
       capsim calibrate fit meas/ --new-gpu local-cpu --price 0.10 --power-w 65 --catalog-dir my_catalog/
       capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm
       capsim calibrate compare --gpu a100-80gb-sxm --out compare/
@@ -159,7 +159,7 @@ def run_cmd(
 
     \b
     Example:
-      capsim calibrate run --out meas/ --backend numpy --quick --budget-seconds 20 --threads 1
+      capsim calibrate run --out meas/ --backend numpy --quick --precisions fp32 --budget-seconds 20 --threads 1
       capsim calibrate run --out h100/ --backend torch --precisions bf16,fp8,int8
     """
     from calibrate import CalibrationError, run

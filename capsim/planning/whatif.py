@@ -259,6 +259,40 @@ def policies_for(s: Scenario) -> list:
     return out
 
 
+def pick_baseline(
+    specs: Sequence[Any], named: str | None, scenario_baseline: str | None, own: bool
+) -> tuple[str, str]:
+    """The policy savings are measured against, and a line saying why it was chosen.
+
+    ``named`` (``--baseline``) wins; else the scenario's ``whatif.baseline`` when its own
+    policies run (``own``); else the first fixed policy; else the first policy.
+
+    >>> from capsim.spec.autoscaling import KPASpec
+    >>> specs = [KPASpec(kind="kpa", target=6), FixedSpec(kind="fixed", replicas="peak")]
+    >>> pick_baseline(specs, None, "fixed-peak", own=False)[0]
+    'fixed'
+    >>> pick_baseline(specs[:1], None, None, own=False)
+    ('kpa', 'baseline: kpa, the first policy (none is fixed)')
+    """
+    names = [sp.label for sp in specs]
+    if named is not None:
+        if named not in names:
+            raise InputError(f"baseline '{named}' is not one of {names}", where="--baseline")
+        return named, f"baseline: {named}, as named"
+    if own and scenario_baseline is not None:
+        return scenario_baseline, f"baseline: {scenario_baseline} (whatif.baseline)"
+    dropped = (
+        f"; the scenario's whatif.baseline '{scenario_baseline}' is not used, as the policies "
+        "given replace its own"
+        if scenario_baseline is not None and not own
+        else ""
+    )
+    fixed = next((sp.label for sp in specs if isinstance(sp, FixedSpec)), None)
+    if fixed is not None:
+        return fixed, f"baseline: {fixed}, the first fixed policy{dropped}"
+    return names[0], f"baseline: {names[0]}, the first policy (none is fixed){dropped}"
+
+
 def resolve_config(
     s: Scenario, gpu: str | None, precision: str | None, tp: int | None
 ) -> tuple[str, str, int]:
@@ -382,11 +416,7 @@ def whatif(
         or max(2, s.simulation.replications)
     )
     win = window_s or (w.window_s if w else 300.0)
-    base = baseline or (w.baseline if w else None)
-    if base is None:
-        base = next((sp.label for sp in specs if isinstance(sp, FixedSpec)), None)
-    elif base not in names:
-        raise InputError(f"baseline '{base}' is not one of {names}", where="--baseline")
+    base, why = pick_baseline(specs, baseline, w.baseline if w else None, policies is None)
     fixed_n = None
     if any(isinstance(sp, FixedSpec) and sp.replicas == "peak" for sp in specs):
         if progress:
@@ -424,4 +454,4 @@ def whatif(
             r.saving_share = r.saving.mean / bc if bc > 0 else None
     price = price_per_gpu_hour(cat[g], s.candidates.price_provider).usd_per_hour
     horizon = sim_horizon(real_time(s))[0]
-    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price)
+    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price, [why])

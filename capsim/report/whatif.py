@@ -81,6 +81,7 @@ def format_whatif(r: WhatIfResult) -> str:
         f"capsim whatif: {s.name} on {r.gpu} {r.precision}{tp} (${r.price_usd_per_gpu_hour:g}/GPU-h); "
         f"SLO {slo_text(targets, pct)}; {r.horizon_s / 3600:g} h in real time, "
         f"{r.replications} replications, same traffic for every policy",
+        *r.notes,
         "",
     ]
     rows = []
@@ -185,6 +186,7 @@ def whatif_dict(r: WhatIfResult) -> dict[str, Any]:
         "window_s": r.window_s,
         "replications": r.replications,
         "baseline": r.baseline,
+        "notes": r.notes,
         "policies": [],
     }
     for p in r.policies:
