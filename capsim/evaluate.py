@@ -1,7 +1,7 @@
 """Evaluate one fleet configuration: replications → metrics → SLO verdict → cost.
 
-This is ``capsim.simulate`` (the library entry point): the planner calls it as a function, many times, with the same
-request streams (common random numbers) for every candidate.
+This is ``capsim.simulate`` (the library entry point): the planner calls it as a function, many
+times, with the same request streams (common random numbers) for every candidate.
 
 >>> from capsim.load import load_scenario
 >>> s = load_scenario("scenarios/vision.yaml")

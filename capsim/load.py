@@ -14,34 +14,83 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from capsim.errors import InputError, load_yaml, parse_model
 from capsim.paths import resolve_scenario_path, shipped_catalog_dir, shipped_models_dir
+from capsim.spec.calibration import CalibrationFile
 from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.engine import engine_settings
 from capsim.spec.models import FixedModel, TransformerModel, parse_model_card
 from capsim.spec.precision import PRECISIONS
 from capsim.spec.scenario import Scenario, Trace
-from capsim.workload.streams import check_traffic  # workload builds on this module
+from capsim.workload.streams import check_traffic
+
+SIDECAR_SUFFIX = ".calibration.yaml"
+
+
+def calibration_path(entry: str | os.PathLike) -> Path:
+    """The calibration sidecar of catalog entry ``<id>.yaml``: ``<id>.calibration.yaml``.
+
+    >>> calibration_path("hardware_catalog/h100-sxm.yaml").name
+    'h100-sxm.calibration.yaml'
+    """
+    p = Path(entry)
+    return p.with_name(p.stem + SIDECAR_SUFFIX)
+
+
+def is_sidecar(path: Path) -> bool:
+    """True for a calibration sidecar (not a catalog entry)."""
+    return path.name.endswith(SIDECAR_SUFFIX)
+
+
+def _with_sidecar(data: Any, p: Path) -> Any:
+    """Entry data with the sidecar's calibration and ``sources.calibration`` put in (validated
+    on its own first, so its errors name the sidecar file)."""
+    side = calibration_path(p)
+    if not side.exists() or not isinstance(data, dict):
+        return data
+    if "calibration" in data:
+        raise InputError(
+            f"the calibration is given twice: inline here and in {side.name}; keep the sidecar "
+            "and delete the inline block",
+            file=p,
+            where="calibration",
+        )
+    sources = data.get("sources")
+    if isinstance(sources, dict) and "calibration" in sources:
+        raise InputError(
+            f"the calibration's source is kept in {side.name} (its 'source' field); delete it here",
+            file=p,
+            where="sources.calibration",
+        )
+    raw = load_yaml(side)
+    parse_model(CalibrationFile, raw, file=side)
+    cal = {k: v for k, v in raw.items() if k != "source"}
+    srcs = {**(sources if isinstance(sources, dict) else {}), "calibration": raw["source"]}
+    return {**data, "sources": srcs, "calibration": cal}
 
 
 def load_gpu_file(path: str | os.PathLike) -> GPU:
-    """Parse and validate one catalog YAML file."""
+    """Parse and validate one catalog YAML file (and its calibration sidecar, if any)."""
     p = Path(path)
-    gpu = parse_model(GPU, load_yaml(p), file=p)
+    gpu = parse_model(GPU, _with_sidecar(load_yaml(p), p), file=p)
     if gpu.id != p.stem:
         raise InputError(f"id '{gpu.id}' must match the file name '{p.stem}'", file=p, where="id")
     return gpu
 
 
 def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
-    """Load every ``*.yaml`` in a catalog directory (default: the shipped catalog)."""
+    """Load every ``*.yaml`` entry in a catalog directory (default: the shipped catalog); each
+    entry's ``<id>.calibration.yaml`` sidecar, where there is one, gives its calibration."""
     d = Path(path) if path is not None else shipped_catalog_dir()
     if not d.is_dir():
         raise InputError("catalog directory not found", file=d)
     gpus: dict[str, GPU] = {}
     files: dict[str, Path] = {}
     for f in sorted(d.glob("*.yaml")):
+        if is_sidecar(f):
+            continue
         gpu = load_gpu_file(f)
         gpus[gpu.id] = gpu
         files[gpu.id] = f

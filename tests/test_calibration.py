@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +127,15 @@ def test_shipped_entries_are_what_the_import_writes(gpu_id, tmp_path, runner):
     cat = tmp_path / "cat"
     shutil.copytree(shipped_catalog_dir(), cat)
     before = (cat / f"{gpu_id}.yaml").read_bytes()
+    before_side = (cat / f"{gpu_id}.calibration.yaml").read_bytes()
     csv = VIDUR / f"mlp_{CARDS[gpu_id]}_Llama-2-7b-hf.csv"
     res = runner.invoke(main, ["calibrate", "import-vidur", str(csv), "--gpu", gpu_id, "--catalog-dir", str(cat)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "8288 points" in res.output and "worst +5.0%" in res.output
-    assert (cat / f"{gpu_id}.yaml.bak").read_bytes() == before
+    side = cat / f"{gpu_id}.calibration.yaml"
+    assert (cat / f"{gpu_id}.calibration.yaml.bak").read_bytes() == before_side
+    assert (cat / f"{gpu_id}.yaml").read_bytes() == before  # the entry is not rewritten
+    assert side.read_bytes() != before_side  # (the new date)
     new, old = load_gpu_file(cat / f"{gpu_id}.yaml"), _gpu(gpu_id)
     strip = {"provenance": {"created"}}
     assert new.calibration.model_dump(exclude=strip) == old.calibration.model_dump(exclude=strip)
@@ -151,7 +156,7 @@ def test_vidur_import_rejects_a_bad_profile_and_changes_nothing(tmp_path, runner
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "not a Vidur mlp.csv profile: missing column(s)" in res.output
     assert (cat / "a100-80gb-sxm.yaml").read_bytes() == before
-    assert not (cat / "a100-80gb-sxm.yaml.bak").exists()
+    assert not (cat / "a100-80gb-sxm.calibration.yaml.bak").exists()
 
 
 # --- calibrated service times -----------------------------------------------------------------
@@ -356,27 +361,41 @@ def _assert_one_line_error(res, *needles: str) -> None:
         assert needle in lines[0], res.output
 
 
+def mode_of(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
 def test_fit_writes_entries_with_the_files_mode_and_backups_with_the_umask(tmp_path, runner):
     """Atomic writes keep the mode of the file they replace (a temporary file alone is 0600); a
-    new file (the .bak, a new entry, compare outputs) gets 0o666 & ~umask."""
+    new file (the sidecar, its .bak, compare outputs) gets 0o666 & ~umask. The entry itself is
+    not rewritten: the calibration goes to its sidecar."""
     import os
-    import stat
 
     cat = _cat_copy(tmp_path)
     meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"), name="NVIDIA L4")
     entry = cat / "l4.yaml"
+    side = cat / "l4.calibration.yaml"
     os.chmod(entry, 0o664)
+    before = entry.read_bytes()
     old = os.umask(0o027)
+    fit = ["calibrate", "fit", str(meas), "--gpu", "l4", "--catalog-dir", str(cat)]
     try:
-        res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "l4", "--catalog-dir", str(cat)])  # fmt: skip
+        res = runner.invoke(main, fit)
+        assert res.exit_code == 0, res.output
+        assert mode_of(side) == 0o640 and not (cat / "l4.calibration.yaml.bak").exists()
+        os.chmod(side, 0o664)
+        first = side.read_bytes()
+        res = runner.invoke(main, fit)  # a re-fit replaces the sidecar and keeps the old one
         assert res.exit_code == 0, res.output
         res = runner.invoke(main, ["calibrate", "compare", str(meas), "--gpu", "l4", "--out", str(tmp_path / "cmp")])  # fmt: skip
         assert res.exit_code == 0, res.output
     finally:
         os.umask(old)
-    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
-    assert mode(entry) == 0o664  # kept
-    assert mode(cat / "l4.yaml.bak") == 0o640  # new: 0o666 & ~0o027
+    mode = mode_of
+    assert mode(entry) == 0o664 and entry.read_bytes() == before  # the entry is not rewritten
+    assert mode(side) == 0o664  # kept
+    assert mode(cat / "l4.calibration.yaml.bak") == 0o640  # new: 0o666 & ~0o027
+    assert (cat / "l4.calibration.yaml.bak").read_bytes() == first
     assert mode(tmp_path / "cmp" / "compare.csv") == 0o640
     assert mode(tmp_path / "cmp" / "roofline.png") == 0o640
     assert load_gpu_file(entry).calibration is not None

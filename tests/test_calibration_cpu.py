@@ -231,10 +231,11 @@ def test_corrupted_or_partial_measurements_exit_2_and_leave_the_catalog_untouche
             assert snapshot() == before, bad.name  # byte-identical, no .bak, no new entry
         res = runner.invoke(main, ["calibrate", "compare", str(bad)])
         assert res.exit_code == 2 and needle in res.output
-    # a good re-fit of the existing entry keeps the previous file as .bak
+    # a good re-fit of the existing entry keeps the previous sidecar as .bak, the entry as it was
     res = runner.invoke(main, ["calibrate", "fit", str(measured), "--gpu", "local-cpu", "--catalog-dir", str(cat)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert (cat / "local-cpu.yaml.bak").read_bytes() == before["local-cpu.yaml"]
+    assert (cat / "local-cpu.calibration.yaml.bak").read_bytes() == before["local-cpu.calibration.yaml"]  # fmt: skip
+    assert (cat / "local-cpu.yaml").read_bytes() == before["local-cpu.yaml"]
 
 
 def test_fit_argument_errors(measured, tmp_path, runner):

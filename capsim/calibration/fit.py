@@ -1,4 +1,4 @@
-"""Turning measurements into a catalog entry's ``calibration`` block.
+"""Turning measurements into a catalog entry's calibration.
 
 Two sources:
 
@@ -21,8 +21,9 @@ Two sources:
 Tables are thinned (Douglas-Peucker in log-log space) to the points needed to reproduce every
 measured point within ``tolerance`` by log-log interpolation.
 
-Writing goes through :func:`write_calibration` / :func:`write_new_entry`: the new file is
-validated first, the previous file is kept as ``<file>.bak``, and both writes are atomic.
+Writing goes through :mod:`capsim.calibration.writer`: the calibration goes to the entry's
+sidecar ``<id>.calibration.yaml``, validated first, the previous sidecar kept as ``.bak``, every
+write atomic.
 """
 
 from __future__ import annotations

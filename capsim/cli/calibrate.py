@@ -260,10 +260,11 @@ def _power(text: str | None) -> tuple[float, float | None] | None:
 @click.pass_context
 @handle_errors
 def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_dir, dry_run, fmt):
-    """Fit efficiency curves and measured tables into a catalog entry's calibration block.
+    """Fit efficiency curves and measured tables into a catalog entry's calibration sidecar.
 
-    Reports the fit's error on measurements it did not use. The previous file is kept as
-    <entry>.yaml.bak; writes are atomic, and a bad measurements directory changes nothing.
+    Reports the fit's error on measurements it did not use. The calibration is written to
+    <entry>.calibration.yaml beside the entry (the previous one kept as .bak); writes are
+    atomic, and a bad measurements directory changes nothing.
     Several directories (repeated runs on one machine) are combined point by point, keeping
     the fastest median (on a shared machine the slower runs are the disturbed ones).
 
@@ -318,10 +319,10 @@ def fit_cmd(ctx, directories, gpu_id, new_id, holdout, price, power_w, catalog_d
     if not dry_run:
         try:
             if path is not None:
-                _, backup = write_calibration(path, result.calibration)
-                written = [str(path), str(backup)]
+                _, side, backup = write_calibration(path, result.calibration)
+                written = [str(side)] + ([str(backup)] if backup else [])
             else:
-                written = [str(write_new_entry(cat_dir, result.gpu))]
+                written = [str(p) for p in write_new_entry(cat_dir, result.gpu)]
         except OSError as exc:
             raise _write_error(exc, cat_dir) from None
     if fmt == "json":
@@ -401,10 +402,10 @@ def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir
         )
     if not dry_run:
         try:
-            _, backup = write_calibration(path, cal)
+            _, side, backup = write_calibration(path, cal)
         except OSError as exc:
             raise _write_error(exc, path) from None
-        click.echo(f"wrote {path} (previous file: {backup})", err=True)
+        click.echo(f"wrote {side}" + (f" (previous file: {backup})" if backup else ""), err=True)
 
 
 # --------------------------------------------------------------------------- compare

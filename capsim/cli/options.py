@@ -1,7 +1,7 @@
 """What the CLI's commands share: options, the user-error handler, catalog and progress.
 
-Every command module (``cli``, ``cli_whatif``, ``cli_calibrate``) takes these from here, so a
-user error looks the same everywhere: one line on stderr, exit code 2.
+Every command module (``run``, ``inspect``, ``catalog``, ``whatif``, ``calibrate``) takes these from
+here, so a user error looks the same everywhere: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
+from typing import Any
 
 import numpy as np
 
@@ -10,7 +11,31 @@ from capsim.sim.lifecycle import FleetSample
 
 
 class FleetReadout:
-    """Methods of :class:`BatchedFleet` (mixed in); they use its attributes."""
+    """Methods of :class:`BatchedFleet` (mixed in); they use its attributes, declared here for
+    the type checker (set by ``BatchedFleet.__init__``)."""
+
+    _adm_seen: Any
+    _adm_sum: Any
+    _carry: list[tuple[float, int]]
+    _flush: Any
+    _jsrc: Any
+    _mv: Any
+    _seen: Any
+    _seen_sum: Any
+    _sum_pending: Any
+    adm: Any
+    arr: Any
+    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    bt: Any
+    head: Any
+    limit: Any
+    max_factor: Any
+    n: Any
+    rejected: Any
+    scanned: Any
+    sum_bs: Any
+    sum_btg: Any
+    sum_s: Any
 
     def _longest(self) -> float:
         f = self._jsrc.max_factor if self._jsrc is not None else self.max_factor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left
+from typing import Any
 
 import simpy
 
@@ -16,7 +17,40 @@ from capsim.sim.llm_types import (
 
 
 class ReplicaOps:
-    """Methods of :class:`LLMFleet` (mixed in); they use its attributes."""
+    """Methods of :class:`LLMFleet` (mixed in); they use its attributes, declared here for
+    the type checker (set by ``LLMFleet.__init__``)."""
+
+    O: Any  # noqa: E741 (the host's name for the output-length array)
+    P: Any
+    V: Any
+    _any_retired: Any
+    _on_step: Any
+    _schedule: Any
+    arr: Any
+    bs: Any
+    budget: Any
+    chunked: Any
+    computed: Any
+    done: Any
+    endit: Any
+    env: Any
+    fin: Any
+    g: Any
+    max_len: Any
+    max_queue: Any
+    n: Any
+    next_arrival: Any
+    npre: Any
+    plan: Any
+    rejected: Any
+    rep: Any
+    reps: list[_Replica]
+    router: Any
+    rr: Any
+    seq_iterations: Any
+    target: Any
+    total: Any
+    u: Any
 
     def _blocks(self, rp: _Replica, x: int) -> int:
         """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).

@@ -202,3 +202,10 @@ class Calibration(Strict):
             f"{p.source} ({p.device}; {p.created}): {len(self.tables)} measured tables "
             f"({pts} points), curves for {', '.join(sorted({c.format for c in self.curves})) or 'none'}"
         )
+
+
+class CalibrationFile(Calibration):
+    """A calibration sidecar file, ``<entry id>.calibration.yaml`` beside the catalog entry: the
+    calibration plus its one-line ``source`` (the entry's ``sources.calibration``)."""
+
+    source: str = Field(description="where the measurements came from (sources.calibration)")
