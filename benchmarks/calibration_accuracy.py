@@ -8,7 +8,7 @@ stored table, RoPE. Printed per card and operator: median and worst relative err
 roofline's for contrast; then the fit errors stored in the entry's provenance (the GEMM curve
 predicting each (operator, tp) table it was not fitted on -- what other models' shapes get).
 
-Data: ``../shared/data/vidur_profiling/mlp_{a100,h100}_Llama-2-7b-hf.csv`` (microsoft/vidur,
+Data: ``benchmarks/data/vidur_profiling/mlp_{a100,h100}_Llama-2-7b-hf.csv`` (microsoft/vidur,
 MIT). Run: ``python benchmarks/calibration_accuracy.py [--data DIR]``
 """
 
@@ -34,7 +34,7 @@ from capsim.service.comm import default_op_timer  # noqa: E402
 from capsim.service.llm import LLMServiceModel  # noqa: E402
 from capsim.spec.engine import LLMEngineSettings  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vidur_profiling"
+DEFAULT_DATA = ROOT / "benchmarks" / "data" / "vidur_profiling"
 CARDS = {"a100-80gb-sxm": "a100", "h100-sxm": "h100"}
 OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "mlp_act", "embed", "norm")
 

@@ -7,9 +7,9 @@ efficiencies) and compared with the measured median. Printed per GPU and per ope
 median and 95th-percentile absolute relative error, the worst error (signed: negative = the
 roofline is too fast), and the efficiencies that fit the data best.
 
-Data: ``../shared/data/vidur_profiling/mlp_{a100,h100}_Llama-2-7b-hf.csv`` (microsoft/vidur,
+Data: ``benchmarks/data/vidur_profiling/mlp_{a100,h100}_Llama-2-7b-hf.csv`` (microsoft/vidur,
 MIT). The catalog entry is used when the card is in the catalog, otherwise a stand-in built
-from the spec table in shared/reference/gpus.md with default efficiencies.
+from the spec table in docs/reference/gpus.md with default efficiencies.
 
 Run: ``python benchmarks/llm_operator_accuracy.py [--data DIR]``
 """
@@ -38,7 +38,7 @@ from capsim.service.llm import LLMServiceModel  # noqa: E402
 from capsim.spec.catalog import GPU, SOURCED_FIELDS  # noqa: E402
 from capsim.spec.engine import LLMEngineSettings  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "vidur_profiling"
+DEFAULT_DATA = ROOT / "benchmarks" / "data" / "vidur_profiling"
 
 #: Vidur operator name -> capsim operator name.
 OPS = {
@@ -50,7 +50,7 @@ OPS = {
 #: capsim catalog id -> file suffix of the Vidur profile.
 CARDS = {"a100-80gb-sxm": "a100", "h100-sxm": "h100"}
 
-_SPEC = {  # shared/reference/gpus.md spec table (dense peaks), for cards not yet in the catalog
+_SPEC = {  # docs/reference/gpus.md spec table (dense peaks), for cards not yet in the catalog
     "a100-80gb-sxm": dict(
         name="NVIDIA A100 80GB SXM (spec-table stand-in)", memory_gib=80, usable_memory_gib=79.2,
         bandwidth_gb_s=2039, peak_tflops=dict(fp32=19.5, tf32=156, fp16=312, bf16=312, int8=624,
@@ -71,7 +71,7 @@ def spec_gpu(gpu_id: str, **overrides: object) -> GPU:
         kernel_overhead_us=4,
         power=dict(idle_w=60, warm_idle_w=100, max_w=700),
         price=dict(provider="spec-table stand-in", usd_per_hour=1.0),
-        sources={f: "shared/reference/gpus.md spec table (test stand-in)" for f in _SOURCED},
+        sources={f: "docs/reference/gpus.md spec table (test stand-in)" for f in _SOURCED},
     )
     fields.update(_SPEC[gpu_id])
     fields.update(overrides)

@@ -29,9 +29,11 @@ from capsim.spec.catalog import GPU
 from capsim.spec.engine import LLMEngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-VIDUR = ROOT.parent / "shared" / "data" / "vidur_profiling"
+VIDUR = ROOT / "benchmarks" / "data" / "vidur_profiling"
 CARDS = {"a100-80gb-sxm": "a100", "h100-sxm": "h100"}
-needs_vidur = pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur_profiling absent")
+needs_vidur = pytest.mark.skipif(
+    not VIDUR.is_dir(), reason="benchmarks/data/vidur_profiling absent"
+)
 
 #: capsim operator -> what Vidur measured for it (see capsim.calibration.vidur.VIDUR_TABLES)
 LLAMA_OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_down", "mlp_act", "embed", "norm")

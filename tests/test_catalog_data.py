@@ -31,7 +31,7 @@ REQUIRED_CARDS = {
     "mi300x",
 }
 
-# Precisions a card lacks in hardware (shared/reference/gpus.md, "—" in the spec table): null, never
+# Precisions a card lacks in hardware (docs/reference/gpus.md, "—" in the spec table): null, never
 # derived from another precision.
 UNSUPPORTED = {
     "t4": ("tf32", "bf16", "fp8"),
@@ -133,7 +133,7 @@ def test_usable_memory_below_nominal_and_plausible(catalog):
 
 
 def test_aws_reported_usable_memory():
-    # shared/reference/gpus.md: AWS reports L4 and A10G as 22,888 MiB, L40S as 45,776 MiB.
+    # docs/reference/gpus.md: AWS reports L4 and A10G as 22,888 MiB, L40S as 45,776 MiB.
     cat = load_catalog()
     assert cat["l4"].usable_memory_gib == pytest.approx(22888 / 1024, abs=0.01)
     assert cat["a10g"].usable_memory_gib == pytest.approx(22888 / 1024, abs=0.01)

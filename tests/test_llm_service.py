@@ -29,7 +29,7 @@ from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-VIDUR = ROOT.parent / "shared" / "data" / "vidur_profiling"
+VIDUR = ROOT / "benchmarks" / "data" / "vidur_profiling"
 CARDS = [
     "llama-3.1-8b",
     "llama-2-7b",
@@ -52,7 +52,7 @@ def _bench():
 
 BENCH = _bench()
 
-_T4 = dict(  # shared/reference/gpus.md spec table, in case the catalog entry is missing
+_T4 = dict(  # docs/reference/gpus.md spec table, in case the catalog entry is missing
     name="NVIDIA T4 (test stand-in)", memory_gib=16, usable_memory_gib=14.75, bandwidth_gb_s=320,
     peak_tflops=dict(fp32=8.1, fp16=65, int8=130, int4=260, tf32=None, bf16=None, fp8=None),
     interconnect=dict(kind="pcie", bandwidth_gb_s=16), kernel_overhead_us=4,
@@ -337,7 +337,7 @@ def test_estimate_llm(h100, t4):
 # --- real measurements ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not VIDUR.is_dir(), reason="../shared/data/vidur_profiling not present")
+@pytest.mark.skipif(not VIDUR.is_dir(), reason="benchmarks/data/vidur_profiling not present")
 @pytest.mark.parametrize("gpu_id", sorted(BENCH.CARDS))
 def test_gemm_times_against_vidur_measurements(gpu_id):
     """Roofline vs measured Llama-2-7B GEMMs at num_tokens 1..4096 and tp 1, 2, 4, 8.

@@ -252,13 +252,13 @@ EXPECTED_SKIPS = [
     "README.md: capsim calibrate run --out meas/ --budget-seconds 900",
     "README.md: capsim calibrate fit meas/ --gpu l4",
     "README.md: capsim calibrate compare meas/ --gpu l4 --out compare/",
-    "README.md: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
+    "README.md: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "docs/tutorials/calibrate.md: capsim calibrate run --out h200/ --budget-seconds 420",
-    "capsim calibrate --help: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
+    "capsim calibrate --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "capsim calibrate fit --help: capsim calibrate fit meas/ --gpu l4",
     "capsim calibrate fit --help: capsim calibrate fit run1/ run2/ --gpu l4",
-    "capsim calibrate import-vidur --help: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
-    "capsim calibrate import-vidur --help: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_h100_Llama-2-7b-hf.csv --gpu h100-sxm",
+    "capsim calibrate import-vidur --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
+    "capsim calibrate import-vidur --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_h100_Llama-2-7b-hf.csv --gpu h100-sxm",
     "capsim calibrate run --help: capsim calibrate run --out h100/ --backend torch --precisions bf16,fp8,int8",
 ]
 

@@ -1,4 +1,4 @@
-"""The simulator against exact queueing theory (shared/reference/queueing-and-statistics.md).
+"""The simulator against exact queueing theory (docs/reference/queueing-and-statistics.md).
 
 Like Ciw's tests: simulate a system whose answer is known and compare. Long runs, several
 independent replications; tolerances are a few per cent (stated per test).

@@ -1,7 +1,7 @@
 """Exact queueing results used as test oracles and for cheap screening.
 
 Everything here is closed-form or an exactly solved Markov chain: no simulation and no random
-numbers. The formulas follow ``/work/shared/reference/queueing-and-statistics.md``.
+numbers. The formulas follow ``docs/reference/queueing-and-statistics.md``.
 
 Notation: arrival rate ``lam`` (λ), service rate ``mu`` (μ, mean service time 1/μ), ``c`` servers,
 offered load ``a = λ/μ``, utilisation ``ρ = a/c`` and ``θ = cμ − λ``. Times are in seconds when the

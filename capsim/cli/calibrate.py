@@ -109,7 +109,7 @@ def calibrate_group() -> None:
     Example:
       capsim calibrate run --out meas/ --backend numpy --quick --precisions fp32 --budget-seconds 20 --threads 1
       capsim calibrate fit meas/ --new-gpu local-cpu --price 0.10 --power-w 65 --catalog-dir my_catalog/
-      capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm
+      capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm
       capsim calibrate compare --gpu a100-80gb-sxm --out compare/
     """
 
@@ -384,8 +384,8 @@ def import_vidur_cmd(ctx, csv_path, gpu_id, card, commit, tolerance, catalog_dir
 
     \b
     Example:
-      capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm
-      capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_h100_Llama-2-7b-hf.csv --gpu h100-sxm
+      capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm
+      capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_h100_Llama-2-7b-hf.csv --gpu h100-sxm
     """
     path = _entry_path(_writable_dir(_catalog_dir(ctx, catalog_dir), "--catalog-dir"), gpu_id)
     result = import_vidur(

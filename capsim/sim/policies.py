@@ -8,7 +8,7 @@ is tested with hand-worked numbers. :mod:`capsim.sim.lifecycle` turns the desire
 replicas that are requested, provision (cold start), serve, drain and are released.
 
 The controllers follow the systems users run, with their parameter names (snake_case) and
-defaults (see ``shared/reference/autoscaling.md``):
+defaults (see ``docs/reference/autoscaling.md``):
 
 * ``fixed`` — a constant count (``replicas: peak`` = the static planner's count for the peak).
 * ``hpa`` — Kubernetes HorizontalPodAutoscaler (pkg/controller/podautoscaler): per-replica

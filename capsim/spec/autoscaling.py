@@ -9,7 +9,7 @@ is tested with hand-worked numbers. :mod:`capsim.sim.lifecycle` turns the desire
 replicas that are requested, provision (cold start), serve, drain and are released.
 
 The controllers follow the systems users run, with their parameter names (snake_case) and
-defaults (see ``shared/reference/autoscaling.md``):
+defaults (see ``docs/reference/autoscaling.md``):
 
 * ``fixed`` — a constant count (``replicas: peak`` = the static planner's count for the peak).
 * ``hpa`` — Kubernetes HorizontalPodAutoscaler (pkg/controller/podautoscaler): per-replica
@@ -117,7 +117,7 @@ def _phase(v: Any) -> Any:
 class ColdStart(Strict):
     """Time from requesting a replica to it serving: the sum of four phases (seconds).
 
-    Defaults from measured reports (shared/reference/autoscaling.md): GPU node provisioning
+    Defaults from measured reports (docs/reference/autoscaling.md): GPU node provisioning
     ~45 s to 5 min (lognormal, median 100 s: 5-95% range 44-228 s); image pull 101 s for 5.6 GB,
     < 30 s lazily loaded (median 60 s); weights at 0.8 GB/s (~20 s for 16 GB); engine start and
     warm-up (median 30 s). Each phase is a number of seconds or a distribution
