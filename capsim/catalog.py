@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from capsim.calibration import Calibration
+from capsim.chip import Chip
 from capsim.errors import InputError, load_yaml, parse_model
 from capsim.paths import shipped_catalog_dir
 from capsim.strict import Strict
@@ -121,6 +122,7 @@ class GPU(Strict):
         None,
         description="measured tables and fitted curves (capsim calibrate); absent = roofline only",
     )
+    chip: Chip | None = Field(None, description="SMs, L2 and clocks (capsim.chip); optional")
 
     @field_validator("peak_tflops")
     @classmethod
@@ -139,6 +141,8 @@ class GPU(Strict):
             raise ValueError(f"sources must name where each number came from; missing: {missing}")
         if self.calibration is not None and "calibration" not in self.sources:
             raise ValueError("sources must have a 'calibration' entry when calibration is given")
+        if self.chip is not None and "chip" not in self.sources:
+            raise ValueError("sources must have a 'chip' entry when chip is given")
         return self
 
     def peak_flops(self, fmt: str) -> float | None:

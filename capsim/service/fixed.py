@@ -27,6 +27,7 @@ import numpy as np
 from capsim.catalog import GIB, GPU
 from capsim.models import FixedModel
 from capsim.precision import get_precision
+from capsim.service.layers import LayerTimer, batch_op_time
 from capsim.service.roofline import OpCost, OpTime, power_fraction, roofline_op_time
 
 #: CUDA context + framework workspace held on every card (PyTorch/TensorRT measure ~0.3-1 GiB).
@@ -88,7 +89,9 @@ class FixedServiceModel:
         timer: Callable[[GPU, OpCost], OpTime] | None = None,
     ):
         self.gpu, self.model, self.batch_overhead_s = gpu, model, batch_overhead_s
-        if timer is None and gpu.calibration is not None:
+        #: a layered card without a forced timer is timed layer by layer (capsim.service.layers)
+        layered = timer is None and model.layers is not None
+        if timer is None and not layered and gpu.calibration is not None:
             from capsim.service.calibrated import fixed_timer_for
 
             timer = fixed_timer_for(gpu)
@@ -101,6 +104,7 @@ class FixedServiceModel:
                 f"(needs {' or '.join(self.precision.math)}; card has {', '.join(gpu.supported_formats())})"
             )
         self.math_format = fmt
+        self.layers = LayerTimer(gpu, model, precision) if layered else None
 
     def op(self, b: int) -> OpCost:
         m, p = self.model, self.precision
@@ -113,6 +117,8 @@ class FixedServiceModel:
         )
 
     def op_time(self, b: int) -> OpTime:
+        if self.layers is not None:
+            return batch_op_time(self.layers.batch(b), self.op(b).name)
         return self.timer(self.gpu, self.op(b))
 
     def batch(self, b: int) -> BatchEstimate:
