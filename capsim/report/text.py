@@ -135,6 +135,11 @@ def trace_lines(result: PlanResult) -> list[str]:
         f"efficiency {gpu.efficiency.memory}; kernel overhead {gpu.kernel_overhead_us:g} us "
         f"(sources.efficiency = {gpu.sources.get('efficiency', '?')})",
     ]
+    if getattr(svc, "layers", None) is not None:  # a layered fixed-shape card
+        out.append(
+            "per-layer model: tile/wave quantisation, L2 residency, power-limited clocks and "
+            "calibration only per operator family and format (capsim estimate shows each layer kind)"
+        )
     if gpu.calibration is not None:  # measured tables / fitted curves replace the roofline
         from capsim.service.calibrated import source_of
 

@@ -147,16 +147,20 @@ class LayerTimer:
         memory = w_bytes / dram + a_bytes * (
             hit / self.chip.l2_bandwidth(gpu.bandwidth) + (1.0 - hit) / dram
         )
+        shape = 1.0
         if c.family in ("gemm", "conv", "attention") and c.gemm is not None:
             fam = FAMILY_FACTORS[c.family]
-            eff = self.gemm_eff * fam * _shape_efficiency(c.gemm, b, self.chip.sm_count)
+            shape = _shape_efficiency(c.gemm, b, self.chip.sm_count)
+            eff = self.gemm_eff * fam * shape
             src = self.gemm_eff_source + ("" if fam == 1.0 else f" x {c.family} factor {fam:g}")
             peak = self.peak
         else:
             eff, peak = ELEMENTWISE_EFF, self.vector_peak
             src = f"CUDA cores: fp32 peak x {ELEMENTWISE_EFF:g} (generic)"
         boost_compute = flops / (peak * eff) if flops else 0.0
-        busy = boost_compute / max(boost_compute, memory, 1e-30) if c.family != "elementwise" else 0
+        # power follows the useful tensor work (padding of part-filled tiles is not counted)
+        busy = boost_compute * shape / max(boost_compute, memory, 1e-30)
+        busy = busy if c.family != "elementwise" else 0.0
         ratio = self.chip.clock_ratio(busy) if busy else 1.0
         compute = boost_compute / ratio
         over = c.kernels * gpu.kernel_overhead_us * 1e-6
