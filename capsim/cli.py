@@ -13,6 +13,7 @@ import click
 
 from capsim.catalog import load_catalog
 from capsim.cli_calibrate import calibrate_group
+from capsim.cli_model import model_group
 from capsim.cli_options import (
     catalog_of,
     emit,
@@ -346,3 +347,4 @@ def catalog_validate(ctx, directory: Path | None) -> None:
 
 main.add_command(calibrate_group, "calibrate")
 main.add_command(whatif, "whatif")
+main.add_command(model_group, "model")

@@ -114,7 +114,12 @@ class Conv(_Base):
 
 
 class Matmul(_Base):
-    """A dense layer: ``m`` rows x ``k`` inputs -> ``n`` outputs (weights n x k, bias n)."""
+    """A dense layer: ``m`` rows x ``k`` inputs -> ``n`` outputs (weights n x k, bias n).
+
+    ``batch`` independent GEMMs per sample (e.g. one per head); ``weights: false`` when both
+    operands are activations (Q x K^T of an unfused attention): the n x k operand is read as an
+    activation and there are no parameters.
+    """
 
     kind: Literal["matmul"] = "matmul"
     m: Dim
@@ -122,15 +127,21 @@ class Matmul(_Base):
     k: int = Field(gt=0)
     bias: bool = True
     residual: bool = False
+    batch: int = Field(1, gt=0)
+    weights: bool = True
 
     def cost(self, seq: int | None) -> LayerCost:
-        m = _dim(self.m, seq, self.name)
-        weights = self.n * self.k + (self.n if self.bias else 0) + self.extra_params
-        out = m * self.n
+        m, g = _dim(self.m, seq, self.name), self.batch
+        out = g * m * self.n
+        if self.weights:
+            w = g * (self.n * self.k + (self.n if self.bias else 0)) + self.extra_params
+            ins = g * m * self.k
+        else:
+            w = (g * self.n if self.bias else 0) + self.extra_params
+            ins = g * (m * self.k + self.k * self.n)
         return LayerCost(
-            self.name, self.kind, "gemm", 2.0 * m * self.n * self.k, weights, weights,
-            m * self.k + (out if self.residual else 0), out, self.kernels,
-            (m, self.n, self.k, 1),
+            self.name, self.kind, "gemm", 2.0 * g * m * self.n * self.k, w, w,
+            ins + (out if self.residual else 0), out, self.kernels, (m, self.n, self.k, g),
         )  # fmt: skip
 
 

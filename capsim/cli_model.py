@@ -1,0 +1,99 @@
+"""``capsim model import``: a layered fixed-shape card from an ONNX file (a thin click command).
+
+Registered on the ``capsim`` group (one line at the bottom of :mod:`capsim.cli`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from capsim.cli_options import emit, handle_errors
+from capsim.errors import InputError
+from capsim.models import parse_model_card
+
+
+def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
+    """``NAME=VALUE`` options -> {name: value} (errors name the option).
+
+    >>> parse_dims(("seq=128", "batch=1"))
+    {'seq': 128, 'batch': 1}
+    """
+    dims = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise InputError(
+                f"'{item}': expected NAME=VALUE with a positive integer", where="--dim"
+            )
+        dims[key.strip()] = int(value)
+    return dims
+
+
+def card_text(card: dict) -> str:
+    """YAML of an imported card: the fields, then one layer per line."""
+    head = {k: v for k, v in card.items() if k != "layers"}
+    lines = [
+        "# Imported by `capsim model import` (ONNX shape inference; one layer per fused kernel).",
+        yaml.safe_dump(head, sort_keys=False, width=100).rstrip(),
+        "layers:",
+    ]
+    lines += ["  - " + json.dumps(layer, separators=(", ", ": ")) for layer in card["layers"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.group("model")
+def model_group() -> None:
+    """Model cards: import an ONNX graph as a layered card."""
+
+
+@model_group.command("import")
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--name", help="Card name (default: the file's stem).")
+@click.option("--dim", "dims", multiple=True, help="Value of a symbolic input dimension, NAME=N.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Card file to write.")
+@handle_errors
+def import_cmd(onnx_file: Path, name: str | None, dims: tuple[str, ...], out: Path | None) -> None:
+    """Build a fixed-shape card (layers, FLOPs, bytes per sample) from an ONNX model.
+
+    \b
+    Example:
+      capsim model import resnet50.onnx --out models/resnet50.yaml
+    """
+    from capsim.onnx_import import import_onnx
+
+    if not onnx_file.is_file():
+        raise InputError("file not found", file=onnx_file)
+    card = import_onnx(onnx_file, name=name or (out.stem if out else None), dims=parse_dims(dims))
+    parsed = parse_model_card(card, file=onnx_file)  # the card must load before it is written
+    text = card_text(card)
+    summary = (
+        f"{parsed.name}: {len(card['layers'])} layers, {parsed.params:,.0f} params, "
+        f"{parsed.flops_per_sample / 1e9:.3f} GFLOPs per sample; not modelled: "
+        f"{card['sources']['not_modelled']}"
+    )
+    if out is None:
+        emit(text)
+    else:
+        if not out.parent.is_dir():
+            raise InputError("directory does not exist", file=out.parent)
+        write_atomic(out, text)
+        emit(f"wrote {out}")
+    click.echo(summary, err=True)
