@@ -4,8 +4,7 @@ format) and which efficiency applied.
 
 >>> from capsim.catalog import load_catalog
 >>> from capsim.models import load_model_card
->>> from capsim.service.calibrated import source_of
-from capsim.service.fixed import FixedServiceModel
+>>> from capsim.service.fixed import FixedServiceModel
 >>> svc = FixedServiceModel(load_catalog()["t4"], load_model_card("resnet-50"), "int8")
 >>> rows, notes = layer_report(svc, 32)
 >>> rows[0]["kind"], rows[0]["source"]
