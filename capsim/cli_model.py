@@ -16,6 +16,7 @@ import yaml
 from capsim.cli_options import emit, handle_errors
 from capsim.errors import InputError
 from capsim.models import parse_model_card
+from capsim.onnx_import import import_onnx
 
 
 def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
@@ -77,8 +78,6 @@ def import_cmd(onnx_file: Path, name: str | None, dims: tuple[str, ...], out: Pa
     Example:
       capsim model import resnet50.onnx --out models/resnet50.yaml
     """
-    from capsim.onnx_import import import_onnx
-
     if not onnx_file.is_file():
         raise InputError("file not found", file=onnx_file)
     card = import_onnx(onnx_file, name=name or (out.stem if out else None), dims=parse_dims(dims))
