@@ -62,7 +62,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 @click.group("model")
 def model_group() -> None:
-    """Model cards: import an ONNX graph as a layered card."""
+    """Model cards: import an ONNX graph as a layered card.
+
+    \b
+    Example:
+      capsim model import resnet50.onnx --dim batch=1 --out models/resnet50.yaml
+    """
 
 
 @model_group.command("import")
