@@ -64,9 +64,7 @@ def predict(df: pd.DataFrame, conv: float) -> pd.DataFrame:
 def fit_conv(df: pd.DataFrame) -> tuple[float, pd.Series]:
     """Grid search of the conv factor on the fit rows of resnet50_offline."""
     rows = df[(df.group == "resnet50_offline") & (df.split == "fit")]
-    losses = pd.Series(
-        {c: float(np.mean(np.abs(np.log1p(predict(rows, c)["err"])))) for c in GRID}
-    )
+    losses = pd.Series({c: float(np.mean(np.abs(np.log1p(predict(rows, c)["err"])))) for c in GRID})
     return float(losses.idxmin()), losses
 
 
