@@ -132,14 +132,30 @@ def load_model_card(name: str, scenario_dir: Path | None = None) -> FixedModel |
 
 
 def _resolve_model(data: dict, base: Path, file: Path) -> None:
+    """Replace a card name by the card; apply the scenario's ``sequence_length`` to an encoder."""
     model = data.get("model")
+    card = None
     if isinstance(model, str):
         try:
-            data["model"] = load_model_card(model, base).model_dump()
+            card = load_model_card(model, base)
         except KeyError as exc:
             raise InputError(str(exc.args[0]), file=file, where="model") from None
+        data["model"] = card.model_dump()
     elif isinstance(model, dict):
-        parse_model_card(model, file=f"{file} (model)")
+        card = parse_model_card(model, file=f"{file} (model)")
+    seq = data.get("sequence_length")
+    if card is not None and isinstance(seq, int) and not isinstance(seq, bool) and seq > 0:
+        if not isinstance(card, FixedModel):
+            raise InputError(
+                "sequence_length applies to encoder (fixed-shape) cards; a transformer's prompt "
+                "lengths come from traffic.tokens",
+                file=file,
+                where="sequence_length",
+            )
+        try:
+            data["model"] = card.at_sequence_length(seq).model_dump()
+        except ValueError as exc:
+            raise InputError(str(exc), file=file, where="sequence_length") from None
 
 
 def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, key: str) -> None:

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("capsim.spec",),  # pure pydantic schemas
     ("capsim.workload",),  # arrivals, traces, token lengths, seed streams
     ("capsim.service",),  # service-time models
-    ("capsim.load",),  # reading spec files + cross-checks
+    ("capsim.load", "capsim.onnx_import"),  # reading spec files (+ ONNX graphs) + cross-checks
     ("capsim.analysis",),  # stats, metrics, cost, queueing theory
     ("capsim.sim",),  # engines, fleets, lifecycle, controllers
     ("capsim.evaluate",),  # one configuration

@@ -10,12 +10,13 @@ from capsim.cli import main
 from capsim.load import load_catalog, load_scenario
 
 
-def day_scenario(rate: float = 120.0, period: float = 14400.0, **over) -> dict:
+def day_scenario(rate: float = 60.0, period: float = 14400.0, **over) -> dict:
     """A compressed 'day' (4 h) of a slow model: several replicas at the peak, one or two at
     the trough; 60 s cold starts."""
     s = {
         "name": "small-day",
         "model": "bge-large-en",
+        "sequence_length": 256,  # the card's default is its 512-token maximum
         "traffic": {
             "arrivals": {
                 "kind": "poisson",

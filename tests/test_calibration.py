@@ -27,6 +27,7 @@ from capsim.service.roofline import roofline_op_time
 from capsim.spec.calibration import Calibration, EfficiencyCurve, OpTable, Provenance
 from capsim.spec.catalog import GPU
 from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.models import FixedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDUR = ROOT / "benchmarks" / "data" / "vidur_profiling"
@@ -191,11 +192,17 @@ def test_sources_for_other_models_precisions_and_fixed_shapes():
     rl = {ln.op.name: ln.op for ln in roof.breakdown(prefill=[(512, 0)]).lines}
     for op in ("qkv_proj", "mlp_up", "mlp_down", "norm"):
         assert 0.8 < lines[op].time_s / rl[op].time_s < 3.0, op
-    # fixed-shape models: the fitted GEMM curve on calibrated cards, the roofline elsewhere
+    # fixed-shape models, layered: fitted curves for the layers of a measured family and format
     bge = load_model_card("bge-large-en")
-    assert FixedServiceModel(h100, bge, "fp16").batch(16).source == "fitted"
+    assert FixedServiceModel(h100, bge, "fp16").batch(16).source == "layers+fitted"
+    assert FixedServiceModel(h100, bge, "int8").batch(16).source == "layers"  # no int8 curve
     assert FixedServiceModel(h100, bge, "fp16", timer=roofline_op_time).batch(16).source == "roofline"  # fmt: skip
-    assert FixedServiceModel(_gpu("l4"), bge, "fp16").batch(16).source == "roofline"
+    assert FixedServiceModel(_gpu("l4"), bge, "fp16").batch(16).source == "layers"
+    # totals-only cards: the GEMM curve of the same format only, else the roofline
+    totals = bge.model_dump(exclude={"layers", "sequence_length", "max_sequence_length"})
+    flat = FixedModel.model_validate(totals, strict=False)
+    assert FixedServiceModel(h100, flat, "fp16").batch(16).source == "fitted"
+    assert FixedServiceModel(h100, flat, "int8").batch(16).source == "roofline"
 
 
 @pytest.mark.parametrize("gpu_id", sorted(CARDS))
@@ -253,7 +260,13 @@ def test_estimate_says_which_source_each_operator_used(runner):
     rows = json.loads(res.output)["decode_breakdown"]
     assert {r["op"]: r["source"] for r in rows}["mlp_up"] == "measured"
     res = runner.invoke(main, ["estimate", "--gpu", "h100-sxm", "--model", "resnet-50", "--precision", "fp16"])  # fmt: skip
-    assert "source: fitted" in res.output and "calibration: Vidur" in res.output
+    assert "source: layers+fitted" in res.output and "calibration: Vidur" in res.output
+    kinds = {ln.split()[0]: ln for ln in res.output.splitlines() if ln.strip()}
+    assert "model" in kinds["conv"] and "calibration gemm curve (fp16)" in kinds["matmul"]
+    # an INT8 conv network is never rescaled by the FP16 GEMM curve: unmeasured -> model
+    res = runner.invoke(main, ["estimate", "--gpu", "h100-sxm", "--model", "resnet-50", "--precision", "int8"])  # fmt: skip
+    assert "source: layers)" in res.output and "fitted" not in res.output.split("per layer kind")[1]
+    assert "no fitted curve for these layers' families at int8" in res.output
 
 
 # --- compare ----------------------------------------------------------------------------------

@@ -287,15 +287,24 @@ ENCODERS = {
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_encoder_arithmetic_matches_the_card(name):
+    # The layer list, at any sequence length, against the closed-form BERT arithmetic: GEMM and
+    # attention FLOPs exact, element-wise work (GELU, LayerNorm, gathers) under 1% on top.
     if name not in available_model_names():
         pytest.skip(f"{name} not shipped")
     layers, d, ffn, seq, pooler = ENCODERS[name]
-    card = load_model_card(name)
-    assert card.params == _bert_params(layers, d, ffn)
-    assert card.flops_per_sample == _bert_flops(layers, d, ffn, seq, pooler)
-    assert card.activation_elements_per_sample == _bert_activations(layers, d, ffn, seq, pooler)
-    assert card.peak_activation_elements_per_sample == seq * d + 2 * seq * ffn
-    assert card.input == f"{seq} tokens"
+    default = load_model_card(name)
+    assert default.sequence_length == (384 if name.startswith("bert") else 512)
+    for s in (seq, default.sequence_length):
+        card = default.at_sequence_length(s)
+        assert card.params == _bert_params(layers, d, ffn)
+        math_flops = sum(c.flops for c in card.layer_costs() if c.family in ("gemm", "attention"))
+        assert math_flops == _bert_flops(layers, d, ffn, s, pooler)
+        assert card.flops_per_sample == pytest.approx(math_flops, rel=0.01)
+        assert card.activation_elements_per_sample == pytest.approx(
+            _bert_activations(layers, d, ffn, s, pooler), rel=0.01
+        )
+        assert card.peak_activation_elements_per_sample == 2 * s * ffn  # bias + GELU in + out
+        assert card.input == f"{s} tokens"
 
 
 def test_published_parameter_counts():
@@ -330,9 +339,9 @@ def test_flops_roughly_two_flops_per_parameter_per_token():
     for name, (layers, d, ffn, seq, _) in ENCODERS.items():
         if name not in available_model_names():
             continue
-        card = load_model_card(name)
+        card = load_model_card(name).at_sequence_length(seq)
         assert ffn == 4 * d
         matmul_weights = layers * (4 * d * d + 2 * d * ffn)
         ratio = card.flops_per_sample / (2 * matmul_weights * seq)
-        assert ratio == pytest.approx(1 + seq / (6 * d), rel=1e-3), name
+        assert ratio == pytest.approx(1 + seq / (6 * d), rel=1e-2), name  # + element-wise work
         assert not math.isclose(card.flops_per_sample, 2 * card.params * seq, rel_tol=0.01)

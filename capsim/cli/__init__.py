@@ -4,7 +4,8 @@ Bad input exits with code 2 and one message naming the file, the field or row, w
 and what is accepted; never a traceback.
 
 Commands live one group per module (:mod:`capsim.cli.run`, :mod:`capsim.cli.inspect`,
-:mod:`capsim.cli.catalog`, :mod:`capsim.cli.whatif`, :mod:`capsim.cli.calibrate`) and are
+:mod:`capsim.cli.catalog`, :mod:`capsim.cli.whatif`, :mod:`capsim.cli.calibrate`,
+:mod:`capsim.cli.bench`, :mod:`capsim.cli.model`) and are
 imported only when invoked, so ``capsim --help`` loads no scipy, pandas, matplotlib or SimPy.
 """
 
@@ -56,6 +57,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "capsim.cli.bench",
         "bench_group",
         "Serving-benchmark results (vLLM, SGLang, GenAI-Perf/AIPerf, perf_analyzer, MLPerf).",
+    ),
+    "model": (
+        "capsim.cli.model",
+        "model_group",
+        "Model cards: import an ONNX graph as a layered card.",
     ),
     "calibrate": (
         "capsim.cli.calibrate",

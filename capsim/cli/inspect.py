@@ -54,13 +54,19 @@ from capsim.workload.streams import peak_rate, sim_horizon
     help="Output tokens (LLM).",
 )
 @click.option(
+    "--seq-len",
+    type=click.IntRange(1, 10**6),
+    default=None,
+    help="Tokens per request of an encoder card (default: the card's sequence_length).",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.argument("more_batches", nargs=-1, type=click.IntRange(1, 65536))
 @click.pass_context
 @handle_errors
 def estimate(
-    ctx, gpu, model_name, precision, batches, tp, prompt, output, fmt, more_batches
+    ctx, gpu, model_name, precision, batches, tp, prompt, output, seq_len, fmt, more_batches
 ) -> None:
     """Service time and memory fit of one model on one card: the roofline breakdown.
 
@@ -78,7 +84,7 @@ def estimate(
         raise InputError(str(exc.args[0]), where="--model") from None
     sizes = list(batches) + list(more_batches) or [1, 8, 32]
     result = run_estimate(
-        cat[gpu], card, precision, sizes, tp=int(tp), prompt=prompt, output=output
+        cat[gpu], card, precision, sizes, tp=int(tp), prompt=prompt, output=output, seq_len=seq_len
     )
     if fmt == "json":
         emit(to_json(result.to_dict()))

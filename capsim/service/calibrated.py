@@ -132,7 +132,11 @@ class CalibratedTimer:
         return tm.at(0, cost.name)
 
     def fixed(self, gpu: GPU, op: OpCost) -> OpTime:
-        """Fixed-shape timer: a whole forward pass as one GEMM-class operator."""
+        """Fixed-shape timer (totals-only card): a whole forward pass as one GEMM-class operator,
+        timed by the GEMM curve fitted at its own math format; with none, the roofline (a
+        Llama FP16 GEMM curve never rescales an INT8 network)."""
+        if self.cal.curve("gemm", op.math_format) is None:
+            return roofline_op_time(gpu, op)
         return self.evaluate(
             op.name, op.flops, op.bytes, op.math_format, op.kernels, 0, 0, 1, np.array([1.0])
         ).at(0, op.name)

@@ -18,6 +18,7 @@ from typing import Any
 
 from capsim.errors import InputError
 from capsim.service.calibrated import source_of
+from capsim.service.estimate_layers import format_rows, layer_report
 from capsim.service.fixed import FixedServiceModel, Unsupported
 from capsim.service.llm_estimate import LLMEstimates, estimate_llm
 from capsim.spec.catalog import GIB, GPU
@@ -36,6 +37,7 @@ class FixedEstimate:
     memory: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     vendor: str = "nvidia"
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per layer kind, largest batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class FixedEstimate:
             "batches": self.rows,
             "memory": self.memory,
             "notes": self.notes,
+            **({"layers": self.layers} if self.layers else {}),
         }
 
     def to_text(self) -> str:
@@ -79,6 +82,9 @@ class FixedEstimate:
             f"usable {m['usable_gib']:.2f} GiB; largest batch that fits: {m['max_batch']}",
             *self.notes,
         ]
+        if self.layers:
+            lines += ["", f"per layer kind at batch {self.rows[-1]['batch']}:"]
+            lines += format_rows(self.layers)
         return "\n".join(lines)
 
 
@@ -111,6 +117,16 @@ def estimate_fixed(
             }
         )
     fit = svc.memory_fit(max(batches))
+    layers: list[dict[str, Any]] = []
+    if svc.layers is not None:
+        layers, notes = layer_report(svc, rows[-1]["batch"])
+    else:
+        notes = [
+            f"roofline inputs: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x efficiency "
+            f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
+            f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
+            f"{gpu.kernel_overhead_us:g} us"
+        ] + _calibration_notes(gpu)
     return FixedEstimate(
         gpu.id,
         model.name,
@@ -123,14 +139,9 @@ def estimate_fixed(
             "usable_gib": fit.usable_bytes / GIB,
             "max_batch": fit.max_batch,
         },
-        [
-            f"roofline inputs: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x efficiency "
-            f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
-            f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
-            f"{gpu.kernel_overhead_us:g} us"
-        ]
-        + _calibration_notes(gpu),
+        notes,
         vendor=gpu.vendor,
+        layers=layers,
     )
 
 
@@ -154,6 +165,7 @@ def estimate(
     tp: int = 1,
     prompt: int = 1024,
     output: int = 256,
+    seq_len: int | None = None,
 ):
     """Estimate for either kind of model; raises InputError/Unsupported on bad combinations."""
     if precision not in PRECISIONS:
@@ -164,7 +176,16 @@ def estimate(
     if isinstance(model, FixedModel):
         if tp != 1:
             raise InputError("--tp applies to transformer models only", where="--tp")
+        try:
+            model = model.at_sequence_length(seq_len)
+        except ValueError as exc:
+            raise InputError(str(exc), where="--seq-len") from None
         return estimate_fixed(gpu, model, precision, batches)
+    if seq_len is not None:
+        raise InputError(
+            "--seq-len applies to encoder cards; use --prompt/--output", where="--seq-len"
+        )
+
     if prompt + output > model.max_context:
         raise InputError(
             f"prompt + output = {prompt + output:,} tokens exceeds {model.name}'s context of "

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.service.calibrated import fixed_timer_for
+from capsim.service.layers import LayerTimer, batch_op_time
 from capsim.service.roofline import OpCost, OpTime, power_fraction, roofline_op_time
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.models import FixedModel
@@ -90,7 +91,9 @@ class FixedServiceModel:
         timer: Callable[[GPU, OpCost], OpTime] | None = None,
     ):
         self.gpu, self.model, self.batch_overhead_s = gpu, model, batch_overhead_s
-        if timer is None and gpu.calibration is not None:
+        #: a layered card without a forced timer is timed layer by layer (capsim.service.layers)
+        layered = timer is None and model.layers is not None
+        if timer is None and not layered and gpu.calibration is not None:
             timer = fixed_timer_for(gpu)
         self.timer = timer or roofline_op_time
         self.precision = get_precision(precision)
@@ -101,6 +104,7 @@ class FixedServiceModel:
                 f"(needs {' or '.join(self.precision.math)}; card has {', '.join(gpu.supported_formats())})"
             )
         self.math_format = fmt
+        self.layers = LayerTimer(gpu, model, precision) if layered else None
 
     def op(self, b: int) -> OpCost:
         m, p = self.model, self.precision
@@ -113,6 +117,8 @@ class FixedServiceModel:
         )
 
     def op_time(self, b: int) -> OpTime:
+        if self.layers is not None:
+            return batch_op_time(self.layers.batch(b), self.op(b).name)
         return self.timer(self.gpu, self.op(b))
 
     def batch(self, b: int) -> BatchEstimate:
@@ -159,10 +165,18 @@ class FixedServiceModel:
         """The service time of the mean batch, with its bound and source."""
         mb = max(1, round(mean_batch)) if mean_batch else 1
         b = self.batch(mb)
+        layered = []
+        if self.layers is not None:  # a layered fixed-shape card
+            layered.append(
+                "per-layer model: tile/wave quantisation, L2 residency, power-limited clocks and "
+                "calibration only per operator family and format (capsim estimate shows each "
+                "layer kind)"
+            )
         return [
+            *layered,
             f"service time: batch of {mb} (mean batch size) = {b.time_s * 1e3:.2f} ms "
             f"({b.bound}-bound: compute {b.compute_s * 1e3:.2f} ms, memory {b.memory_s * 1e3:.2f} ms, "
-            f"overhead {b.overhead_s * 1e3:.2f} ms); source: {b.source}"
+            f"overhead {b.overhead_s * 1e3:.2f} ms); source: {b.source}",
         ]
 
     def memory_fit(self, max_batch: int) -> MemoryFit:

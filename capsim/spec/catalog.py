@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from capsim.spec.calibration import Calibration
+from capsim.spec.chip import Chip
 from capsim.spec.precision import MathFormat
 from capsim.strict import Strict
 
@@ -120,6 +121,7 @@ class GPU(Strict):
         None,
         description="measured tables and fitted curves (capsim calibrate); absent = roofline only",
     )
+    chip: Chip | None = Field(None, description="SMs, L2 and clocks (capsim.spec.chip); optional")
 
     @field_validator("peak_tflops")
     @classmethod
@@ -138,6 +140,8 @@ class GPU(Strict):
             raise ValueError(f"sources must name where each number came from; missing: {missing}")
         if self.calibration is not None and "calibration" not in self.sources:
             raise ValueError("sources must have a 'calibration' entry when calibration is given")
+        if self.chip is not None and "chip" not in self.sources:
+            raise ValueError("sources must have a 'chip' entry when chip is given")
         return self
 
     def peak_flops(self, fmt: str) -> float | None:

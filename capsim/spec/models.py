@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from capsim.errors import InputError, parse_model
+from capsim.spec.model_layers import Layer, LayerCost, fill_totals, layer_costs
 from capsim.strict import Strict
 
 
@@ -45,6 +46,40 @@ class FixedModel(Strict):
     input: str = Field(description="input shape, e.g. '3x224x224 image' or '128 tokens'")
     output: str = Field(description="output shape, e.g. '1000 logits'")
     sources: dict[str, str] = Field(description="field name -> where its number came from")
+    sequence_length: int | None = Field(None, gt=0, description="tokens per request (encoders)")
+    max_sequence_length: int | None = Field(None, gt=0, description="longest accepted sequence")
+    layers: tuple[Layer, ...] | None = Field(
+        None, strict=False, description="operator graph; the totals above follow from it"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _totals_from_layers(cls, data: object) -> object:
+        return fill_totals(data)
+
+    def layer_costs(self) -> list[LayerCost] | None:
+        """Per-sample costs of the card's layers (None for a totals-only card)."""
+        return None if self.layers is None else layer_costs(self.layers, self.sequence_length)
+
+    def at_sequence_length(self, seq: int | None) -> FixedModel:
+        """The card at another sequence length (``None``: unchanged); totals recomputed."""
+        if seq is None or seq == self.sequence_length:
+            return self
+        if self.sequence_length is None or self.layers is None:
+            raise ValueError(f"{self.name} takes no sequence length (not a layered encoder card)")
+        if self.max_sequence_length is not None and seq > self.max_sequence_length:
+            raise ValueError(f"{self.name} accepts at most {self.max_sequence_length} tokens")
+        data = self.model_dump(
+            exclude={
+                "params",
+                "flops_per_sample",
+                "kernels_per_forward",
+                "activation_elements_per_sample",
+                "peak_activation_elements_per_sample",
+            }
+        )
+        data.update(sequence_length=seq, input=f"{seq} tokens")
+        return FixedModel.model_validate(data, strict=False)
 
     @model_validator(mode="after")
     def _sourced(self) -> FixedModel:

@@ -299,6 +299,9 @@ class Scenario(Strict):
     name: str
     description: str | None = None
     model: ModelCard
+    sequence_length: int | None = Field(
+        None, gt=0, description="tokens per request for an encoder card (default: the card's)"
+    )
     traffic: Traffic
     slo: SLO
     fleet: Fleet = Fleet()
