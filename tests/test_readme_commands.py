@@ -62,6 +62,7 @@ HELP_SKIPS = {
     "capsim calibrate run --out h100/ --backend torch": "needs a CUDA GPU and torch",
     "capsim calibrate fit meas/ --gpu l4": "needs measurements taken on an L4",
     "capsim calibrate fit run1/ run2/ --gpu l4": "needs measurements taken on an L4",
+    "capsim model import resnet50.onnx": "needs an ONNX file (none is shipped)",
 }
 # commands that only read the shipped files and print (run once per session, output reused)
 PURE = ("plan", "simulate", "whatif", "estimate", "validate")
@@ -253,6 +254,7 @@ EXPECTED_SKIPS = [
     "README.md: capsim calibrate fit meas/ --gpu l4",
     "README.md: capsim calibrate compare meas/ --gpu l4 --out compare/",
     "README.md: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
+    "docs/reference/model.md: capsim model import resnet50.onnx --out models/resnet50.yaml",
     "docs/tutorials/calibrate.md: capsim calibrate run --out h200/ --budget-seconds 420",
     "capsim calibrate --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "capsim calibrate fit --help: capsim calibrate fit meas/ --gpu l4",
@@ -260,6 +262,8 @@ EXPECTED_SKIPS = [
     "capsim calibrate import-vidur --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "capsim calibrate import-vidur --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_h100_Llama-2-7b-hf.csv --gpu h100-sxm",
     "capsim calibrate run --help: capsim calibrate run --out h100/ --backend torch --precisions bf16,fp8,int8",
+    "capsim model --help: capsim model import resnet50.onnx --dim batch=1 --out models/resnet50.yaml",
+    "capsim model import --help: capsim model import resnet50.onnx --out models/resnet50.yaml",
 ]
 
 
