@@ -108,7 +108,7 @@ def model_search_dirs(scenario_dir: Path | None = None) -> list[Path]:
 
 
 def available_model_names(scenario_dir: Path | None = None) -> list[str]:
-    names = set()
+    names: set[str] = set()
     for d in model_search_dirs(scenario_dir):
         if d.is_dir():
             names.update(p.stem for p in d.glob("*.yaml"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 #: The one list of number formats (math formats and precision names share it), in this order.
 MathFormat = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
@@ -50,7 +50,7 @@ class Precision:
     def kv_bytes(self) -> float:
         return self.kv_bits / 8
 
-    def math_format(self, peaks: Mapping[str, float | None]) -> str | None:
+    def math_format(self, peaks: Mapping[Any, float | None]) -> str | None:
         """The first acceptable math format with a (non-null) peak on this card, or None."""
         for fmt in self.math:
             if peaks.get(fmt):
