@@ -214,9 +214,22 @@ def format_evaluation(e: Evaluation) -> str:
         )
         + f"; rejections {e.rejection.mean:.3%}"
     )
+    if e.theory is not None:
+        lines.append(_theory_line(e))
     if s.unstable:
         lines.append(f"UNSTABLE: {s.unstable_reason}")
     return "\n".join(lines)
+
+
+def _theory_line(e: Evaluation) -> str:
+    """The exact mean wait beside the simulated one (or why theory does not apply)."""
+    t = e.theory
+    assert t is not None
+    if not t.applies:
+        return f"theory: no exact queueing result ({t.reason})"
+    w = e.summary.scalars.get("mean_wait_s")
+    sim = f"; simulated {w.mean * MS:.4g} ms [{w.low * MS:.4g}, {w.high * MS:.4g}]" if w else ""
+    return f"theory: {t.model} exact mean wait {t.wait_mean_s * MS:.4g} ms{sim}"
 
 
 def evaluation_dict(e: Evaluation) -> dict[str, Any]:
@@ -255,4 +268,11 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "price": e.price.label,
         },
         "extra": dict(e.extra),
+        "theory": None
+        if e.theory is None
+        else {
+            "model": e.theory.model or None,
+            "wait_mean_ms": e.theory.wait_mean_s * MS if e.theory.applies else None,
+            "reason": e.theory.reason or None,
+        },
     }
