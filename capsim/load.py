@@ -243,6 +243,7 @@ def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None
             where="traffic.tokens",
         )
     engine = getattr(s.fleet.batching, "engine", {}) or {}
+    assert isinstance(s.model, TransformerModel)  # called for LLM scenarios only
     try:
         for g in s.candidates.gpus:  # the card-dependent defaults differ
             engine_settings(engine, s.model, catalog[g])

@@ -101,6 +101,12 @@ def _autoscaled(result: PlanResult) -> dict[str, Any]:
     return {"autoscaled": autoscaled_dict(result.autoscaled)}
 
 
+def _best(r: CandidateResult) -> Evaluation:
+    """The cheapest setting of a feasible candidate (the ranked ones and the recommendation)."""
+    assert r.best is not None
+    return r.best
+
+
 def format_plan(result: PlanResult) -> str:
     s = result.scenario
     p = s.slo.percentile
@@ -112,10 +118,10 @@ def format_plan(result: PlanResult) -> str:
     ]
     ranked = result.feasible
     if ranked:
-        multi = len(ranked[0].best.checks) > 1  # several SLO metrics: name the binding one
+        multi = len(_best(ranked[0]).checks) > 1  # several SLO metrics: name the binding one
         rows = []
         for i, r in enumerate(ranked, 1):
-            e = r.best
+            e = _best(r)
             c = e.primary
             rows.append(
                 [
@@ -138,7 +144,7 @@ def format_plan(result: PlanResult) -> str:
                     "#",
                     "config",
                     "replicas",
-                    f"p{p:g} {'binding SLO' if multi else ranked[0].best.primary.metric} ms [95% CI]",
+                    f"p{p:g} {'binding SLO' if multi else _best(ranked[0]).primary.metric} ms [95% CI]",
                     "util",
                     "$/hour",
                     "$/1M req",
@@ -151,7 +157,7 @@ def format_plan(result: PlanResult) -> str:
     lines.append("")
     rec = result.recommendation
     if rec is not None:
-        e = rec.best
+        e = _best(rec)
         c = e.primary
         lines.append(
             f"Recommendation: {e.config.label()} at ${e.usd_per_hour:.2f}/h "

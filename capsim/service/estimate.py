@@ -124,7 +124,7 @@ def estimate_fixed(
             "max_batch": fit.max_batch,
         },
         [
-            f"roofline inputs: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x efficiency "
+            f"roofline inputs: peak {gpu.peak_tflops_for(svc.math_format)} TFLOP/s x efficiency "
             f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
             f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
             f"{gpu.kernel_overhead_us:g} us"
