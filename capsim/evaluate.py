@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from capsim.analysis.cost import Price, batch_energy_j, idle_energy_j, price_per_gpu_hour
 from capsim.analysis.metrics import RunMetrics, Summary, series_metrics, summarise, warmup_cut
 from capsim.analysis.stats import CI, decide
+from capsim.analysis.theory_check import TheoryValue, exact_wait
 from capsim.load import load_catalog
 from capsim.service.fixed import FixedServiceModel, MemoryFit, Unsupported
 from capsim.sim.batched import run_batched
@@ -31,7 +32,7 @@ from capsim.sim.llm_adapter import (
     run_llm_replication,
 )
 from capsim.spec.catalog import GPU, Catalog
-from capsim.spec.scenario import Scenario, Trace
+from capsim.spec.scenario import Poisson, Scenario, Trace
 from capsim.workload.arrivals import RequestStream
 from capsim.workload.streams import jitter_rng, make_stream
 
@@ -78,6 +79,7 @@ class Evaluation:
     usd_per_1m_requests: float
     requests_per_joule: float
     extra: dict[str, float] = field(default_factory=dict)
+    theory: TheoryValue | None = None  # the exact mean wait, where queueing theory applies
 
     @property
     def primary(self) -> SLOCheck:
@@ -299,7 +301,32 @@ def simulate(
         if summary.unstable or verdict != "undecided (CI straddles the target)" or n0 >= n_max:
             break
         n0 = min(n_max, n0 + sim.replications)
-    return _priced(s, gpu, config, summary, checks, rej, feasible, verdict)
+    ev = _priced(s, gpu, config, summary, checks, rej, feasible, verdict)
+    return replace(ev, theory=theory_for(s, svc, config.replicas))
+
+
+def theory_for(s: Scenario, svc, replicas: int) -> TheoryValue | None:
+    """The exact mean wait of this configuration where queueing theory has one (else why not).
+
+    Only for fixed-shape models under stationary Poisson traffic with deterministic batch times
+    and no queue limit; LLM serving has no exact result and gets ``None``.
+    """
+    if s.is_llm:
+        return None
+    a, f = s.traffic.arrivals, s.fleet
+    if not (isinstance(a, Poisson) and s.stationary):
+        return TheoryValue(reason="traffic is not stationary Poisson")
+    if f.service_time_cv > 0:
+        return TheoryValue(reason="batch times are jittered (service_time_cv > 0)")
+    if f.max_queue_length is not None:
+        return TheoryValue(reason="a queue limit rejects requests")
+    return exact_wait(
+        rate_rps=a.rate_rps,
+        replicas=replicas,
+        batch_times=svc.batch_times(f.max_batch),
+        queue_delay_s=f.max_queue_delay_s,
+        shared_queue=f.router == "shared_queue",
+    )
 
 
 def _priced(s, gpu, config, summary, checks, rej, feasible, verdict) -> Evaluation:

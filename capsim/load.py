@@ -108,7 +108,7 @@ def model_search_dirs(scenario_dir: Path | None = None) -> list[Path]:
 
 
 def available_model_names(scenario_dir: Path | None = None) -> list[str]:
-    names = set()
+    names: set[str] = set()
     for d in model_search_dirs(scenario_dir):
         if d.is_dir():
             names.update(p.stem for p in d.glob("*.yaml"))
@@ -259,6 +259,7 @@ def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None
             where="traffic.tokens",
         )
     engine = getattr(s.fleet.batching, "engine", {}) or {}
+    assert isinstance(s.model, TransformerModel)  # called for LLM scenarios only
     try:
         for g in s.candidates.gpus:  # the card-dependent defaults differ
             engine_settings(engine, s.model, catalog[g])

@@ -6,6 +6,7 @@ a source checkout (or an editable install) has them next to the package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -33,7 +34,7 @@ def shipped_models_dir() -> Path:
     return shipped_scenarios_dir() / "models"
 
 
-def resolve_scenario_path(path: str | Path) -> Path:
+def resolve_scenario_path(path: str | os.PathLike) -> Path:
     """``path`` if it exists; else, for a bare name or ``scenarios/NAME`` (as the README's
     examples write them), the shipped scenario of that name, so examples run from anywhere.
     Any other missing path stays as given (and is reported as not found).

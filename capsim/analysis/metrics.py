@@ -120,7 +120,9 @@ def _mean_timeseries(runs: Sequence[RunMetrics]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, first in runs[0].timeseries.items():
         same = [
-            r.timeseries[name] for r in runs if np.shape(r.timeseries.get(name)) == np.shape(first)
+            r.timeseries[name]
+            for r in runs
+            if name in r.timeseries and np.shape(r.timeseries[name]) == np.shape(first)
         ]
         out[name] = np.mean(np.vstack(same), axis=0)
     return out

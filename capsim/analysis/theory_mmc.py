@@ -179,7 +179,7 @@ def mmc_wait_quantile(lam: float, mu: float, c: int, p: float) -> float:
     return math.log(cc / (1.0 - p)) / (c * mu - lam)
 
 
-def _hypoexp_sf(t: np.ndarray, r1: float, r2: float) -> np.ndarray:
+def _hypoexp_sf(t: np.ndarray | np.float64, r1: float, r2: float) -> np.ndarray | np.float64:
     """P(X + Y > t) for independent X ~ Exp(r1), Y ~ Exp(r2), t >= 0.
 
     Equals (r1·e^{−r2 t} − r2·e^{−r1 t}) / (r1 − r2), which is symmetric in (r1, r2). With
@@ -238,10 +238,10 @@ def mmc_response_quantile(lam: float, mu: float, c: int, p: float) -> float:
     cc = erlang_c(c, lam / mu)
     theta = c * mu - lam
 
-    def f(t: float) -> float:
+    def sf(t: float) -> float:
         return float((1.0 - cc) * math.exp(-mu * t) + cc * _hypoexp_sf(np.float64(t), theta, mu))
 
-    f = _log_gap(f, target)
+    f = _log_gap(sf, target)
     # T is stochastically below Exp(μ) + Exp(θ), so this starting point is within a small factor
     # of the root; doubling brackets it in a handful of steps.
     scale = 1.0 / mu + 1.0 / theta

@@ -25,6 +25,7 @@ from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
     Dist,
+    Format,
     LengthDist,
     Measured,
     RateLoad,
@@ -95,7 +96,7 @@ def _find(obj: Any, key: str) -> Any:
     if isinstance(obj, Mapping):
         if key in obj and obj[key] is not None:
             return obj[key]
-        children = obj.values()
+        children: Any = obj.values()
     elif isinstance(obj, list):
         children = obj
     else:
@@ -184,7 +185,7 @@ def parse_json_export(path: Path, text: str, sha: str) -> list[BenchRun]:
             doc.get("output_sequence_length"), path=path, where="output_sequence_length"
         ),
     )
-    fmt = "aiperf-json" if aiperf else "genai-perf-json"
+    fmt: Format = "aiperf-json" if aiperf else "genai-perf-json"
     version = doc.get("aiperf_version") if aiperf else None
     date = doc.get("start_time") if isinstance(doc.get("start_time"), str) else None
     return [

@@ -125,8 +125,9 @@ def _detail_dists(fields: dict[str, Any], path: Path) -> dict[str, Dist]:
         if target is None:
             for rx, which in _DETAIL_DIST:
                 m = rx.match(key)
-                if m and pct_field(m.group(1)):
-                    target = (which, pct_field(m.group(1)))
+                p = pct_field(m.group(1)) if m else None
+                if p:
+                    target = (which, p)
                     break
         if target is None:
             continue

@@ -73,6 +73,7 @@ def _run(row: dict, load_col: str, path: Path, sha: str, index: int, where: str)
     def num(col: str) -> float | None:
         return to_float(row.get(col), file=path, where=f"{where}, column '{col}'")
 
+    load: ConcurrencyLoad | RateLoad
     if load_col == "Concurrency":
         n = to_int(row.get(load_col), file=path, where=f"{where}, column '{load_col}'")
         if not n or n < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any, Literal
 
 from capsim.bench.common import to_float, to_int
 from capsim.bench.model import (
@@ -27,6 +28,8 @@ from capsim.bench.model import (
     Workload,
 )
 from capsim.errors import InputError
+
+_PHASES: dict[str, Literal["prefill", "decode"]] = {"prefill": "prefill", "decode": "decode"}
 
 ITERATION_COLUMNS = ("phase", "batch_size", "seq_len", "time_ms")
 METRICS = ("ttft", "tpot", "itl", "e2e")
@@ -82,13 +85,15 @@ def _iterations(path: Path, text: str, sha: str, cols: list[str]) -> BenchRun:
             file=path,
             where="header",
         )
-    steps, settings = [], {}
+    steps: list[IterationTime] = []
+    settings: dict = {}
     for i, row in enumerate(_rows(text)):
         where = f"row {i + 2}"
-        phase = (row.get("phase") or "").strip()
-        if phase not in ("prefill", "decode"):
+        raw = (row.get("phase") or "").strip()
+        phase = _PHASES.get(raw)
+        if phase is None:
             raise InputError(
-                f"phase {phase!r}; expected prefill or decode",
+                f"phase {raw!r}; expected prefill or decode",
                 file=path,
                 where=f"{where}, column 'phase'",
             )
@@ -111,7 +116,7 @@ def _iterations(path: Path, text: str, sha: str, cols: list[str]) -> BenchRun:
     )
 
 
-def _step(phase: str, v: dict, path: Path, where: str) -> IterationTime:
+def _step(phase: Literal["prefill", "decode"], v: dict, path: Path, where: str) -> IterationTime:
     if v["time_ms"] <= 0 or v["batch_size"] < 1 or v["seq_len"] < 0:
         raise InputError(
             "expected batch_size >= 1, seq_len >= 0 and time_ms > 0", file=path, where=where
@@ -162,12 +167,13 @@ def _run(row: dict[str, str], path: Path, sha: str, index: int) -> BenchRun:
         raise InputError("give exactly one of rate_rps and concurrency", file=path, where=where)
     if (rate is not None and rate <= 0) or (conc is not None and conc < 1):
         raise InputError("expected rate_rps > 0 or concurrency >= 1", file=path, where=where)
-    load = (
-        RateLoad(rate_rps=rate, burstiness=1.0)
-        if rate is not None
-        else ConcurrencyLoad(concurrency=conc)
-    )
-    dists = {}
+    load: RateLoad | ConcurrencyLoad
+    if rate is not None:
+        load = RateLoad(rate_rps=rate, burstiness=1.0)
+    else:
+        assert conc is not None  # exactly one of the two, checked above
+        load = ConcurrencyLoad(concurrency=conc)
+    dists: dict[str, Any] = {}  # keyword arguments of Measured, each a Dist
     for m in METRICS:
         stats = {s: num(f"{m}_{s}_ms") for s in STATS}
         stats = {s: v * 1e-3 for s, v in stats.items() if v is not None}

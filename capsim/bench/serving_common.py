@@ -32,7 +32,13 @@ from capsim.errors import InputError
 
 _DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16"}
 _DTYPES |= {"float32": "fp32", "float": "fp32", "fp32": "fp32"}
-_QUANT = {"fp8": "fp8", "modelopt": "fp8", "fbgemm_fp8": "fp8", "awq": "int4", "gptq": "int4"}
+_QUANT: dict[str, str | None] = {
+    "fp8": "fp8",
+    "modelopt": "fp8",
+    "fbgemm_fp8": "fp8",
+    "awq": "int4",
+    "gptq": "int4",
+}
 _QUANT |= {"awq_marlin": "int4", "gptq_marlin": "int4", "w8a8_int8": "int8", "int8": "int8"}
 _QUANT |= {"w8a8_fp8": "fp8", "compressed-tensors": None, "bitsandbytes": "int4"}
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from capsim.service.llm import LLMServiceModel
 from capsim.spec.calibration import (
+    CurveKind,
     EfficiencyCurve,
     FitError,
 )
@@ -76,7 +77,9 @@ def binned_curve(
     return keep_at, keep_ef
 
 
-def make_curve(kind: str, fmt: str, xname: str, x, eff) -> EfficiencyCurve:
+def make_curve(
+    kind: CurveKind, fmt: str, xname: Literal["intensity", "bytes"], x, eff
+) -> EfficiencyCurve:
     """An efficiency curve from points ``(x, eff)`` (see :func:`binned_curve`), rounded for the
     catalog: breakpoints to 4 significant digits, efficiencies to 4 decimals but never fewer than
     4 significant digits (a tiny efficiency stays positive and keeps its precision)."""

@@ -73,6 +73,7 @@ from capsim.spec.calibration import (
     Provenance,
 )
 from capsim.spec.catalog import GIB, GPU
+from capsim.spec.models import FixedModel
 from capsim.spec.precision import HARNESS_FORMATS, MATH_FORMATS
 
 
@@ -89,7 +90,9 @@ def _predict_row(gpu: GPU, r: dict[str, Any]) -> tuple[float, str] | None:
         srcs = sorted({p["source"] for p in parts.values()})
         return t, "+".join(srcs)
     if kind == "forward_resnet50" and fmt and gpu.peak_flops(fmt):
-        svc = FixedServiceModel(gpu, load_model_card("resnet-50"), fmt)
+        card = load_model_card("resnet-50")
+        assert isinstance(card, FixedModel)  # the shipped ResNet-50 card is a fixed model
+        svc = FixedServiceModel(gpu, card, fmt)
         e = svc.batch(int(r["batch"]))
         return e.time_s, e.source
     if timer is None:
@@ -188,7 +191,7 @@ def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, to
         assert gpu is not None
         overhead_us = launch_us if launch_us is not None else gpu.kernel_overhead_us
     formats = [f for f in HARNESS_FORMATS if gpu.peak_flops(f) and any(_format_of(r) == f for r in fit_rows)]  # fmt: skip
-    skipped = sorted({_format_of(r) for r in fit_rows if _format_of(r)} - set(formats))
+    skipped = sorted({fm for r in fit_rows if (fm := _format_of(r))} - set(formats))
     if skipped:
         notes.append(f"{gpu.id} has no peak for {', '.join(skipped)}: those rows are not fitted")
     fit_rows = [r for r in fit_rows if _format_of(r) in formats or r["kind"].startswith(("bandwidth", "launch"))]  # fmt: skip

@@ -25,6 +25,7 @@ from capsim.errors import (
 )
 from capsim.spec.calibration import (
     Calibration,
+    CurveKind,
     EfficiencyCurve,
     MeasuredPeaks,
     OpTable,
@@ -52,7 +53,7 @@ class Holdout:
                 f"unknown kind {kind!r} in {text!r}; accepted: {', '.join(kinds)}",
                 where="--holdout",
             )
-        where = []
+        where: list[tuple[str, Any]] = []
         for part in filter(None, (p.strip() for p in rest.split(","))):
             key, eq, value = part.partition("=")
             if not eq or key not in _HOLDOUT_KEYS:
@@ -218,7 +219,7 @@ def _median_by(rows: list[dict[str, Any]], key) -> dict[Any, float]:
 def gemm_tables(rows: list[dict[str, Any]]) -> list[OpTable]:
     """One measured table per (format, n, k) of harness GEMM rows: time against m."""
     tables = []
-    shapes = sorted({(_format_of(r), r["n"], r["k"]) for r in rows if _format_of(r)})
+    shapes = sorted({(f, r["n"], r["k"]) for r in rows if (f := _format_of(r))})
     for fmt, n, k in shapes:
         sel = [r for r in rows if (_format_of(r), r["n"], r["k"]) == (fmt, n, k)]
         by_m = _median_by(sel, lambda r: r["m"])
@@ -262,7 +263,8 @@ def _curves(
     """The fitted curves, and notes on points that look disturbed."""
     curves, notes = [], []
     for fmt in formats:
-        for kind, kinds in (("gemm", ("gemm",)), ("attention", ("attention_decode", "attention_prefill"))):  # fmt: skip
+        kinds_of: dict[CurveKind, tuple[str, ...]] = {"gemm": ("gemm",), "attention": ("attention_decode", "attention_prefill")}  # fmt: skip
+        for kind, kinds in kinds_of.items():
             sel = [r for r in rows if r["kind"] in kinds and _format_of(r) == fmt]
             if not sel:
                 continue

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from pydantic import BaseModel
 
 from capsim.cli.options import (
     catalog_of,
@@ -128,5 +129,6 @@ def schema(kind: str) -> None:
     Example:
       capsim schema --kind scenario > scenario.schema.json
     """
-    model = {"scenario": Scenario, "catalog": GPU, "model": _CardFile}[kind]
+    models: dict[str, type[BaseModel]] = {"scenario": Scenario, "catalog": GPU, "model": _CardFile}
+    model = models[kind]
     emit(json.dumps(model.model_json_schema(), indent=2))

@@ -14,7 +14,7 @@ import yaml
 from capsim.cli.options import emit, handle_errors
 from capsim.errors import InputError, atomic_write_text
 from capsim.onnx_import import import_onnx
-from capsim.spec.models import parse_model_card
+from capsim.spec.models import FixedModel, parse_model_card
 
 
 def parse_dims(items: tuple[str, ...]) -> dict[str, int]:
@@ -73,6 +73,7 @@ def import_cmd(onnx_file: Path, name: str | None, dims: tuple[str, ...], out: Pa
         raise InputError("file not found", file=onnx_file)
     card = import_onnx(onnx_file, name=name or (out.stem if out else None), dims=parse_dims(dims))
     parsed = parse_model_card(card, file=onnx_file)  # the card must load before it is written
+    assert isinstance(parsed, FixedModel)  # the importer writes kind: fixed
     text = card_text(card)
     summary = (
         f"{parsed.name}: {len(card['layers'])} layers, {parsed.params:,.0f} params, "

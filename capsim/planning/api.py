@@ -80,6 +80,7 @@ def plan(
                 if progress:
                     progress(f"[{done}/{len(cands)}] {r.candidate.label()}: {r.reason}")
                 if r.status == "feasible":
+                    assert r.best is not None  # a feasible candidate has its cheapest setting
                     best_cost = min(best_cost, r.best.usd_per_hour)
             results.extend(wave)
     finally:
@@ -91,6 +92,7 @@ def plan(
     best = min(feasible, key=_rank_key, default=None)
     for r in feasible:
         if r is not best:
+            assert best is not None and r.best is not None and best.best is not None
             r.reason = _why_not_chosen(r.best, best.best)
     result = PlanResult(s, results, best, peak_rate(s), cat)
     if best is not None:

@@ -314,7 +314,7 @@ def plan_autoscaled(
                 f"${c.best.cost:.2f} vs ${c.baseline_usd:.2f} for {c.peak_replicas} fixed replicas"
             )
     ok = [c for c in cands if c.best is not None and c.best.cost < c.baseline_usd]
-    rec = min(ok, key=lambda c: c.best.cost, default=None)
+    rec = min(ok, key=lambda c: c.best.cost if c.best else math.inf, default=None)  # all have one
     if cands and rec is None:
         notes.append("no autoscaled setting beat the fixed fleet sized for the peak")
     return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes)

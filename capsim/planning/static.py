@@ -190,6 +190,7 @@ def _replicas(n: int) -> str:
 def _rank_key(r: CandidateResult) -> tuple[float, int, float]:
     """Cheapest first; at equal price fewer GPUs, then the lower SLO upper limit."""
     e = r.best
+    assert e is not None  # only feasible candidates are ranked
     return (round(e.usd_per_hour, 6), e.config.gpus, e.primary.ci.high / e.primary.target_s)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -70,7 +71,7 @@ def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
     ]
     for m in metrics:
         name = "latency_cdf.png" if len(metrics) == 1 else f"latency_cdf_{m}.png"
-        paths.append(write_figure(out / name, lambda ax, m=m: plot_cdfs(ax, r, m)))
+        paths.append(write_figure(out / name, partial(plot_cdfs, r=r, metric=m)))
     for p in r.policies:
         slug = _slug(p.name)
         paths.append(write_csv(out / f"timeline_{slug}.csv", p.timeline))
@@ -78,9 +79,9 @@ def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
             write_panels(
                 out / f"timeline_{slug}.png",
                 [
-                    lambda ax, p=p: plot_load(ax, p),
-                    lambda ax, p=p: plot_replicas(ax, p),
-                    lambda ax, p=p: plot_window_p(ax, p),
+                    partial(plot_load, p=p),
+                    partial(plot_replicas, p=p),
+                    partial(plot_window_p, p=p),
                 ],
                 title=f"{p.name}: {_describe(p)}",
             )

@@ -101,6 +101,12 @@ def _autoscaled(result: PlanResult) -> dict[str, Any]:
     return {"autoscaled": autoscaled_dict(result.autoscaled)}
 
 
+def _best(r: CandidateResult) -> Evaluation:
+    """The cheapest setting of a feasible candidate (the ranked ones and the recommendation)."""
+    assert r.best is not None
+    return r.best
+
+
 def format_plan(result: PlanResult) -> str:
     s = result.scenario
     p = s.slo.percentile
@@ -112,10 +118,10 @@ def format_plan(result: PlanResult) -> str:
     ]
     ranked = result.feasible
     if ranked:
-        multi = len(ranked[0].best.checks) > 1  # several SLO metrics: name the binding one
+        multi = len(_best(ranked[0]).checks) > 1  # several SLO metrics: name the binding one
         rows = []
         for i, r in enumerate(ranked, 1):
-            e = r.best
+            e = _best(r)
             c = e.primary
             rows.append(
                 [
@@ -138,7 +144,7 @@ def format_plan(result: PlanResult) -> str:
                     "#",
                     "config",
                     "replicas",
-                    f"p{p:g} {'binding SLO' if multi else ranked[0].best.primary.metric} ms [95% CI]",
+                    f"p{p:g} {'binding SLO' if multi else _best(ranked[0]).primary.metric} ms [95% CI]",
                     "util",
                     "$/hour",
                     "$/1M req",
@@ -151,7 +157,7 @@ def format_plan(result: PlanResult) -> str:
     lines.append("")
     rec = result.recommendation
     if rec is not None:
-        e = rec.best
+        e = _best(rec)
         c = e.primary
         lines.append(
             f"Recommendation: {e.config.label()} at ${e.usd_per_hour:.2f}/h "
@@ -214,9 +220,22 @@ def format_evaluation(e: Evaluation) -> str:
         )
         + f"; rejections {e.rejection.mean:.3%}"
     )
+    if e.theory is not None:
+        lines.append(_theory_line(e))
     if s.unstable:
         lines.append(f"UNSTABLE: {s.unstable_reason}")
     return "\n".join(lines)
+
+
+def _theory_line(e: Evaluation) -> str:
+    """The exact mean wait beside the simulated one (or why theory does not apply)."""
+    t = e.theory
+    assert t is not None
+    if not t.applies:
+        return f"theory: no exact queueing result ({t.reason})"
+    w = e.summary.scalars.get("mean_wait_s")
+    sim = f"; simulated {w.mean * MS:.4g} ms [{w.low * MS:.4g}, {w.high * MS:.4g}]" if w else ""
+    return f"theory: {t.model} exact mean wait {t.wait_mean_s * MS:.4g} ms{sim}"
 
 
 def evaluation_dict(e: Evaluation) -> dict[str, Any]:
@@ -255,4 +274,11 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "price": e.price.label,
         },
         "extra": dict(e.extra),
+        "theory": None
+        if e.theory is None
+        else {
+            "model": e.theory.model or None,
+            "wait_mean_ms": e.theory.wait_mean_s * MS if e.theory.applies else None,
+            "reason": e.theory.reason or None,
+        },
     }

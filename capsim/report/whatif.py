@@ -8,9 +8,16 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
+from capsim.analysis.stats import CI
 from capsim.planning.autoscaled import knobs
 from capsim.planning.whatif import PolicyResult, WhatIfResult
 from capsim.report.tables import MS, _ms, _table
+
+
+def _saving(p: PolicyResult) -> CI:
+    """The saving of a policy compared with the baseline (only those have one)."""
+    assert p.saving is not None
+    return p.saving
 
 
 def _share(x: float | None) -> str:
@@ -147,11 +154,12 @@ def format_whatif(r: WhatIfResult) -> str:
     base = r.baseline
     winners = [p for p in r.policies if p.meets_slo and p.name != base and p.saving is not None]
     if base and winners:
-        best = max(winners, key=lambda p: p.saving.mean)
+        best = max(winners, key=lambda p: _saving(p).mean)
+        saving = _saving(best)
         lines.append("")
         lines.append(
             f"Cheapest policy meeting the SLO over the horizon: {best.name}, saving "
-            f"${best.saving.mean:.2f} [{best.saving.low:.2f}, {best.saving.high:.2f}] "
+            f"${saving.mean:.2f} [{saving.low:.2f}, {saving.high:.2f}] "
             f"({_share(best.saving_share)}) against {base}."
         )
         if best.ci("violation_s").mean > 0:
@@ -161,10 +169,10 @@ def format_whatif(r: WhatIfResult) -> str:
                 f"target (worst hour {best.ci('worst_hour_attainment').mean:.2%} within it)"
             )
             if clean:
-                c = max(clean, key=lambda p: p.saving.mean)
+                c = max(clean, key=lambda p: _saving(p).mean)
                 note += (
                     f"; the cheapest with no such window is {c.name}, saving "
-                    f"${c.saving.mean:.2f} ({_share(c.saving_share)})"
+                    f"${_saving(c).mean:.2f} ({_share(c.saving_share)})"
                 )
             lines.append(note + ".")
     return "\n".join(lines)

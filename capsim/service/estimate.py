@@ -119,10 +119,10 @@ def estimate_fixed(
     fit = svc.memory_fit(max(batches))
     layers: list[dict[str, Any]] = []
     if svc.layers is not None:
-        layers, notes = layer_report(svc, rows[-1]["batch"])
+        layers, notes = layer_report(svc, batches[-1])
     else:
         notes = [
-            f"roofline inputs: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x efficiency "
+            f"roofline inputs: peak {gpu.peak_tflops_for(svc.math_format)} TFLOP/s x efficiency "
             f"{gpu.efficiency.compute}; {gpu.bandwidth_gb_s:g} GB/s x efficiency "
             f"{gpu.efficiency.memory}; {model.kernels_per_forward} kernels x "
             f"{gpu.kernel_overhead_us:g} us"

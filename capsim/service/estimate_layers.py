@@ -35,7 +35,7 @@ def layer_report(svc: FixedServiceModel, batch: int) -> tuple[list[dict[str, Any
         f"per-layer model ({len(svc.layers.costs)} layers"
         + (f", sequence length {model.sequence_length}" if model.sequence_length else "")
         + f"): per layer max(compute, memory) + kernels x {gpu.kernel_overhead_us:g} us",
-        f"compute: peak {gpu.peak_tflops.get(svc.math_format)} TFLOP/s x clock ratio x "
+        f"compute: peak {gpu.peak_tflops_for(svc.math_format)} TFLOP/s x clock ratio x "
         f"{svc.layers.gemm_eff_source} {svc.layers.gemm_eff:g} x family factor "
         f"({', '.join(f'{k} {v:g}' for k, v in FAMILY_FACTORS.items())}, generic) x tile/wave "
         f"quantisation over {chip.sm_count if chip and chip.sm_count else 'unknown (none)'} SMs;"

@@ -154,6 +154,7 @@ class FixedServiceModel:
     def idle_latency_violation(self, s: Scenario) -> str | None:
         """A request alone on an idle replica already slower than the target (None if not)."""
         t1 = self.batch(1).time_s
+        assert s.slo.latency_ms is not None  # Scenario requires it without an LLM model
         if t1 > s.slo.latency_ms / 1000:
             return (
                 f"one request alone takes {t1 * 1000:.2f} ms > target {s.slo.latency_ms:g} ms "

@@ -350,6 +350,7 @@ class LLMServiceModel:
             share = (2.0 if op.name == "all_reduce" else 1.0) * (self.tp - 1) / self.tp
             return share * nbytes / (ic.bandwidth_gb_s * 1e9 * ic.efficiency) + ic.latency_us * 1e-6
         peak = gpu.peak_flops(op.fmt)
+        assert peak is not None  # the model is built only for formats the card supports
         compute = np.asarray(op.flops, dtype=float) / (peak * gpu.efficiency.compute_for(op.fmt))
         memory = nbytes / (gpu.bandwidth * gpu.efficiency.memory)
         return np.maximum(compute, memory) + op.kernels * gpu.kernel_overhead_us * 1e-6
@@ -365,7 +366,9 @@ class LLMServiceModel:
     def _attention_coefficients(self) -> tuple[float, ...]:
         """Per-unit seconds of the roofline attention terms, for the inline fast path."""
         gpu, s, p = self.gpu, self.shard, self.precision
-        peak = gpu.peak_flops(self.formats.attn) * gpu.efficiency.compute_for(self.formats.attn)
+        attn_peak = gpu.peak_flops(self.formats.attn)
+        assert attn_peak is not None  # the model is built only for formats the card supports
+        peak = attn_peak * gpu.efficiency.compute_for(self.formats.attn)
         bw = gpu.bandwidth * gpu.efficiency.memory
         d, o = s.head_dim, stream_bytes(p)
         flop_per_work = 4.0 * s.q_heads * d / peak

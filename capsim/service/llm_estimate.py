@@ -90,6 +90,8 @@ class LLMEstimate:
         ]
         if self.prefill_s is None:
             return "\n".join(lines)
+        # the timings are all None (unsupported) or all numbers
+        assert self.prefill_batch_s is not None and self.decode_step_s is not None
         ms = 1e3
         lines += [
             f"prefill  1 prompt of {self.prompt:,} tokens: {self.prefill_s * ms:.2f} ms "
@@ -146,7 +148,8 @@ class LLMEstimates:
         lines = e.to_text().splitlines()
         head = lines[:3]
         rows = [
-            f"         {x.batch:>6}  {x.prefill_batch_s * ms:>12.2f}  {x.decode_step_s * ms:>14.2f}"
+            f"         {x.batch:>6}  {_known(x.prefill_batch_s) * ms:>12.2f}  "
+            f"{_known(x.decode_step_s) * ms:>14.2f}"
             f"  {x.decode_tokens_per_s:>12,.0f}  {x.request_latency_s:>9.3f}"
             + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
             for x in self.estimates
@@ -164,6 +167,12 @@ class LLMEstimates:
         start = next(i for i, x in enumerate(tail) if x.startswith("ceiling"))
         end = next(i for i, x in enumerate(tail) if x.startswith("request"))
         return "\n".join(head + body + tail[start:end] + tail[end + 1 :])
+
+
+def _known(x: float | None) -> float:
+    """A timing of a supported configuration (every estimate in a table is one)."""
+    assert x is not None
+    return x
 
 
 def estimate_llm(
@@ -198,13 +207,13 @@ def estimate_llm(
     full = prompt + output
     fit = memory_fit(gpu, model, p, tp, st, context=full)
     ctx = prompt + output // 2
-    base = dict(
+    base: dict[str, Any] = dict(
         gpu=gpu.id, model=model.name, precision=p.name, math_format=p.math_format(gpu.peak_tflops),
         tp=tp, batch=batch, prompt=prompt, output=output, decode_context=ctx, fit=fit,
         max_batch=fit.max_batch,
     )  # fmt: skip
     if precision_problem(gpu, p) or parallelism_problem(gpu, model, tp):
-        none = dict.fromkeys(
+        none: dict[str, Any] = dict.fromkeys(
             ("prefill_s", "prefill_batch_s", "decode_step_s", "decode_tokens_per_s",
              "max_batch_step_s", "max_tokens_per_s", "request_latency_s"),
         )  # fmt: skip

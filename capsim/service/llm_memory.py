@@ -265,7 +265,7 @@ def memory_fit(
             "usable); lower max_model_len or use more GPUs"
         )
     fits = problem is None
-    if fits:
+    if problem is None:
         per_seq = tokens // max(1, -(-ctx // st.block_size) * st.block_size)
         problem = (
             f"fits {where}: weights {weights / GIB:.1f} GiB, KV cache {kv_cache / GIB:.1f} GiB "

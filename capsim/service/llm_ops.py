@@ -192,7 +192,8 @@ def prefill_iterations(
     done = [0] * prompts
     i = 0
     while i < prompts:
-        room, it = budget, []
+        room = budget
+        it: list[tuple[int, int, bool]] = []
         j = i
         while j < prompts and room > 0 and len(it) < max_seqs:
             left = prompt - done[j]

@@ -83,7 +83,7 @@ class Jitter:
     policy (and equals ``capsim.evaluate``'s factor k for the fixed-fleet engine).
     """
 
-    def __init__(self, rng: np.random.Generator | None, cv: float):
+    def __init__(self, rng: np.random.Generator, cv: float):
         self.rng, self.cv = rng, cv
         self.buf = np.empty(0)
         self.max_factor = 1.0
@@ -95,7 +95,7 @@ class Jitter:
             chunk = self.rng.gamma(shape, 1.0 / shape, size=more)
             self.max_factor = max(self.max_factor, float(chunk.max()))
             self.buf = np.concatenate([self.buf, chunk])
-        return memoryview(self.buf)
+        return memoryview(self.buf)  # type: ignore[arg-type]  # numpy's stubs omit __buffer__ before 3.12
 
 
 class BatchedFleet(FleetReadout):
@@ -177,7 +177,7 @@ class BatchedFleet(FleetReadout):
         self._adm_sum = 0.0
         self.stopped = False
         # vector mode (no queue limit): position in the greedy schedule, or -1 in loop mode
-        self._sched = None
+        self._sched: tuple | None = None
         self._k = -1
         self._loop_min = self.MIN_LOOP
         if vectorise and self.limit is None and self.n:
@@ -239,6 +239,7 @@ class BatchedFleet(FleetReadout):
 
     def _vector(self, until: float) -> bool:
         """Take schedule blocks while uncongested; True when ``until`` is reached."""
+        assert self._sched is not None  # vector mode (self._k >= 0) has the schedule
         heads, ready, sizes, _ = self._sched
         nh = len(heads)
         k = self._k
@@ -369,6 +370,7 @@ class BatchedFleet(FleetReadout):
         have = jbase + len(jw)
         if need > have:
             src = self._jitter_upto(need)
+            assert src is not None  # a jitter source exists (checked at the top)
             jw.extend(src[have:need].tolist())
         return jw, jbase
 
@@ -388,7 +390,8 @@ class BatchedFleet(FleetReadout):
         arr, n, K, d, bt = self._mv, self.n, self.K, self.d, self.bt
         adm, limit, ends = self.adm, self.limit, self.ends
         jitarr = self._jitter_upto(self.nb + n - self.head + 1)
-        jit = memoryview(jitarr) if jitarr is not None else None
+        # numpy's stubs omit ndarray.__buffer__ before Python 3.12
+        jit = memoryview(jitarr) if jitarr is not None else None  # type: ignore[arg-type]
         while ends:
             head = self.head
             qlen = len(adm) - head

@@ -145,7 +145,7 @@ class _SharedQueue:
         self.unstable_reason = ""
         # admission (only with max_queue_length): positions admitted, in arrival order
         self.limit = cfg.max_queue_length
-        self.admitted = np.empty(self.n, dtype=np.int64) if self.limit else None
+        self.admitted = np.empty(self.n if self.limit else 0, dtype=np.int64)  # empty: no limit
         self.adm_tail = 0
         self.scanned = 0
         self.arr_list = arrival.tolist()  # Python floats: cheaper to index one at a time
@@ -159,6 +159,7 @@ class _SharedQueue:
         hi = int(np.searchsorted(self.arr, now, side="right"))
         if hi <= self.scanned:
             return
+        assert self.limit is not None  # called only with a queue limit
         room = max(self.limit - (self.adm_tail - self.head), 0)
         take = min(room, hi - self.scanned)
         self.admitted[self.adm_tail : self.adm_tail + take] = np.arange(
@@ -197,7 +198,8 @@ class _SharedQueue:
         log.rep.append(r)
         self.head += b
         # a bare event scheduled like a Timeout, with this replica's release as its callback
-        self.env.schedule(_Done(self._on_done, r), _NORMAL, now + s - self.env._now)
+        # _Done has what Environment.step uses of an Event; simpy's annotation asks for Event
+        self.env.schedule(_Done(self._on_done, r), _NORMAL, now + s - self.env._now)  # type: ignore[arg-type]
 
     def step(self) -> None:
         """Start every batch that can start now (or before the next scheduled event)."""

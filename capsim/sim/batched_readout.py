@@ -106,7 +106,8 @@ class FleetReadout:
         if not self.blocks:
             return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
         if len(self.blocks) > 1:
-            self.blocks = [tuple(np.concatenate(c) for c in zip(*self.blocks, strict=True))]
+            start, dur, size = (np.concatenate(c) for c in zip(*self.blocks, strict=True))
+            self.blocks = [(start, dur, size)]
         return self.blocks[0]
 
     @property

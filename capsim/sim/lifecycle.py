@@ -226,7 +226,7 @@ class Lifecycle:
         self.records.append(rec)
         self.provisioning.append(rec)
         ev = self.env.timeout(self.cold_start())
-        ev.callbacks.append(lambda _e, rec=rec: self._on_ready(rec))
+        ev.callbacks.append(lambda _e: self._on_ready(rec))
 
     def _on_ready(self, rec: ReplicaRecord) -> None:
         if rec.cancelled:

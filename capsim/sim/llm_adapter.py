@@ -153,7 +153,7 @@ class LLMService:
             f"usable {f.usable_bytes / GIB:.2f} GiB = {gpu.usable_memory_gib:g} GiB x "
             f"{st.gpu_memory_utilization:g} - {st.reserved_gib:g} GiB reserved",
             f"math: {self.precision.name} GEMMs on {math_units(fmt, gpu.vendor)} at "
-            f"{gpu.peak_tflops.get(fmt)} TFLOP/s x efficiency {eff:g}; attention on "
+            f"{gpu.peak_tflops_for(fmt)} TFLOP/s x efficiency {eff:g}; attention on "
             f"{self.svc.formats.attn}; memory {gpu.bandwidth_gb_s:g} GB/s x "
             f"{gpu.efficiency.memory:g}"
             + (

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import simpy
@@ -77,6 +77,10 @@ from capsim.sim.llm_types import (
     _Replica,
     _sum_max_lines,
 )
+
+#: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
+#: max(a1 + b1 C, a2 + b2 C) seconds
+_Lines = tuple[float, float, float, float]
 
 
 class LLMFleet(ReplicaOps):
@@ -101,7 +105,7 @@ class LLMFleet(ReplicaOps):
         self.timer = timer
         self.itime = timer.iteration_time
         self.lines_of = getattr(timer, "decode_lines", None)
-        self._lines: dict[int, tuple[float, float, float, float] | None] = {}
+        self._lines: dict[int, _Lines | None] = {}
         self.n = len(arrival)
         self.arr = arrival.tolist()
         self.P = [int(x) for x in prompt.tolist()]
@@ -167,8 +171,8 @@ class LLMFleet(ReplicaOps):
         env = self.env
         heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
 
-    def _decode_lines(self, d: int) -> tuple[float, float, float, float] | None:
-        lines = self._lines.get(d, False)
+    def _decode_lines(self, d: int) -> _Lines | None:
+        lines: _Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
         if lines is False:
             lines = self.lines_of(d) if self.lines_of is not None else None
             self._lines[d] = lines
@@ -295,7 +299,7 @@ class LLMFleet(ReplicaOps):
                     else:
                         hi = mid - 1
                 k = lo
-            lines = self._lines.get(D, False)
+            lines: _Lines | None | Literal[False] = self._lines.get(D, False)
             if lines is False:
                 lines = self._decode_lines(D)
             rp.seg_lines = None

@@ -167,6 +167,7 @@ class ScalableLLMFleet(LLMFleet):
             self._count(i)
             return
         rp = self._pick(i)
+        assert rp is not None  # a replica is active
         if not self._accept(rp, i):
             self.n_rej += 1
             return

@@ -122,6 +122,7 @@ class ReplicaOps:
                     lo = mid + 1
             return lo, _sum_max_lines(a1, b1, a2, b2, lo)
         cum = rp.seg_cum
+        assert cum is not None  # a run without lines has its cumulative times
         j = min(bisect_left(cum, dt) + 1, k)
         return j, cum[j - 1]
 

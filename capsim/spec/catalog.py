@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from capsim.spec.calibration import Calibration
 from capsim.spec.chip import Chip
-from capsim.spec.precision import MathFormat
+from capsim.spec.precision import MathFormat, is_math_format
 from capsim.strict import Strict
 
 GIB = 2**30
@@ -144,9 +144,13 @@ class GPU(Strict):
             raise ValueError("sources must have a 'chip' entry when chip is given")
         return self
 
+    def peak_tflops_for(self, fmt: str) -> float | None:
+        """``peak_tflops[fmt]``: None if the card lacks the format or ``fmt`` names none."""
+        return self.peak_tflops.get(fmt) if is_math_format(fmt) else None
+
     def peak_flops(self, fmt: str) -> float | None:
         """Dense peak in FLOP/s (or OP/s) for a math format, None if unsupported."""
-        tf = self.peak_tflops.get(fmt)  # type: ignore[call-overload]
+        tf = self.peak_tflops_for(fmt)
         return tf * 1e12 if tf else None
 
     @property

@@ -18,13 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 #: The one list of number formats (math formats and precision names share it), in this order.
 MathFormat = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
-MATH_FORMATS: tuple[str, ...] = get_args(MathFormat)
+MATH_FORMATS: tuple[MathFormat, ...] = get_args(MathFormat)
 #: The formats the calibrate/ harness measures GEMMs in (it has no int4 kernel).
 HARNESS_FORMATS: tuple[str, ...] = tuple(f for f in MATH_FORMATS if f != "int4")
+
+
+def is_math_format(name: str) -> TypeGuard[MathFormat]:
+    """Whether ``name`` is one of :data:`MATH_FORMATS` (narrows ``str`` to ``MathFormat``).
+
+    >>> is_math_format("bf16"), is_math_format("bfloat16")
+    (True, False)
+    """
+    return name in MATH_FORMATS
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Precision:
     def kv_bytes(self) -> float:
         return self.kv_bits / 8
 
-    def math_format(self, peaks: Mapping[str, float | None]) -> str | None:
+    def math_format(self, peaks: Mapping[Any, float | None]) -> str | None:
         """The first acceptable math format with a (non-null) peak on this card, or None."""
         for fmt in self.math:
             if peaks.get(fmt):
