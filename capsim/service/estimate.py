@@ -159,17 +159,17 @@ def estimate(
     if precision not in PRECISIONS:
         raise InputError(
             f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
-            where="--precision",
+            param="precision",
         )
     if isinstance(model, FixedModel):
         if tp != 1:
-            raise InputError("--tp applies to transformer models only", where="--tp")
+            raise InputError("tensor parallelism applies to transformer models only", param="tp")
         return estimate_fixed(gpu, model, precision, batches)
     if prompt + output > model.max_context:
         raise InputError(
             f"prompt + output = {prompt + output:,} tokens exceeds {model.name}'s context of "
             f"{model.max_context:,}",
-            where="--prompt/--output",
+            param="prompt/output",
         )
     try:
         ests = [
