@@ -4,7 +4,8 @@ Run from the repository root: ``python benchmarks/house.py``. Sizes and cycles a
 source with :mod:`ast` (the rules themselves are enforced by ``tests/test_architecture.py``);
 the start-up times are the best of 7 runs of ``capsim --help`` and ``python -c "import capsim"``
 in fresh processes, wall and CPU (user + system of the child), so a busy machine shows up as a
-wall time well above the CPU time.
+wall time well above the CPU time; mypy's error count is ``mypy capsim`` with the project's
+configuration (pyproject.toml: the pydantic plugin).
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ def best_run(cmd: list[str], runs: int = 7) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+def mypy_errors() -> str:
+    """``mypy capsim``'s error count (0 when it reports success), or why it did not run."""
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "mypy", "capsim"], capture_output=True, text=True, cwd=ROOT
+        )
+    except OSError as exc:
+        return f"not run ({exc})"
+    last = (res.stdout.strip().splitlines() or ["?"])[-1]
+    if last.startswith("Success"):
+        return "0"
+    return last.split()[1] if last.startswith("Found") else f"not run ({last})"
+
+
 def main() -> None:
     modules, functions = sizes()
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
@@ -66,13 +81,15 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(f"modules: {len(modules)}, lines: {sum(modules)}, largest: {max(modules)}, median: "
-          f"{statistics.median(modules):.0f}, over 500 lines: {sum(n > 500 for n in modules)}")  # fmt: skip
+          f"{statistics.median(modules):.0f}, p90: {statistics.quantiles(modules, n=10)[8]:.0f}, "
+          f"over 500 lines: {sum(n > 500 for n in modules)}")  # fmt: skip
     print(f"functions: {len(functions)}, p50 {statistics.median(functions):.0f}, p90 {p90:.0f}, "
           f"max {max(functions)} lines")  # fmt: skip
     print(f"import cycles: {0 if _cycle(graph) is None else 'yes: ' + ' -> '.join(_cycle(graph))}; "
           f"function-level imports of capsim modules: {inner}")  # fmt: skip
     print(f"capsim --help: {help_wall:.3f} s wall, {help_cpu:.3f} s CPU (best of 7)")
     print(f"import capsim: {imp_wall:.3f} s wall, {imp_cpu:.3f} s CPU (best of 7)")
+    print(f"mypy errors (capsim/, pydantic plugin): {mypy_errors()}")
 
 
 if __name__ == "__main__":

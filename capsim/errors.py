@@ -7,6 +7,12 @@ wrong and what is accepted. Every error the CLI shows (exit code 2, no traceback
 >>> err = InputError("rate must be positive", file="s.yaml", where="traffic.arrivals.rate_rps")
 >>> str(err)
 's.yaml: traffic.arrivals.rate_rps: rate must be positive'
+
+An error in a function argument names the parameter (``param``), not a command-line flag; the
+CLI shows it as its flag (:func:`capsim.cli.options.flag_of`):
+
+>>> str(InputError("must be in (0, 0.5), got 0.7", param="tolerance"))
+'tolerance: must be in (0, 0.5), got 0.7'
 """
 
 from __future__ import annotations
@@ -23,16 +29,29 @@ from pydantic import BaseModel, ValidationError
 
 
 class InputError(Exception):
-    """Bad input from the user: a file, a field or row, and what is wrong."""
+    """Bad input from the user: a file, a field or row, and what is wrong.
 
-    def __init__(self, message: str, *, file: str | os.PathLike | None = None, where: str = ""):
+    ``where`` is a place in a file (a field, a row); ``param`` the name of the library function
+    argument at fault (``"holdout"``, ``"prompt/output"``), which a front end shows in its own
+    terms (the CLI: ``--holdout``). Shown: ``file: where-or-param: message``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike | None = None,
+        where: str = "",
+        param: str = "",
+    ):
         self.message = message
         self.file = str(file) if file is not None else None
         self.where = where
+        self.param = param
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        parts = [p for p in (self.file, self.where) if p]
+        parts = [p for p in (self.file, self.where or self.param) if p]
         return ": ".join([*parts, self.message])
 
 

@@ -264,4 +264,4 @@ def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None
         for g in s.candidates.gpus:  # the card-dependent defaults differ
             engine_settings(engine, s.model, catalog[g])
     except InputError as exc:
-        raise InputError(exc.message, file=file, where=exc.where) from None
+        raise InputError(exc.message, file=file, where=exc.where, param=exc.param) from None

@@ -69,8 +69,8 @@ def _set_dims(model, dims: dict[str, int]) -> None:
             else:
                 raise InputError(
                     f"input '{inp.name}' dimension {i} is symbolic ('{sym or '?'}'); give its "
-                    f"value with --dim {sym or 'NAME'}=VALUE",
-                    where="--dim",
+                    f"value as {sym or 'NAME'}=VALUE",
+                    param="dims",
                 )
 
 

@@ -478,19 +478,19 @@ def test_fit_refuses_rows_that_would_crash_it(tmp_path, runner, edit, needles):
 
 
 def test_fit_refuses_measurements_faster_than_the_cards_spec_peak(tmp_path, runner):
-    """L4-speed measurements fitted into the T4's entry: 'wrong --gpu?', nothing written."""
+    """L4-speed measurements fitted into the T4's entry: 'wrong GPU entry?', nothing written."""
     cat = _cat_copy(tmp_path)
     before = _snapshot(cat)
     meas = synthetic_gpu_run(tmp_path / "meas", _gpu("l4"), fraction=0.8, name="NVIDIA L4")
     res = runner.invoke(main, ["calibrate", "fit", str(meas), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "--gpu", "of t4's spec fp16 peak (65 TFLOP/s)", "wrong --gpu?", "NVIDIA L4", "row ")  # fmt: skip
+    _assert_one_line_error(res, "--gpu", "of t4's spec fp16 peak (65 TFLOP/s)", "wrong GPU entry?", "NVIDIA L4", "row ")  # fmt: skip
     assert "149%" in res.output  # 0.8 x 121 / 65
     # bandwidth: T4-speed GEMMs but an L4-speed copy would pass the GEMM check; 300 vs 320 GB/s
     # does not trip it, so push the copy to 2x the T4's spec bandwidth
     slow = synthetic_gpu_run(tmp_path / "t4meas", _gpu("t4"), fraction=0.7)
     _edit_rows(slow, lambda rows: _scale_time(next(r for r in rows if r["kind"] == "bandwidth_copy"), 0.7 / 2))  # fmt: skip
     res = runner.invoke(main, ["calibrate", "fit", str(slow), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "spec memory bandwidth (320 GB/s)", "wrong --gpu?", "200%")
+    _assert_one_line_error(res, "spec memory bandwidth (320 GB/s)", "wrong GPU entry?", "200%")
     assert _snapshot(cat) == before
     # at 70% of its own peaks the same card fits
     ok = synthetic_gpu_run(tmp_path / "l4meas", _gpu("l4"), fraction=0.7)
@@ -539,24 +539,24 @@ def test_import_vidur_refuses_the_wrong_card(tmp_path, runner):
     a100 = str(VIDUR / "mlp_a100_Llama-2-7b-hf.csv")
     # the file name names another card
     res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "the file name names 'a100', but --gpu is t4", "--force")
+    _assert_one_line_error(res, "the file name names 'a100', but gpu is t4", "--force")
     # --force passes the name check, but an A100 profile beats the T4's spec peak 4x
     res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "t4", "--force", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "413% of t4's spec fp16 peak (65 TFLOP/s)", "faster than the card's spec peak -- wrong --gpu?")  # fmt: skip
+    _assert_one_line_error(res, "413% of t4's spec fp16 peak (65 TFLOP/s)", "faster than the card's spec peak -- wrong GPU entry?")  # fmt: skip
     # a renamed copy (no card in the name) is caught by the peak alone
     anon = tmp_path / "mlp.csv"
     shutil.copy(a100, anon)
     res = runner.invoke(main, ["calibrate", "import-vidur", str(anon), "--gpu", "t4", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "wrong --gpu?")
+    _assert_one_line_error(res, "wrong GPU entry?")
     res = runner.invoke(main, ["calibrate", "import-vidur", str(anon), "--gpu", "t4", "--card", "a100", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "--card is 'a100', but --gpu is t4")
+    _assert_one_line_error(res, "card is 'a100', but gpu is t4")
     # slower than the card's peak but another card's profile: refused unless --force
     res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "h100-sxm", "--catalog-dir", str(cat)])  # fmt: skip
-    _assert_one_line_error(res, "names 'a100', but --gpu is h100-sxm")
+    _assert_one_line_error(res, "names 'a100', but gpu is h100-sxm")
     assert _snapshot(cat) == before
     res = runner.invoke(main, ["calibrate", "import-vidur", a100, "--gpu", "h100-sxm", "--force", "--dry-run", "--catalog-dir", str(cat)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "--force: the file name names 'a100', but --gpu is h100-sxm" in res.output
+    assert "forced: the file name names 'a100', but gpu is h100-sxm" in res.output
     assert _snapshot(cat) == before
     # a directory is not "file not found"
     res = runner.invoke(main, ["calibrate", "import-vidur", str(VIDUR), "--gpu", "a100-80gb-sxm", "--dry-run"])  # fmt: skip

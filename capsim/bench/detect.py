@@ -78,7 +78,7 @@ def read_runs(path: Path, fmt: str | None = None) -> list[BenchRun]:
     """Every run in one file, in ``fmt`` or the detected format."""
     text, sha = read_text(path)
     if fmt is not None and fmt not in PARSERS:
-        raise InputError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", where="--as")
+        raise InputError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", param="fmt")
     chosen = fmt or detect(path, text)
     try:
         return PARSERS[chosen](path, text, sha)

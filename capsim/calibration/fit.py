@@ -7,7 +7,7 @@ Two sources:
   only inside the ``capsim calibrate`` commands). GEMM rows become measured tables (one per
   format and ``(n, k)``, time against ``m``) and, with the attention and bandwidth rows, fitted
   efficiency curves; launch rows give the per-kernel overhead. The fit reports its own error on
-  measurements it did not use: rows held out with ``--holdout``, every composite row (a
+  measurements it did not use: rows held out (``holdout``), every composite row (a
   transformer block's forward pass, ResNet-50), and a leave-one-shape-out pass over the GEMM
   shapes.
 * :func:`import_vidur` -- Microsoft Vidur's operator profile (``mlp.csv``: one transformer
@@ -353,9 +353,9 @@ def _new_gpu(
     host = meta.get("host", {}) or {}
     if price is None:
         raise InputError(
-            "a new entry needs a price: pass --price USD_PER_HOUR (what one device-hour costs "
+            "a new entry needs a price in USD per device-hour (what one device-hour costs "
             "you; the planner ranks by cost)",
-            where="--price",
+            param="price_usd_per_hour",
         )
     if peaks.bandwidth_gb_s is None:
         raise InputError("no bandwidth rows: cannot set the entry's memory bandwidth", file=data)
@@ -379,9 +379,9 @@ def _new_gpu(
         power_src = f"measured by the harness (NVML): idle {idle} W, busy {busy} W ({data})"
     else:
         raise InputError(
-            "board power was not measured on this device (no NVML): pass --power-w MAX[,IDLE] "
+            "board power was not measured on this device (no NVML): give MAX[,IDLE] board power "
             "in watts (e.g. the TDP)",
-            where="--power-w",
+            param="power_w",
         )
     power["warm_idle_w"] = power["idle_w"]
     mem = float(dev.get("memory_bytes") or host.get("memory_bytes") or 0) / GIB

@@ -51,7 +51,7 @@ class Holdout:
         if kind not in kinds:
             raise InputError(
                 f"unknown kind {kind!r} in {text!r}; accepted: {', '.join(kinds)}",
-                where="--holdout",
+                param="holdout",
             )
         where: list[tuple[str, Any]] = []
         for part in filter(None, (p.strip() for p in rest.split(","))):
@@ -60,11 +60,11 @@ class Holdout:
                 raise InputError(
                     f"{part!r} in {text!r}: expected key=value with key one of "
                     f"{', '.join(sorted(_HOLDOUT_KEYS))}",
-                    where="--holdout",
+                    param="holdout",
                 )
             if key != "precision":
                 if not re.fullmatch(r"[0-9]+", value):
-                    raise InputError(f"{key}={value!r} must be an integer", where="--holdout")
+                    raise InputError(f"{key}={value!r} must be an integer", param="holdout")
                 where.append((key, int(value)))
             else:
                 where.append((key, value))
@@ -353,14 +353,14 @@ SPEC_MARGIN = 1.05
 
 
 def peaks_are_measured(gpu: GPU) -> bool:
-    """True for entries whose peaks are measured rates (``--new-gpu``), not a spec sheet."""
+    """True for entries whose peaks are measured rates (a new entry fitted), not a spec sheet."""
     return str(gpu.sources.get("peak_tflops", "")).startswith("measured")
 
 
 def check_spec_peaks(gpu: GPU, rows: list[dict[str, Any]], device: str | None = None) -> None:
     """Refuse measurements that beat ``gpu``'s spec peaks (per GEMM format, and the memory
     bandwidth) by more than 5%: no card runs faster than its spec sheet, so they come from another
-    card (``--gpu`` names the wrong entry)."""
+    card (``gpu`` is the wrong entry)."""
     on = f" (measured on {device})" if device else ""
     best: dict[str, tuple[float, dict[str, Any]]] = {}
     for r in rows:
@@ -376,8 +376,8 @@ def check_spec_peaks(gpu: GPU, rows: list[dict[str, Any]], device: str | None = 
             raise InputError(
                 f"{_where(r)} ({_row_label(r)}) ran at {rate / 1e12:.4g} TFLOP/s = "
                 f"{rate / peak:.0%} of {gpu.id}'s spec {fmt} peak ({peak / 1e12:g} TFLOP/s): "
-                f"measured faster than the card's spec peak -- wrong --gpu?{on}",
-                where="--gpu",
+                f"measured faster than the card's spec peak -- wrong GPU entry?{on}",
+                param="gpu",
             )
     bw = [(r["bytes"] / r["median_s"], r) for r in rows if r["kind"].startswith("bandwidth") and r.get("median_s")]  # fmt: skip
     if bw:
@@ -386,7 +386,7 @@ def check_spec_peaks(gpu: GPU, rows: list[dict[str, Any]], device: str | None = 
             raise InputError(
                 f"{_where(r)} ({_row_label(r)}) moved {rate / 1e9:.4g} GB/s = "
                 f"{rate / gpu.bandwidth:.0%} of {gpu.id}'s spec memory bandwidth "
-                f"({gpu.bandwidth_gb_s:g} GB/s): measured faster than the card's spec -- wrong "
-                f"--gpu?{on}",
-                where="--gpu",
+                f"({gpu.bandwidth_gb_s:g} GB/s): measured faster than the card's spec -- wrong GPU "
+                f"entry?{on}",
+                param="gpu",
             )

@@ -197,9 +197,9 @@ def import_vidur(
     path = Path(csv_path)
     today = today or _today()
     if not 0 < tolerance < 0.5:
-        raise InputError(f"tolerance must be in (0, 0.5), got {tolerance}", where="--tolerance")
+        raise InputError(f"tolerance must be in (0, 0.5), got {tolerance}", param="tolerance")
     if gpu.peak_flops("fp16") is None:
-        raise InputError(f"{gpu.id} has no fp16 peak; Vidur profiles are fp16", where="--gpu")
+        raise InputError(f"{gpu.id} has no fp16 peak; Vidur profiles are fp16", param="gpu")
     _check_vidur_path(path)
     notes = _check_vidur_card(path, card, gpu, force)
     med, model = read_vidur(path)
@@ -290,7 +290,7 @@ def import_vidur(
         raise InputError(
             f"best fp16 GEMM ({op} tp={tp}, {tokens} tokens) ran at {best:.0f} TFLOP/s = "
             f"{best * 1e12 / peak16:.0%} of {gpu.id}'s spec fp16 peak ({peak16 / 1e12:g} "
-            "TFLOP/s): measured faster than the card's spec peak -- wrong --gpu?",
+            "TFLOP/s): measured faster than the card's spec peak -- wrong GPU entry?",
             file=path,
         )
     provenance = Provenance(
@@ -345,23 +345,25 @@ def _check_vidur_path(path: Path) -> None:
 
 
 def _check_vidur_card(path: Path, card: str | None, gpu: GPU, force: bool) -> list[str]:
-    """A card named by the file name or ``--card`` must be the entry's (``a100`` for
+    """A card named by the file name or ``card`` must be the entry's (``a100`` for
     ``a100-80gb-sxm``); else refuse, or with ``force`` say so in a note."""
     named = []
     m = _VIDUR_CARDS.search(path.name.lower())
     if m:
         named.append((m.group(1), f"the file name names '{m.group(1)}'"))
     if card and _VIDUR_CARDS.fullmatch(card.lower()):
-        named.append((card.lower(), f"--card is '{card}'"))
+        named.append((card.lower(), f"card is '{card}'"))
     wrong = [why for c, why in named if not (gpu.id == c or gpu.id.startswith(c + "-"))]
     if not wrong:
         return []
-    text = f"{' and '.join(wrong)}, but --gpu is {gpu.id}"
+    text = f"{' and '.join(wrong)}, but gpu is {gpu.id}"
     if not force:
         raise InputError(
-            f"{text}: a profile of another card? Pass --force to import it anyway", file=path
+            f"{text}: a profile of another card? Force the import to take it anyway",
+            file=path,
+            param="force",
         )
-    return [f"--force: {text}"]
+    return [f"forced: {text}"]
 
 
 def _vidur_curve_cv(gpu, f, b, t, keys, overhead_s) -> FitError:

@@ -141,7 +141,8 @@ def write_new_entry(directory: str | Path, gpu: GPU) -> list[Path]:
     p = d / f"{gpu.id}.yaml"
     if p.exists():
         raise InputError(
-            f"{p} exists: use --gpu {gpu.id} to recalibrate an existing entry", where="--new-gpu"
+            f"{p} exists: recalibrate {gpu.id} as an existing entry instead of a new one",
+            param="new_id",
         )
     text = entry_yaml(gpu)
     _check_text(text, p)

@@ -35,6 +35,26 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+#: library parameters whose command-line option is not ``--`` + the name with dashes
+FLAGS = {"fmt": "--as", "price_usd_per_hour": "--price", "new_id": "--new-gpu", "dims": "--dim"}
+
+
+def flag_of(param: str) -> str:
+    """The option(s) that set a library parameter: ``"power_w"`` -> ``"--power-w"``.
+
+    >>> flag_of("prompt/output"), flag_of("fmt")
+    ('--prompt/--output', '--as')
+    """
+    return "/".join(FLAGS.get(p, "--" + p.replace("_", "-")) for p in param.split("/"))
+
+
+def error_text(exc: Exception) -> str:
+    """The one line shown for a user error: a parameter at fault is named by its option."""
+    if isinstance(exc, InputError) and exc.param and not exc.where:
+        return str(InputError(exc.message, file=exc.file, where=flag_of(exc.param)))
+    return str(exc)
+
+
 def handle_errors(fn):
     """Turn user-input errors into one line on stderr and exit code 2."""
 
@@ -43,7 +63,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (InputError, Unsupported) as exc:
-            fail(str(exc))
+            fail(error_text(exc))
 
     return wrapper
 

@@ -264,7 +264,7 @@ def pick_baseline(
 ) -> tuple[str, str]:
     """The policy savings are measured against, and a line saying why it was chosen.
 
-    ``named`` (``--baseline``) wins; else the scenario's ``whatif.baseline`` when its own
+    ``named`` (the CLI's ``--baseline``) wins; else the scenario's ``whatif.baseline`` when its own
     policies run (``own``); else the first fixed policy; else the first policy.
 
     >>> from capsim.spec.autoscaling import KPASpec
@@ -277,7 +277,7 @@ def pick_baseline(
     names = [sp.label for sp in specs]
     if named is not None:
         if named not in names:
-            raise InputError(f"baseline '{named}' is not one of {names}", where="--baseline")
+            raise InputError(f"baseline '{named}' is not one of {names}", param="baseline")
         return named, f"baseline: {named}, as named"
     if own and scenario_baseline is not None:
         return scenario_baseline, f"baseline: {scenario_baseline} (whatif.baseline)"
@@ -303,7 +303,7 @@ def resolve_config(
     if g is None:
         if len(s.candidates.gpus) != 1:
             raise InputError(
-                "which GPU? candidates.gpus lists several; set whatif.gpu or pass --gpu",
+                "which GPU? candidates.gpus lists several; set whatif.gpu or name the gpu to run",
                 where="whatif.gpu",
             )
         g = s.candidates.gpus[0]
@@ -311,7 +311,7 @@ def resolve_config(
         if len(s.candidates.precisions) != 1:
             raise InputError(
                 "which precision? candidates.precisions lists several; set whatif.precision "
-                "or pass --precision",
+                "or name the precision to run",
                 where="whatif.precision",
             )
         p = s.candidates.precisions[0]
@@ -395,12 +395,12 @@ def whatif(
     if g not in cat.gpus:
         raise InputError(
             f"unknown GPU '{g}'; the catalog has: {', '.join(cat)}",
-            where="--gpu" if gpu else "whatif.gpu",
+            **({"param": "gpu"} if gpu else {"where": "whatif.gpu"}),
         )
     if p not in PRECISIONS:
         raise InputError(
             f"unknown precision '{p}'; accepted: {', '.join(PRECISIONS)}",
-            where="--precision" if precision else "whatif.precision",
+            **({"param": "precision"} if precision else {"where": "whatif.precision"}),
         )
     runnable_service(s, cat[g], p, t)  # Unsupported: the card lacks the precision, or no fit
     specs = list(policies) if policies is not None else policies_for(s)

@@ -171,26 +171,27 @@ def estimate(
     if precision not in PRECISIONS:
         raise InputError(
             f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
-            where="--precision",
+            param="precision",
         )
     if isinstance(model, FixedModel):
         if tp != 1:
-            raise InputError("--tp applies to transformer models only", where="--tp")
+            raise InputError("tensor parallelism applies to transformer models only", param="tp")
         try:
             model = model.at_sequence_length(seq_len)
         except ValueError as exc:
-            raise InputError(str(exc), where="--seq-len") from None
+            raise InputError(str(exc), param="seq_len") from None
         return estimate_fixed(gpu, model, precision, batches)
     if seq_len is not None:
         raise InputError(
-            "--seq-len applies to encoder cards; use --prompt/--output", where="--seq-len"
+            "a sequence length applies to encoder cards; transformer cards take prompt/output",
+            param="seq_len",
         )
 
     if prompt + output > model.max_context:
         raise InputError(
             f"prompt + output = {prompt + output:,} tokens exceeds {model.name}'s context of "
             f"{model.max_context:,}",
-            where="--prompt/--output",
+            param="prompt/output",
         )
     try:
         ests = [
