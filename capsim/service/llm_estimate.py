@@ -243,8 +243,8 @@ def _ceiling(top: int, output: int, step: float | None, prefill: float | None) -
     """Output tokens/s of a replica that keeps ``top`` sequences running: every request costs
     its share of the prefill of ``top`` prompts plus ``output`` decode steps at batch ``top``.
 
-    >>> _ceiling(100, 100, 0.02, 1.0)   # 10,000 tokens in 1 s prefill + 2 s decode
-    3333.333333333333
+    >>> round(_ceiling(100, 100, 0.02, 1.0))   # 10,000 tokens in 1 s prefill + 2 s decode
+    3333
     >>> _ceiling(0, 100, None, None)
     0.0
     """
