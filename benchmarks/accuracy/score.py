@@ -16,6 +16,8 @@ Predictors, one small function per group (see ``PREDICTORS``):
 - ``llm_prefill`` (first-token latency at batch 1): ``prefill_s`` of the same command.
 - ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
   OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
+- ``nccl_allreduce`` (us per call), ``nccl_allreduce_algbw`` (GB/s): the catalog interconnect's
+  alpha-beta ring model (``capsim.service.comm.collective_seconds``) at the row's ranks and size.
 - anything else: "not predicted (reason)".
 
 Run: ``python benchmarks/accuracy/score.py [--split test|fit|all] [--csv OUT] [--summary-only]``
@@ -38,6 +40,9 @@ import pandas as pd
 from click.testing import CliRunner
 
 from capsim.cli import main as capsim_cli
+from capsim.load import load_catalog
+from capsim.service.comm import collective_seconds
+from capsim.spec.catalog import Catalog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CSV = HERE / "measurements.csv"
@@ -116,6 +121,26 @@ def llm_static_batch(row: pd.Series) -> float:
     return tokens_per_s / int(row.tp) if "per GPU" in str(row.unit) else tokens_per_s
 
 
+@functools.cache
+def _catalog() -> Catalog:
+    return load_catalog()
+
+
+def nccl_allreduce(row: pd.Series) -> float:
+    """Time of one all-reduce call in us: the card's alpha-beta ring model
+    (:func:`capsim.service.comm.collective_seconds`) at the row's ranks and message size."""
+    ic = _catalog()[str(row.gpu)].interconnect
+    ranks = int(row.n_gpus)
+    if ranks > ic.max_gpus and ic.network is None:
+        raise NotPredicted(f"{ranks} ranks span nodes and {row.gpu} has no network entry")
+    return 1e6 * float(collective_seconds(ic, "all_reduce", float(row.message_bytes), ranks))
+
+
+def nccl_allreduce_algbw(row: pd.Series) -> float:
+    """Algorithm bandwidth in GB/s: bytes / predicted time of one call."""
+    return float(row.message_bytes) / (nccl_allreduce(row) * 1e-6) / 1e9
+
+
 def not_predicted(reason: str) -> Callable[[pd.Series], float]:
     """A predictor that always declines with ``reason``."""
 
@@ -134,9 +159,9 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
     "llm_throughput": llm_throughput,
     "llm_prefill": llm_prefill,
     "llm_static_batch": llm_static_batch,
-    "nccl_allreduce": not_predicted("no CLI exposes collective time per message size"),
+    "nccl_allreduce": nccl_allreduce,
     "llm_token_latency": not_predicted("ShareGPT prompt lengths vary; no per-token latency CLI"),
-    "nccl_allreduce_algbw": not_predicted("no CLI exposes collective bandwidth per message size"),
+    "nccl_allreduce_algbw": nccl_allreduce_algbw,
     "mlperf_llama2_70b_offline": not_predicted("TP and per-request lengths not in the summary"),
     "mlperf_llama2_70b_server": not_predicted("TP and per-request lengths not in the summary"),
 }

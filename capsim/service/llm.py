@@ -44,7 +44,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from capsim.service.calibrated import timer_for
-from capsim.service.comm import COMM_OPS, OpContext, OpTimer, default_op_timer
+from capsim.service.comm import (
+    COMM_OPS,
+    OpContext,
+    OpTimer,
+    collective_seconds,
+    default_op_timer,
+)
 from capsim.service.llm_memory import (
     MemoryFit,
     Shard,
@@ -346,9 +352,7 @@ class LLMServiceModel:
         gpu = self.gpu
         nbytes = np.broadcast_to(np.asarray(op.bytes, dtype=float), t.shape)
         if op.name in COMM_OPS:
-            ic = gpu.interconnect
-            share = (2.0 if op.name == "all_reduce" else 1.0) * (self.tp - 1) / self.tp
-            return share * nbytes / (ic.bandwidth_gb_s * 1e9 * ic.efficiency) + ic.latency_us * 1e-6
+            return collective_seconds(gpu.interconnect, op.name, nbytes, self.tp)
         peak = gpu.peak_flops(op.fmt)
         compute = np.asarray(op.flops, dtype=float) / (peak * gpu.efficiency.compute_for(op.fmt))
         memory = nbytes / (gpu.bandwidth * gpu.efficiency.memory)
