@@ -125,7 +125,9 @@ class LLMServiceModel:
         self.formats = _formats(gpu, self.precision)
         self._vectorized = self.timer is default_op_timer
         self._table_times = getattr(self.timer, "table_times", None)  # vectorised custom timer
-        self._sched_s = self.settings.scheduler_overhead_ms * 1e-3
+        self.overhead = self.settings.overhead
+        self._cpu_const = self.overhead.constant_ms * 1e-3
+        self._cpu_seq = self.overhead.per_seq_us * 1e-6
         size = self.settings.max_num_batched_tokens + 1
         self.token_table: np.ndarray = self._table(self._token_ops, size)
         self.logits_table: np.ndarray = self._table(self._logit_ops, size)
@@ -183,7 +185,11 @@ class LLMServiceModel:
                 n_pre, prefill_work, prefill_kv, num_decode, decode_context
             ):
                 t += op.count * self._time_op(op, ctx).time_s
-        return t + self._sched_s
+        return t + self.cpu_overhead_s(max(num_logits, num_decode))
+
+    def cpu_overhead_s(self, seqs: float) -> float:
+        """Host time of one iteration with ``seqs`` sequences (``settings.overhead``)."""
+        return self._cpu_const + self._cpu_seq * seqs
 
     # -- the explicit breakdown --------------------------------------------------------------
 
@@ -218,7 +224,8 @@ class LLMServiceModel:
                 for op in self._logit_ops(shape.num_logits)
             ]
         lines = tuple(OpLine(self._time_op(op, ctx), op.count, ctx) for op, ctx in ops_ctx)
-        return IterationBreakdown(lines, self._sched_s, shape)
+        cpu = self.cpu_overhead_s(max(shape.num_logits, len(decode)))
+        return IterationBreakdown(lines, cpu, shape)
 
     # -- operator lists ----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class LLMEstimate:
     max_batch_step_s: float | None
     max_tokens_per_s: float | None
     max_batch_prefill_s: float | None
+    decode_cpu_s: float | None
     request_latency_s: float | None
     decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
@@ -210,7 +211,7 @@ def estimate_llm(
         none = dict.fromkeys(
             ("prefill_s", "prefill_batch_s", "decode_step_s", "decode_tokens_per_s",
              "max_batch_step_s", "max_tokens_per_s", "max_batch_prefill_s",
-             "request_latency_s"),
+             "request_latency_s", "decode_cpu_s"),
         )  # fmt: skip
         return LLMEstimate(**base, **none, prefill_iterations=0)
     svc = LLMServiceModel(gpu, model, p, tp, st, timer)
@@ -230,6 +231,7 @@ def estimate_llm(
         decode_tokens_per_s=batch / step,
         max_batch_step_s=top_step,
         max_batch_prefill_s=top_prefill,
+        decode_cpu_s=svc.cpu_overhead_s(batch),
         max_tokens_per_s=_ceiling(top, output, top_step, top_prefill),
         request_latency_s=prefill_s + output * step,
         decode_breakdown=svc.breakdown(decode=[ctx] * batch),
