@@ -13,7 +13,12 @@ Predictors, one small function per group (see ``PREDICTORS``):
   --batch 1 2 4 ... 256``).
 - ``llm_throughput`` (output tokens/s of one TP group at a fixed ISL/OSL): ``max_tokens_per_s``
   of ``capsim estimate --tp T --prompt ISL --output OSL``.
-- ``llm_prefill`` (first-token latency at batch 1): ``prefill_s`` of the same command.
+- ``llm_prefill`` (first-token latency): ``prefill_s`` of the same command at batch 1,
+  ``prefill_batch_s`` at ``--batch B`` for B prompts.
+- ``llm_decode_step`` (ms per decode step, B sequences at context C): ``decode_step_s`` at
+  ``--batch B --prompt C --output 1``.
+- The engine column picks the CPU-overhead preset (``--engine``): a bare torch forward is
+  ``none``, TensorRT-LLM ``tensorrt-llm``, else ``vllm-v1``.
 - ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
   OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
 - ``nccl_allreduce`` (us per call), ``nccl_allreduce_algbw`` (GB/s): the catalog interconnect's
@@ -80,9 +85,21 @@ def llm_throughput(row: pd.Series) -> float:
     out = estimate(
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
-        "--output", str(int(row.output_tokens)),
+        "--output", str(int(row.output_tokens)), "--engine", _engine(row),
     )  # fmt: skip
     return _number(out, "max_tokens_per_s")
+
+
+def _engine(row: pd.Series) -> str:
+    """capsim's CPU-overhead preset for the row's engine (``none`` for a bare torch forward)."""
+    eng = str(row.get("engine", "")).lower()
+    if eng.startswith("torch"):
+        return "none"
+    if "tensorrt" in eng:
+        return "tensorrt-llm"
+    if "sglang" in eng:
+        return "sglang"
+    return "vllm-v1"
 
 
 def _llm(row: pd.Series, batch: int) -> dict:
@@ -91,6 +108,7 @@ def _llm(row: pd.Series, batch: int) -> dict:
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
         "--output", str(int(row.output_tokens)), "--batch", str(batch),
+        "--engine", _engine(row),
     )  # fmt: skip
 
 
@@ -101,9 +119,26 @@ def _number(out: dict, key: str) -> float:
     return float(out[key])
 
 
+def _batch(row: pd.Series) -> int:
+    return int(row.batch) if pd.notna(row.batch) and str(row.batch) != "" else 1
+
+
 def llm_prefill(row: pd.Series) -> float:
-    """First-token latency in ms of one prompt at batch 1 (``prefill_s``)."""
-    return 1e3 * _number(_llm(row, 1), "prefill_s")
+    """First-token latency in ms: ``prefill_s`` of one prompt, or ``prefill_batch_s`` of the
+    row's ``batch`` prompts."""
+    b = _batch(row)
+    out = _llm(row, b)
+    return 1e3 * _number(out, "prefill_s" if b == 1 else "prefill_batch_s")
+
+
+def llm_decode_step(row: pd.Series) -> float:
+    """ms of one decode step of ``batch`` sequences at ``prompt_tokens`` KV context each
+    (``decode_step_s`` with ``--output 1``). Eager-mode rows are not predicted: their time is
+    the host launching ~450 kernels one by one, which capsim does not model (engines replay
+    decode in CUDA graphs)."""
+    if "eager" in str(row.engine):
+        raise NotPredicted("eager decode is host launch-bound; capsim models CUDA-graph decode")
+    return 1e3 * _number(_llm(row, _batch(row)), "decode_step_s")
 
 
 def llm_static_batch(row: pd.Series) -> float:
@@ -158,6 +193,7 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
     "bert_server": best_fixed_throughput,
     "llm_throughput": llm_throughput,
     "llm_prefill": llm_prefill,
+    "llm_decode_step": llm_decode_step,
     "llm_static_batch": llm_static_batch,
     "nccl_allreduce": nccl_allreduce,
     "llm_token_latency": not_predicted("ShareGPT prompt lengths vary; no per-token latency CLI"),
@@ -181,7 +217,9 @@ def _predict_rows(df: pd.DataFrame) -> list[tuple[object, float, str]]:
 
 #: Columns that decide which ``capsim estimate`` call a row needs: rows with equal values
 #: go to the same worker, so each call runs once.
-_CALL_KEY = ["model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch"]
+_CALL_KEY = [
+    "model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch", "engine",
+]  # fmt: skip
 
 
 def predict(df: pd.DataFrame, jobs: int = 1) -> pd.DataFrame:

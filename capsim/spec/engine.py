@@ -32,6 +32,10 @@ class CpuOverhead(Strict):
 
 #: Engine presets: per-iteration host overhead as each engine is reported to leave it.
 CPU_PRESETS: dict[str, CpuOverhead] = {
+    "none": CpuOverhead(
+        constant_ms=0.0,
+        source="no engine: a bare forward pass (kernel benchmarks, CUDA-graph replays)",
+    ),
     "vllm-v0": CpuOverhead(
         constant_ms=4.0,
         per_seq_us=20.0,
@@ -133,11 +137,11 @@ class LLMEngineSettings(Strict):
             "which refuses to start if one such sequence does not fit in the KV cache"
         ),
     )
-    preset: Literal["vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
+    preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
         DEFAULT_PRESET,
         description=(
             "engine whose per-iteration CPU overhead applies (CPU_PRESETS: vllm-v0, vllm-v1, "
-            "sglang, tensorrt-llm); default vllm-v1"
+            "sglang, tensorrt-llm, or none for a bare forward pass); default vllm-v1"
         ),
     )
     cpu_overhead: CpuOverhead | None = Field(
