@@ -191,6 +191,47 @@ class LLMServiceModel:
         """Host time of one iteration with ``seqs`` sequences (``settings.overhead``)."""
         return self._cpu_const + self._cpu_seq * seqs
 
+    def work_per_gpu(
+        self,
+        iterations: float,
+        tokens: float,
+        logits: float,
+        decode_context: float,
+        prefill_work: float,
+        prefill_kv: float,
+    ) -> tuple[float, float]:
+        """(FLOPs, bytes) one GPU of the replica moves over a run, from its aggregates.
+
+        ``iterations`` read the weights once each; ``tokens`` (new tokens: prompt tokens and one
+        per decoding sequence) go through every token operator, ``logits`` rows through the LM
+        head and sampler; attention adds its FLOPs (``decode_context`` and ``prefill_work``, see
+        :func:`~capsim.service.llm_ops.prefill_work`) and KV reads (``decode_context`` +
+        ``prefill_kv`` tokens). The same operator costs as the timer's, so achieved FLOP/s and
+        bytes/s divided by the card's peaks are the compute and memory-bandwidth utilisation.
+
+        >>> from capsim.load import load_catalog, load_model_card
+        >>> svc = LLMServiceModel(load_catalog()["h100-sxm"], load_model_card("llama-3.1-8b"), "fp16")
+        >>> f, b = svc.work_per_gpu(1, 1, 1, 1000, 0, 0)
+        >>> 15e9 < f < 17e9 and 14e9 < b < 17e9   # ~2 x 8B FLOPs, ~15 GB of weights read
+        True
+        """
+        flops = nbytes = 0.0
+        for ops_of, rows in ((self._token_ops, tokens), (self._logit_ops, logits)):
+            zero = {o.name: o for o in ops_of(0.0)}
+            for op in ops_of(1.0):
+                if op.name in COMM_OPS:
+                    continue
+                base = zero[op.name]
+                per_row_f = float(op.flops) - float(base.flops)
+                per_row_b = float(op.bytes) - float(base.bytes)
+                flops += op.count * (float(base.flops) * iterations + per_row_f * rows)
+                nbytes += op.count * (float(base.bytes) * iterations + per_row_b * rows)
+        s, p = self.shard, self.precision
+        d = s.head_dim
+        flops += s.layers * 4.0 * s.q_heads * d * (decode_context + prefill_work)
+        nbytes += s.layers * 2.0 * s.kv_heads * d * p.kv_bytes * (decode_context + prefill_kv)
+        return flops, nbytes
+
     # -- the explicit breakdown --------------------------------------------------------------
 
     def breakdown(

@@ -229,4 +229,4 @@ def run_llm_replication(
         max_queue_length=s.fleet.max_queue_length,
         horizon=stream.horizon,
     )
-    return measure(s, gpu, svc.tp, res, stream.horizon)
+    return measure(s, gpu, svc.tp, res, stream.horizon, svc.svc.work_per_gpu, svc.svc.formats.gemm)
