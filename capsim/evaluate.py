@@ -237,7 +237,30 @@ def run_fixed_replication(
         "span_s": span,
         "warmup_deleted": float(cut),
     }
+    scalars.update(_hardware_use_fixed(gpu, svc, res.batch_sizes[busy_mask], busy, replicas * span))
     return RunMetrics(q, scalars, res.unstable, res.unstable_reason, samples, bq)
+
+
+def _hardware_use_fixed(
+    gpu: GPU, svc: FixedServiceModel, sizes: np.ndarray, busy: float, capacity_s: float
+) -> dict[str, float]:
+    """Busy share, compute utilisation (achieved FLOP/s / dense peak of the math format) and
+    memory-bandwidth utilisation (achieved bytes/s / peak) of the batches run, per replica."""
+    if capacity_s <= 0 or not len(sizes):
+        return dict(busy_share=0.0, compute_utilisation=0.0, memory_bw_utilisation=0.0)
+    counts = np.bincount(sizes)
+    flops = nbytes = 0.0
+    peak = math.inf
+    for b in np.flatnonzero(counts):
+        op = svc.op(int(b))
+        flops += counts[b] * op.flops
+        nbytes += counts[b] * op.bytes
+        peak = gpu.peak_flops(op.math_format) or math.inf
+    return dict(
+        busy_share=busy / capacity_s,
+        compute_utilisation=flops / (capacity_s * peak),
+        memory_bw_utilisation=nbytes / (capacity_s * gpu.bandwidth),
+    )
 
 
 def run_replication(s: Scenario, gpu: GPU, svc, replicas: int, replication: int) -> RunMetrics:

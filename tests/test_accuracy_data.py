@@ -43,7 +43,11 @@ def test_every_row_is_sourced_and_valid(rows: list[dict[str, str]]) -> None:
     assert catalog >= schema.GPU_IDS
     for i, r in enumerate(rows, start=2):  # line numbers as in the file
         where = f"{CSV.name} line {i}"
-        assert r["source_url"].startswith("https://"), where
+        url = r["source_url"]
+        if url.startswith("repo:"):  # a file in this repository (a GPU run the project made)
+            assert (ROOT / url[5:]).is_file(), where
+        else:
+            assert url.startswith("https://"), where
         assert re.search(r"[0-9a-f]{40}|\d{4}-\d{2}-\d{2}", r["source_ref"]), where
         assert r["gpu"] in schema.GPU_IDS, f"{where}: unknown gpu {r['gpu']!r}"
         assert float(r["value"]) > 0, where

@@ -254,7 +254,7 @@ def test_custom_op_timer_is_used_everywhere(h100):
     base = LLMServiceModel(h100, model, "fp16", 2, settings, timer=default_op_timer)
     slow = LLMServiceModel(h100, model, "fp16", 2, settings, timer=slow_timer)
     shape = IterationShape.of([(300, 0)], [1000] * 10)
-    sched = settings.scheduler_overhead_ms * 1e-3
+    sched = base.cpu_overhead_s(11)  # 10 decoding + 1 completing prompt
     fast = slow.iteration_time(*shape)
     assert fast == pytest.approx(slow.breakdown([(300, 0)], [1000] * 10).total_s, rel=1e-12)
     assert fast - sched == pytest.approx(1.5 * (base.iteration_time(*shape) - sched), rel=1e-9)

@@ -13,9 +13,16 @@ Predictors, one small function per group (see ``PREDICTORS``):
   --batch 1 2 4 ... 256``).
 - ``llm_throughput`` (output tokens/s of one TP group at a fixed ISL/OSL): ``max_tokens_per_s``
   of ``capsim estimate --tp T --prompt ISL --output OSL``.
-- ``llm_prefill`` (first-token latency at batch 1): ``prefill_s`` of the same command.
+- ``llm_prefill`` (first-token latency): ``prefill_s`` of the same command at batch 1,
+  ``prefill_batch_s`` at ``--batch B`` for B prompts.
+- ``llm_decode_step`` (ms per decode step, B sequences at context C): ``decode_step_s`` at
+  ``--batch B --prompt C --output 1``.
+- The engine column picks the CPU-overhead preset (``--engine``): a bare torch forward is
+  ``none``, TensorRT-LLM ``tensorrt-llm``, else ``vllm-v1``.
 - ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
   OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
+- ``nccl_allreduce`` (us per call), ``nccl_allreduce_algbw`` (GB/s): the catalog interconnect's
+  alpha-beta ring model (``capsim.service.comm.collective_seconds``) at the row's ranks and size.
 - anything else: "not predicted (reason)".
 
 Run: ``python benchmarks/accuracy/score.py [--split test|fit|all] [--csv OUT] [--summary-only]``
@@ -38,6 +45,9 @@ import pandas as pd
 from click.testing import CliRunner
 
 from capsim.cli import main as capsim_cli
+from capsim.load import load_catalog
+from capsim.service.comm import collective_seconds
+from capsim.spec.catalog import Catalog
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CSV = HERE / "measurements.csv"
@@ -75,9 +85,21 @@ def llm_throughput(row: pd.Series) -> float:
     out = estimate(
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
-        "--output", str(int(row.output_tokens)),
+        "--output", str(int(row.output_tokens)), "--engine", _engine(row),
     )  # fmt: skip
     return _number(out, "max_tokens_per_s")
+
+
+def _engine(row: pd.Series) -> str:
+    """capsim's CPU-overhead preset for the row's engine (``none`` for a bare torch forward)."""
+    eng = str(row.get("engine", "")).lower()
+    if eng.startswith("torch"):
+        return "none"
+    if "tensorrt" in eng:
+        return "tensorrt-llm"
+    if "sglang" in eng:
+        return "sglang"
+    return "vllm-v1"
 
 
 def _llm(row: pd.Series, batch: int) -> dict:
@@ -86,6 +108,7 @@ def _llm(row: pd.Series, batch: int) -> dict:
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
         "--output", str(int(row.output_tokens)), "--batch", str(batch),
+        "--engine", _engine(row),
     )  # fmt: skip
 
 
@@ -96,9 +119,26 @@ def _number(out: dict, key: str) -> float:
     return float(out[key])
 
 
+def _batch(row: pd.Series) -> int:
+    return int(row.batch) if pd.notna(row.batch) and str(row.batch) != "" else 1
+
+
 def llm_prefill(row: pd.Series) -> float:
-    """First-token latency in ms of one prompt at batch 1 (``prefill_s``)."""
-    return 1e3 * _number(_llm(row, 1), "prefill_s")
+    """First-token latency in ms: ``prefill_s`` of one prompt, or ``prefill_batch_s`` of the
+    row's ``batch`` prompts."""
+    b = _batch(row)
+    out = _llm(row, b)
+    return 1e3 * _number(out, "prefill_s" if b == 1 else "prefill_batch_s")
+
+
+def llm_decode_step(row: pd.Series) -> float:
+    """ms of one decode step of ``batch`` sequences at ``prompt_tokens`` KV context each
+    (``decode_step_s`` with ``--output 1``). Eager-mode rows are not predicted: their time is
+    the host launching ~450 kernels one by one, which capsim does not model (engines replay
+    decode in CUDA graphs)."""
+    if "eager" in str(row.engine):
+        raise NotPredicted("eager decode is host launch-bound; capsim models CUDA-graph decode")
+    return 1e3 * _number(_llm(row, _batch(row)), "decode_step_s")
 
 
 def llm_static_batch(row: pd.Series) -> float:
@@ -114,6 +154,26 @@ def llm_static_batch(row: pd.Series) -> float:
     steps = _number(out, "decode_step_s") * int(row.output_tokens)
     tokens_per_s = b * int(row.output_tokens) / (_number(out, "prefill_batch_s") + steps)
     return tokens_per_s / int(row.tp) if "per GPU" in str(row.unit) else tokens_per_s
+
+
+@functools.cache
+def _catalog() -> Catalog:
+    return load_catalog()
+
+
+def nccl_allreduce(row: pd.Series) -> float:
+    """Time of one all-reduce call in us: the card's alpha-beta ring model
+    (:func:`capsim.service.comm.collective_seconds`) at the row's ranks and message size."""
+    ic = _catalog()[str(row.gpu)].interconnect
+    ranks = int(row.n_gpus)
+    if ranks > ic.max_gpus and ic.network is None:
+        raise NotPredicted(f"{ranks} ranks span nodes and {row.gpu} has no network entry")
+    return 1e6 * float(collective_seconds(ic, "all_reduce", float(row.message_bytes), ranks))
+
+
+def nccl_allreduce_algbw(row: pd.Series) -> float:
+    """Algorithm bandwidth in GB/s: bytes / predicted time of one call."""
+    return float(row.message_bytes) / (nccl_allreduce(row) * 1e-6) / 1e9
 
 
 def not_predicted(reason: str) -> Callable[[pd.Series], float]:
@@ -133,10 +193,11 @@ PREDICTORS: dict[str, Callable[[pd.Series], float]] = {
     "bert_server": best_fixed_throughput,
     "llm_throughput": llm_throughput,
     "llm_prefill": llm_prefill,
+    "llm_decode_step": llm_decode_step,
     "llm_static_batch": llm_static_batch,
-    "nccl_allreduce": not_predicted("no CLI exposes collective time per message size"),
+    "nccl_allreduce": nccl_allreduce,
     "llm_token_latency": not_predicted("ShareGPT prompt lengths vary; no per-token latency CLI"),
-    "nccl_allreduce_algbw": not_predicted("no CLI exposes collective bandwidth per message size"),
+    "nccl_allreduce_algbw": nccl_allreduce_algbw,
     "mlperf_llama2_70b_offline": not_predicted("TP and per-request lengths not in the summary"),
     "mlperf_llama2_70b_server": not_predicted("TP and per-request lengths not in the summary"),
 }
@@ -156,7 +217,9 @@ def _predict_rows(df: pd.DataFrame) -> list[tuple[object, float, str]]:
 
 #: Columns that decide which ``capsim estimate`` call a row needs: rows with equal values
 #: go to the same worker, so each call runs once.
-_CALL_KEY = ["model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch"]
+_CALL_KEY = [
+    "model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch", "engine",
+]  # fmt: skip
 
 
 def predict(df: pd.DataFrame, jobs: int = 1) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from capsim.load import load_model_card, load_scenario
 from capsim.report.output import to_json
 from capsim.service.estimate import estimate as run_estimate
 from capsim.spec.catalog import GPU
+from capsim.spec.engine import CPU_PRESETS, DEFAULT_PRESET, LLMEngineSettings
 from capsim.spec.models import _CardFile
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import peak_rate, sim_horizon
@@ -61,13 +62,32 @@ from capsim.workload.streams import peak_rate, sim_horizon
     help="Tokens per request of an encoder card (default: the card's sequence_length).",
 )
 @click.option(
+    "--engine",
+    "engine_preset",
+    type=click.Choice(list(CPU_PRESETS)),
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help="Engine whose per-iteration CPU overhead applies (LLM).",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.argument("more_batches", nargs=-1, type=click.IntRange(1, 65536))
 @click.pass_context
 @handle_errors
 def estimate(
-    ctx, gpu, model_name, precision, batches, tp, prompt, output, seq_len, fmt, more_batches
+    ctx,
+    gpu,
+    model_name,
+    precision,
+    batches,
+    tp,
+    prompt,
+    output,
+    seq_len,
+    engine_preset,
+    fmt,
+    more_batches,
 ) -> None:
     """Service time and memory fit of one model on one card: the roofline breakdown.
 
@@ -85,7 +105,15 @@ def estimate(
         raise InputError(str(exc.args[0]), where="--model") from None
     sizes = list(batches) + list(more_batches) or [1, 8, 32]
     result = run_estimate(
-        cat[gpu], card, precision, sizes, tp=int(tp), prompt=prompt, output=output, seq_len=seq_len
+        cat[gpu],
+        card,
+        precision,
+        sizes,
+        tp=int(tp),
+        prompt=prompt,
+        output=output,
+        seq_len=seq_len,
+        engine=LLMEngineSettings(preset=engine_preset),
     )
     if fmt == "json":
         emit(to_json(result.to_dict()))

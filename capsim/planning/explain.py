@@ -33,8 +33,15 @@ def trace_lines(result: PlanResult) -> list[str]:
     out.extend(svc.trace_lines(mean_batch=e.summary.scalars["mean_batch"].mean))
     sc = e.summary.scalars
     out.append(
-        f"simulated: {e.summary.replications} replications, utilisation "
-        f"{sc['utilisation'].mean:.0%}, throughput {sc['throughput_rps'].mean:.1f} req/s, "
+        f"simulated: {e.summary.replications} replications, busy "
+        f"{sc['utilisation'].mean:.0%} of the time"
+        + (
+            f" (compute {sc['compute_utilisation'].mean:.0%} of peak FLOP/s, memory bandwidth "
+            f"{sc['memory_bw_utilisation'].mean:.0%} of peak)"
+            if "compute_utilisation" in sc
+            else ""
+        )
+        + f", throughput {sc['throughput_rps'].mean:.1f} req/s, "
         f"energy {sc['energy_j'].mean / 3.6e6:.3f} kWh per run"
     )
     return out

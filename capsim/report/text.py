@@ -32,6 +32,7 @@ def evaluation_row(e: Evaluation) -> dict[str, Any]:
         "p_ci_high_ms": c.ci.high * MS,
         "replications": e.summary.replications,
         "utilisation": sc["utilisation"].mean,
+        **{k: sc[k].mean for k in _USE if k in sc},
         "throughput_rps": sc["throughput_rps"].mean,
         "rejection_rate": e.rejection.mean,
         "usd_per_hour": e.usd_per_hour,
@@ -52,6 +53,15 @@ def evaluation_row(e: Evaluation) -> dict[str, Any]:
         if k in e.extra:
             row[k] = e.extra[k]
     return row
+
+
+#: Utilisation scalars as operators measure them (busy time, achieved FLOP/s and bytes/s).
+_USE = ("busy_share", "compute_utilisation", "memory_bw_utilisation")
+
+
+def _use_cells(sc) -> list[str]:
+    """Busy share, compute and memory-bandwidth utilisation as table cells ('-' if absent)."""
+    return [f"{sc[k].mean:.0%}" if k in sc else "-" for k in _USE]
 
 
 def plan_frame(result: PlanResult) -> pd.DataFrame:
@@ -130,7 +140,7 @@ def format_plan(result: PlanResult) -> str:
                     str(e.config.replicas),
                     (f"{c.metric} " if multi else "")
                     + f"{_ms(c.ci.mean)} [{_ms(c.ci.low)}, {_ms(c.ci.high)}]",
-                    f"{e.summary.scalars['utilisation'].mean:.0%}",
+                    *_use_cells(e.summary.scalars),
                     f"{e.usd_per_hour:.2f}",
                     f"{e.usd_per_1m_requests:.2f}",
                     f"{e.requests_per_joule:.2f}",
@@ -145,7 +155,9 @@ def format_plan(result: PlanResult) -> str:
                     "config",
                     "replicas",
                     f"p{p:g} {'binding SLO' if multi else _best(ranked[0]).primary.metric} ms [95% CI]",
-                    "util",
+                    "busy",
+                    "compute",
+                    "mem BW",
                     "$/hour",
                     "$/1M req",
                     "req/J",

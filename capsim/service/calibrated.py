@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.service.comm import comm_op_time
+from capsim.service.comm import collective_seconds, comm_op_time
 from capsim.service.roofline import OpCost, OpTime, roofline_op_time
 from capsim.spec.calibration import Calibration, EfficiencyCurve, OpTable
 from capsim.spec.catalog import GPU
@@ -147,10 +147,8 @@ class CalibratedTimer:
     ) -> np.ndarray:  # fmt: skip
         """Seconds of one call for every entry of ``tokens`` (vectorised :meth:`__call__`)."""
         if name in COMM_OPS:
-            ic = gpu.interconnect
-            share = (2.0 if name == "all_reduce" else 1.0) * (tp - 1) / tp
             b = np.broadcast_to(np.asarray(nbytes, dtype=float), np.shape(tokens))
-            return share * b / (ic.bandwidth_gb_s * 1e9 * ic.efficiency) + ic.latency_us * 1e-6
+            return collective_seconds(gpu.interconnect, name, b, tp)
         return self.evaluate(name, flops, nbytes, fmt, kernels, n, k, tp, tokens).time_s
 
     def roofline_attention(self, fmt: str) -> bool:

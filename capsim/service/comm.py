@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from capsim.service.roofline import OpCost, OpTime, roofline_op_time
-from capsim.spec.catalog import GPU
+from capsim.spec.catalog import GPU, Interconnect
 
 #: Operator names, as an op timer sees them in :attr:`OpContext.op`. Vidur's profiler calls
 #: qkv_proj ``attn_pre_proj``, o_proj ``attn_post_proj``, mlp_up ``mlp_up_proj`` (gate and up
@@ -57,28 +59,62 @@ class OpContext:
 OpTimer = Callable[[GPU, OpCost, OpContext], OpTime]
 
 
-def comm_op_time(gpu: GPU, op: str, nbytes: float, tp: int) -> OpTime:
-    """Ring collective over the card's interconnect for a message of ``nbytes``.
+def collective_seconds(ic: Interconnect, op: str, nbytes, ranks: int):
+    """Time of one ring collective of ``nbytes`` (float or array) over ``ranks`` GPUs.
 
-    all-reduce moves 2(tp-1)/tp of the message per GPU, a gather (tp-1)/tp; each at the link's
-    per-direction bandwidth x efficiency, plus a fixed latency.
+    The alpha-beta model: alpha (``latency_us``, the fixed cost of a call) plus one
+    ``hop_us`` per ring step (2(p-1) for an all-reduce, p-1 for a gather), plus the bytes each
+    GPU sends, 2(p-1)/p x n for an all-reduce and (p-1)/p x n for a gather, at the link's
+    ``bandwidth x efficiency``. Wider than a node (``ranks > max_gpus`` with a ``network``):
+    hierarchical -- reduce inside each node over the GPU link while the node's NICs carry
+    2(N-1)/N x n / g per GPU between the N nodes of g GPUs (whichever is slower), with the
+    network's alpha and its hops. One rank costs nothing.
+
+    >>> from capsim.spec.catalog import Interconnect
+    >>> ic = Interconnect(kind="nvlink", bandwidth_gb_s=450, latency_us=10, efficiency=0.8)
+    >>> round(collective_seconds(ic, "all_reduce", 1e6, 2) * 1e6, 3)  # 10 + 2 x 0.6 + 1e6/360e3
+    13.978
+    >>> round(collective_seconds(ic, "all_reduce", 8192, 8) * 1e6, 2)  # latency-bound
+    18.44
+    >>> collective_seconds(ic, "all_reduce", 1e6, 1)
+    0.0
+    """
+    if ranks <= 1:
+        return 0.0 * nbytes
+    ar = op == "all_reduce"
+    steps = (2.0 if ar else 1.0) * (ranks - 1)
+    link = ic.bandwidth_gb_s * 1e9 * ic.efficiency
+    net = ic.network
+    if ranks <= ic.max_gpus or net is None:
+        return ic.latency_us * 1e-6 + steps * ic.hop_us * 1e-6 + steps / ranks * nbytes / link
+    g = ic.max_gpus
+    nodes = -(-ranks // g)
+    inside = (2.0 if ar else 1.0) * (g - 1) / g * nbytes / link
+    across = (2.0 if ar else 1.0) * (nodes - 1) / nodes * nbytes / g
+    across = across / (net.bandwidth_gb_s * 1e9 * net.efficiency)
+    hops = (2.0 if ar else 1.0) * ((g - 1) * ic.hop_us + (nodes - 1) * net.hop_latency_us)
+    return net.latency_us * 1e-6 + hops * 1e-6 + np.maximum(inside, across)
+
+
+def comm_op_time(gpu: GPU, op: str, nbytes: float, tp: int) -> OpTime:
+    """:func:`collective_seconds` of one TP collective as an :class:`OpTime`.
 
     >>> from capsim.load import load_catalog
     >>> t = comm_op_time(load_catalog()["h100-sxm"], "all_reduce", 1e6, 2)
-    >>> round(t.time_s * 1e6, 2)   # 1 MB / (450 GB/s x 0.7) + 5 us
-    8.17
+    >>> t.time_s > t.overhead_s > 0
+    True
     """
     ic = gpu.interconnect
-    share = (2.0 if op == "all_reduce" else 1.0) * (tp - 1) / tp
-    transfer = share * nbytes / (ic.bandwidth_gb_s * 1e9 * ic.efficiency)
-    latency = ic.latency_us * 1e-6
+    total = float(collective_seconds(ic, op, nbytes, tp))
+    latency = float(collective_seconds(ic, op, 0.0, tp))
     return OpTime(
-        op, transfer + latency, 0.0, transfer, latency, "memory", f"ring {op} over {ic.kind}"
-    )
+        op, total, 0.0, total - latency, latency, "overhead" if latency > total / 2 else "memory",
+        f"ring {op} over {ic.kind}: alpha {ic.latency_us:g} us + {ic.hop_us:g} us/step",
+    )  # fmt: skip
 
 
 def default_op_timer(gpu: GPU, cost: OpCost, ctx: OpContext) -> OpTime:
-    """Roofline for compute and memory operators, ring collectives for communication."""
+    """Roofline for compute and memory operators, alpha-beta ring collectives for communication."""
     if ctx.op in COMM_OPS:
         return comm_op_time(gpu, ctx.op, cost.bytes, ctx.tp)
     return roofline_op_time(gpu, cost)

@@ -166,8 +166,12 @@ def estimate(
     prompt: int = 1024,
     output: int = 256,
     seq_len: int | None = None,
+    engine: LLMEngineSettings | None = None,
 ):
-    """Estimate for either kind of model; raises InputError/Unsupported on bad combinations."""
+    """Estimate for either kind of model; raises InputError/Unsupported on bad combinations.
+
+    ``engine``: the LLM engine settings (default: vLLM V1's defaults and CPU overhead preset).
+    """
     if precision not in PRECISIONS:
         raise InputError(
             f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
@@ -195,7 +199,9 @@ def estimate(
         )
     try:
         ests = [
-            estimate_llm(gpu, model, precision, tp, b, prompt, output, LLMEngineSettings())
+            estimate_llm(
+                gpu, model, precision, tp, b, prompt, output, engine or LLMEngineSettings()
+            )
             for b in sorted(set(batches))
         ]
     except ValueError as exc:

@@ -44,7 +44,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from capsim.service.calibrated import timer_for
-from capsim.service.comm import COMM_OPS, OpContext, OpTimer, default_op_timer
+from capsim.service.comm import (
+    COMM_OPS,
+    OpContext,
+    OpTimer,
+    collective_seconds,
+    default_op_timer,
+)
 from capsim.service.llm_memory import (
     MemoryFit,
     Shard,
@@ -119,7 +125,9 @@ class LLMServiceModel:
         self.formats = _formats(gpu, self.precision)
         self._vectorized = self.timer is default_op_timer
         self._table_times = getattr(self.timer, "table_times", None)  # vectorised custom timer
-        self._sched_s = self.settings.scheduler_overhead_ms * 1e-3
+        self.overhead = self.settings.overhead
+        self._cpu_const = self.overhead.constant_ms * 1e-3
+        self._cpu_seq = self.overhead.per_seq_us * 1e-6
         size = self.settings.max_num_batched_tokens + 1
         self.token_table: np.ndarray = self._table(self._token_ops, size)
         self.logits_table: np.ndarray = self._table(self._logit_ops, size)
@@ -177,7 +185,52 @@ class LLMServiceModel:
                 n_pre, prefill_work, prefill_kv, num_decode, decode_context
             ):
                 t += op.count * self._time_op(op, ctx).time_s
-        return t + self._sched_s
+        return t + self.cpu_overhead_s(max(num_logits, num_decode))
+
+    def cpu_overhead_s(self, seqs: float) -> float:
+        """Host time of one iteration with ``seqs`` sequences (``settings.overhead``)."""
+        return self._cpu_const + self._cpu_seq * seqs
+
+    def work_per_gpu(
+        self,
+        iterations: float,
+        tokens: float,
+        logits: float,
+        decode_context: float,
+        prefill_work: float,
+        prefill_kv: float,
+    ) -> tuple[float, float]:
+        """(FLOPs, bytes) one GPU of the replica moves over a run, from its aggregates.
+
+        ``iterations`` read the weights once each; ``tokens`` (new tokens: prompt tokens and one
+        per decoding sequence) go through every token operator, ``logits`` rows through the LM
+        head and sampler; attention adds its FLOPs (``decode_context`` and ``prefill_work``, see
+        :func:`~capsim.service.llm_ops.prefill_work`) and KV reads (``decode_context`` +
+        ``prefill_kv`` tokens). The same operator costs as the timer's, so achieved FLOP/s and
+        bytes/s divided by the card's peaks are the compute and memory-bandwidth utilisation.
+
+        >>> from capsim.load import load_catalog, load_model_card
+        >>> svc = LLMServiceModel(load_catalog()["h100-sxm"], load_model_card("llama-3.1-8b"), "fp16")
+        >>> f, b = svc.work_per_gpu(1, 1, 1, 1000, 0, 0)
+        >>> 15e9 < f < 17e9 and 14e9 < b < 17e9   # ~2 x 8B FLOPs, ~15 GB of weights read
+        True
+        """
+        flops = nbytes = 0.0
+        for ops_of, rows in ((self._token_ops, tokens), (self._logit_ops, logits)):
+            zero = {o.name: o for o in ops_of(0.0)}
+            for op in ops_of(1.0):
+                if op.name in COMM_OPS:
+                    continue
+                base = zero[op.name]
+                per_row_f = float(op.flops) - float(base.flops)
+                per_row_b = float(op.bytes) - float(base.bytes)
+                flops += op.count * (float(base.flops) * iterations + per_row_f * rows)
+                nbytes += op.count * (float(base.bytes) * iterations + per_row_b * rows)
+        s, p = self.shard, self.precision
+        d = s.head_dim
+        flops += s.layers * 4.0 * s.q_heads * d * (decode_context + prefill_work)
+        nbytes += s.layers * 2.0 * s.kv_heads * d * p.kv_bytes * (decode_context + prefill_kv)
+        return flops, nbytes
 
     # -- the explicit breakdown --------------------------------------------------------------
 
@@ -212,7 +265,8 @@ class LLMServiceModel:
                 for op in self._logit_ops(shape.num_logits)
             ]
         lines = tuple(OpLine(self._time_op(op, ctx), op.count, ctx) for op, ctx in ops_ctx)
-        return IterationBreakdown(lines, self._sched_s, shape)
+        cpu = self.cpu_overhead_s(max(shape.num_logits, len(decode)))
+        return IterationBreakdown(lines, cpu, shape)
 
     # -- operator lists ----------------------------------------------------------------------
 
@@ -346,9 +400,7 @@ class LLMServiceModel:
         gpu = self.gpu
         nbytes = np.broadcast_to(np.asarray(op.bytes, dtype=float), t.shape)
         if op.name in COMM_OPS:
-            ic = gpu.interconnect
-            share = (2.0 if op.name == "all_reduce" else 1.0) * (self.tp - 1) / self.tp
-            return share * nbytes / (ic.bandwidth_gb_s * 1e9 * ic.efficiency) + ic.latency_us * 1e-6
+            return collective_seconds(gpu.interconnect, op.name, nbytes, self.tp)
         peak = gpu.peak_flops(op.fmt)
         assert peak is not None  # the model is built only for formats the card supports
         compute = np.asarray(op.flops, dtype=float) / (peak * gpu.efficiency.compute_for(op.fmt))

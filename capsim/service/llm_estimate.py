@@ -47,6 +47,8 @@ class LLMEstimate:
     max_batch: int
     max_batch_step_s: float | None
     max_tokens_per_s: float | None
+    max_batch_prefill_s: float | None
+    decode_cpu_s: float | None
     request_latency_s: float | None
     decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
@@ -104,8 +106,9 @@ class LLMEstimate:
         if self.max_batch and self.max_batch_step_s:
             lines.append(
                 f"ceiling  batch {self.max_batch} (largest at {self.prompt + self.output:,} "
-                f"tokens): {self.max_batch_step_s * ms:.2f} ms/step = "
-                f"{self.max_tokens_per_s:,.0f} tokens/s"
+                f"tokens): {self.max_batch_step_s * ms:.2f} ms/step, prefill of "
+                f"{self.max_batch:,} prompts {self.max_batch_prefill_s * ms:,.0f} ms = "
+                f"{self.max_tokens_per_s:,.0f} output tokens/s"
             )
         else:
             lines.append("ceiling  0 tokens/s: no sequence of this length fits")
@@ -188,9 +191,10 @@ def estimate_llm(
 ) -> LLMEstimate:
     """Prefill and decode times, memory fit and throughput ceiling of one configuration.
 
-    Decode runs ``batch`` sequences at context ≈ prompt + output / 2; the ceiling is decode
-    throughput at the largest batch whose KV at prompt + output tokens fits (capped by
-    max_num_seqs). Prefill times include the per-iteration scheduler overhead.
+    Decode runs ``batch`` sequences at context ≈ prompt + output / 2; the ceiling is the output
+    token rate at the largest batch whose KV at prompt + output tokens fits (capped by
+    max_num_seqs), each request paying its prompt's prefill and ``output`` decode steps at that
+    batch. Prefill times include the per-iteration CPU overhead.
 
     >>> from capsim.load import load_catalog
     >>> from capsim.load import load_model_card
@@ -215,7 +219,8 @@ def estimate_llm(
     if precision_problem(gpu, p) or parallelism_problem(gpu, model, tp):
         none: dict[str, Any] = dict.fromkeys(
             ("prefill_s", "prefill_batch_s", "decode_step_s", "decode_tokens_per_s",
-             "max_batch_step_s", "max_tokens_per_s", "request_latency_s"),
+             "max_batch_step_s", "max_tokens_per_s", "max_batch_prefill_s",
+             "request_latency_s", "decode_cpu_s"),
         )  # fmt: skip
         return LLMEstimate(**base, **none, prefill_iterations=0)
     svc = LLMServiceModel(gpu, model, p, tp, st, timer)
@@ -225,6 +230,7 @@ def estimate_llm(
     step = _decode_step(svc, batch, ctx)
     top = fit.max_batch
     top_step = _decode_step(svc, top, ctx) if top else None
+    top_prefill = _prefill_time(svc, prefill_iterations(top, prompt, st)) if top else None
     return LLMEstimate(
         **base,
         prefill_s=prefill_s,
@@ -233,13 +239,29 @@ def estimate_llm(
         decode_step_s=step,
         decode_tokens_per_s=batch / step,
         max_batch_step_s=top_step,
-        max_tokens_per_s=top / top_step if top_step else 0.0,
+        max_batch_prefill_s=top_prefill,
+        decode_cpu_s=svc.cpu_overhead_s(batch),
+        max_tokens_per_s=_ceiling(top, output, top_step, top_prefill),
         request_latency_s=prefill_s + output * step,
         decode_breakdown=svc.breakdown(decode=[ctx] * batch),
         prefill_breakdown=svc.breakdown(
             prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])
         ),
     )
+
+
+def _ceiling(top: int, output: int, step: float | None, prefill: float | None) -> float:
+    """Output tokens/s of a replica that keeps ``top`` sequences running: every request costs
+    its share of the prefill of ``top`` prompts plus ``output`` decode steps at batch ``top``.
+
+    >>> round(_ceiling(100, 100, 0.02, 1.0))   # 10,000 tokens in 1 s prefill + 2 s decode
+    3333
+    >>> _ceiling(0, 100, None, None)
+    0.0
+    """
+    if not top or not step or output <= 0:
+        return 0.0
+    return top * output / ((prefill or 0.0) + output * step)
 
 
 def _prefill_time(svc: LLMServiceModel, iterations: list[list[tuple[int, int, bool]]]) -> float:

@@ -145,7 +145,7 @@ class IterationBreakdown:
                     "time_ms": self.scheduler_s * 1e3,
                     "share": self.scheduler_s / total,
                     "bound": "overhead",
-                    "source": "settings.scheduler_overhead_ms",
+                    "source": "engine cpu_overhead (constant + per sequence)",
                 }
             )
         return rows

@@ -158,13 +158,16 @@ class LLMService:
             f"{gpu.efficiency.memory:g}"
             + (
                 f"; tp={self.tp} all-reduce over {gpu.interconnect.kind} "
-                f"{gpu.interconnect.bandwidth_gb_s:g} GB/s x {gpu.interconnect.efficiency:g}"
+                f"{gpu.interconnect.bandwidth_gb_s:g} GB/s x {gpu.interconnect.efficiency:g}, "
+                f"alpha {gpu.interconnect.latency_us:g} us + {gpu.interconnect.hop_us:g} us/step"
                 if self.tp > 1
                 else ""
             ),
             f"engine: max_num_batched_tokens {st.max_num_batched_tokens}, max_num_seqs "
             f"{st.max_num_seqs}, chunked prefill {'on' if st.chunked_prefill else 'off'}, "
-            f"scheduler overhead {st.scheduler_overhead_ms:g} ms/iteration, max_model_len "
+            f"CPU overhead {st.overhead.constant_ms:g} ms + {st.overhead.per_seq_us:g} us/sequence "
+            f"per iteration ({st.preset if st.cpu_overhead is None else 'cpu_overhead'}), "
+            "max_model_len "
             f"{self.max_model_len:,}",
         ]
         if s is not None:
@@ -226,4 +229,4 @@ def run_llm_replication(
         max_queue_length=s.fleet.max_queue_length,
         horizon=stream.horizon,
     )
-    return measure(s, gpu, svc.tp, res, stream.horizon)
+    return measure(s, gpu, svc.tp, res, stream.horizon, svc.svc.work_per_gpu, svc.svc.formats.gemm)

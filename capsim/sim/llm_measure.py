@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,8 +23,60 @@ def _power_energy(gpu: GPU, res: LLMRunResult, tp: int, span: float) -> float:
     return llm_busy_energy_j(gpu, pre, dec, tp) + idle_energy_j(gpu, idle, tp)
 
 
-def measure(s, gpu: GPU, tp: int, res: LLMRunResult, horizon: float) -> RunMetrics:
-    """RunMetrics of an LLM run: ``ttft``, ``tpot``, ``e2e`` series and the scalars."""
+#: (iterations, tokens, logits, decode_context, prefill_work, prefill_kv) -> (FLOPs, bytes)
+#: per GPU: :meth:`capsim.service.llm.LLMServiceModel.work_per_gpu`.
+WorkFn = Callable[[float, float, float, float, float, float], tuple[float, float]]
+
+
+def hardware_use(
+    res: LLMRunResult, gpu: GPU, work: WorkFn, math_format: str, span: float
+) -> dict[str, float]:
+    """Utilisation as operators measure it, mean per GPU over ``span`` x replicas:
+    ``compute_utilisation`` (achieved FLOP/s / dense peak of ``math_format``),
+    ``memory_bw_utilisation`` (achieved bytes/s / peak bandwidth) and ``busy_share`` (time in
+    iterations). The work is rebuilt from the run's aggregates: iterations, prompt tokens
+    computed, decode tokens, and attention contexts from the started requests' lengths
+    (each decode token of a request with prompt p attends to p + i tokens).
+
+    A replica that always holds a sequence is 100% busy; its compute and bandwidth shares say
+    how much of the card that work used.
+    """
+    cap = res.replicas * span
+    if cap <= 0:
+        return dict(busy_share=0.0, compute_utilisation=0.0, memory_bw_utilisation=0.0)
+    busy = float(res.busy_prefill_s.sum() + res.busy_decode_s.sum())
+    started = ~np.isnan(res.first_token)
+    p = res.prompt[started].astype(float)
+    o = res.output[started].astype(float)
+    decode_tokens = max(float(res.tokens_generated) - float(started.sum()), 0.0)
+    dec_n = float((o - 1).sum())
+    mean_ctx = float(((o - 1) * p + o * (o - 1) / 2).sum() / dec_n) if dec_n > 0 else 0.0
+    pre_n = float(p.sum())
+    scale = res.prefill_tokens / pre_n if pre_n > 0 else 0.0
+    flops, nbytes = work(
+        float(res.iterations), float(res.prefill_tokens) + decode_tokens,
+        decode_tokens + float(started.sum()), decode_tokens * mean_ctx,
+        scale * float((p * p / 2).sum()), float(res.prefill_tokens),
+    )  # fmt: skip
+    peak = gpu.peak_flops(math_format) or math.inf
+    return dict(
+        busy_share=busy / cap,
+        compute_utilisation=flops / (cap * peak),
+        memory_bw_utilisation=nbytes / (cap * gpu.bandwidth),
+    )
+
+
+def measure(
+    s,
+    gpu: GPU,
+    tp: int,
+    res: LLMRunResult,
+    horizon: float,
+    work: WorkFn | None = None,
+    math_format: str = "fp16",
+) -> RunMetrics:
+    """RunMetrics of an LLM run: ``ttft``, ``tpot``, ``e2e`` series and the scalars
+    (with ``work``, the compute / memory-bandwidth utilisation of :func:`hardware_use`)."""
     served = res.served
     e2e_all = res.e2e
     cut = 0
@@ -74,6 +127,8 @@ def measure(s, gpu: GPU, tp: int, res: LLMRunResult, horizon: float) -> RunMetri
         "span_s": span,
         "warmup_deleted": float(cut),
     }
+    if work is not None:
+        scalars.update(hardware_use(res, gpu, work, math_format, max(res.end_time, horizon)))
     series = {"time_s": t_bins, "kv_utilisation": util}
     return RunMetrics(q, scalars, res.unstable, res.unstable_reason, samples, bq, series)
 

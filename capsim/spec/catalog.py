@@ -46,14 +46,53 @@ class Efficiency(Strict):
         return self.compute_by_format.get(fmt, self.compute)
 
 
+#: Per-step latency of NCCL's ring/LL protocol by link (``hwLat``, Ring, LL column, in
+#: https://github.com/NVIDIA/nccl/blob/master/src/graph/tuning.cc): NVLink 0.6 us, PCIe 1.0 us,
+#: network 2.7 us. Used when an entry gives no ``hop_latency_us``.
+NCCL_RING_LL_HOP_US = {"nvlink": 0.6, "infinity_fabric": 0.6, "pcie": 1.0, "none": 0.0, "net": 2.7}
+
+
+class Network(Strict):
+    """The link between nodes (InfiniBand / Ethernet NICs), for collectives wider than a node."""
+
+    kind: Literal["infiniband", "ethernet"]
+    bandwidth_gb_s: float = Field(gt=0, description="NIC bandwidth per GPU, per direction, GB/s")
+    latency_us: float = Field(ge=0, description="alpha: fixed time of one cross-node collective")
+    hop_latency_us: float = Field(
+        NCCL_RING_LL_HOP_US["net"], ge=0, description="latency of one ring step over the network"
+    )
+    efficiency: float = Field(0.7, gt=0, le=1, description="achieved fraction of NIC bandwidth")
+
+
 class Interconnect(Strict):
-    """GPU-to-GPU link used by tensor-parallel all-reduce."""
+    """GPU-to-GPU links used by tensor-parallel collectives (alpha-beta model, see
+    :func:`capsim.service.comm.collective_seconds`).
+
+    ``latency_us`` is alpha, the fixed time of one collective call (launch, synchronisation,
+    protocol set-up); each of the 2(p-1) ring steps adds ``hop_latency_us``; the bytes move at
+    ``bandwidth_gb_s x efficiency`` (beta). ``network`` is the link between nodes.
+    """
 
     kind: Literal["nvlink", "pcie", "infinity_fabric", "none"]
     bandwidth_gb_s: float = Field(gt=0, description="per-GPU, per-direction GB/s")
-    latency_us: float = Field(5.0, ge=0, description="per-collective fixed latency")
+    latency_us: float = Field(
+        6.6,
+        ge=0,
+        description="alpha: fixed time of one collective call (default: NCCL's Ring/LL baseLat)",
+    )
+    hop_latency_us: float | None = Field(
+        None, ge=0, description="per ring step; None = NCCL's Ring/LL hwLat for the link kind"
+    )
     efficiency: float = Field(0.7, gt=0, le=1, description="achieved fraction of link bandwidth")
     max_gpus: int = Field(8, ge=1, description="largest tensor-parallel group on one node")
+    network: Network | None = Field(None, description="link between nodes; None = single node")
+
+    @property
+    def hop_us(self) -> float:
+        """Latency of one ring step on this link (the entry's, else NCCL's for the kind)."""
+        if self.hop_latency_us is not None:
+            return self.hop_latency_us
+        return NCCL_RING_LL_HOP_US[self.kind]
 
 
 class Power(Strict):

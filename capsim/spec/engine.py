@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -10,6 +10,76 @@ from capsim.errors import InputError
 from capsim.spec.catalog import GPU
 from capsim.spec.models import TransformerModel
 from capsim.strict import Strict
+
+
+class CpuOverhead(Strict):
+    """Host time per engine iteration that the GPU waits for: ``constant_ms`` + ``per_seq_us``
+    x sequences in the iteration (scheduling, input preparation, sampling bookkeeping,
+    detokenisation and output processing grow with the batch).
+
+    >>> CpuOverhead(constant_ms=1, per_seq_us=10).seconds(100)
+    0.002
+    """
+
+    constant_ms: float = Field(ge=0, description="per iteration, whatever its size")
+    per_seq_us: float = Field(0.0, ge=0, description="per sequence in the iteration")
+    source: str = Field("set in the scenario", description="where these numbers came from")
+
+    def seconds(self, seqs: float) -> float:
+        """Overhead of one iteration holding ``seqs`` sequences, in seconds."""
+        return self.constant_ms * 1e-3 + self.per_seq_us * 1e-6 * seqs
+
+
+#: Engine presets: per-iteration host overhead as each engine is reported to leave it.
+CPU_PRESETS: dict[str, CpuOverhead] = {
+    "none": CpuOverhead(
+        constant_ms=0.0,
+        source="no engine: a bare forward pass (kernel benchmarks, CUDA-graph replays)",
+    ),
+    "vllm-v0": CpuOverhead(
+        constant_ms=4.0,
+        per_seq_us=20.0,
+        source=(
+            "vLLM 0.5: ~4 ms GPU idle gaps between decode steps (github.com/vllm-project/vllm "
+            "issue 6854); 62% of the time outside the forward pass for Llama-3-8B on one H100, "
+            "scheduling and output processing growing with the batch (blog.vllm.ai/2024/09/05/"
+            "perf-update.html). per_seq_us 20: not fitted, set so 256 sequences add ~5 ms (the "
+            "3-8 ms per step engines show for a 70B model at TP4, capsim issue 10)"
+        ),
+    ),
+    "vllm-v1": CpuOverhead(
+        constant_ms=1.5,
+        per_seq_us=5.0,
+        source=(
+            "vLLM V1 (0.8+): scheduler and detokeniser in separate processes, persistent batch "
+            "and piecewise CUDA graphs cut per-step host time (blog.vllm.ai/2025/01/27/v1-alpha-"
+            "release.html); with --async-scheduling most of the rest overlaps (vllm PR 23569): "
+            "use cpu_overhead {constant_ms: 0.5} then. Values are estimates, not fitted"
+        ),
+    ),
+    "sglang": CpuOverhead(
+        constant_ms=0.3,
+        per_seq_us=2.0,
+        source=(
+            "SGLang 0.4 overlap ('zero-overhead') scheduler: the CPU prepares batch n+1 while "
+            "the GPU runs batch n, leaving no idle gap in Nsight profiles (lmsys.org/blog/"
+            "2024-12-04-sglang-v0-4). Residual values are estimates, not fitted"
+        ),
+    ),
+    "tensorrt-llm": CpuOverhead(
+        constant_ms=0.3,
+        per_seq_us=2.0,
+        source=(
+            "TensorRT-LLM C++ executor with in-flight batching and CUDA graphs; no public "
+            "per-step figure. Checked against the split=fit llm_throughput / llm_static_batch "
+            "rows of benchmarks/accuracy/measurements.csv (TensorRT-LLM perf-overview), not "
+            "tuned on test rows. Values are estimates"
+        ),
+    ),
+}
+
+#: The preset used when a scenario names none (documented in docs and the field description).
+DEFAULT_PRESET = "vllm-v1"
 
 
 class LLMEngineSettings(Strict):
@@ -67,16 +137,47 @@ class LLMEngineSettings(Strict):
             "which refuses to start if one such sequence does not fit in the KV cache"
         ),
     )
-    scheduler_overhead_ms: float = Field(
-        2.0,
-        ge=0,
+    preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
+        DEFAULT_PRESET,
         description=(
-            "CPU time per iteration that the GPU waits for (scheduling, input preparation, "
-            "output processing). vLLM 0.5 left ~4 ms GPU bubbles per decode step "
-            "(vllm-project/vllm#6854); V1 with async scheduling overlaps most of it "
-            "(vllm#23569): use ~0.5 for that"
+            "engine whose per-iteration CPU overhead applies (CPU_PRESETS: vllm-v0, vllm-v1, "
+            "sglang, tensorrt-llm, or none for a bare forward pass); default vllm-v1"
         ),
     )
+    cpu_overhead: CpuOverhead | None = Field(
+        None,
+        description=(
+            "per-iteration host overhead {constant_ms, per_seq_us}; overrides the preset's"
+        ),
+    )
+    scheduler_overhead_ms: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "deprecated: a constant per-iteration overhead, same as cpu_overhead "
+            "{constant_ms: X, per_seq_us: 0}"
+        ),
+    )
+
+    @property
+    def overhead(self) -> CpuOverhead:
+        """The CPU overhead that applies: ``cpu_overhead``, else ``scheduler_overhead_ms``,
+        else the preset's.
+
+        >>> LLMEngineSettings().overhead.constant_ms
+        1.5
+        >>> LLMEngineSettings(preset="vllm-v0").overhead.seconds(256)
+        0.00912
+        >>> LLMEngineSettings(scheduler_overhead_ms=2).overhead.per_seq_us
+        0.0
+        """
+        if self.cpu_overhead is not None:
+            return self.cpu_overhead
+        if self.scheduler_overhead_ms is not None:
+            return CpuOverhead(
+                constant_ms=self.scheduler_overhead_ms, source="settings.scheduler_overhead_ms"
+            )
+        return CPU_PRESETS[self.preset]
 
     def for_gpu(self, gpu: GPU) -> LLMEngineSettings:
         """These settings on ``gpu``: what was not set takes vLLM V1's card-dependent default
