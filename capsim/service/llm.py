@@ -265,7 +265,7 @@ class LLMServiceModel:
                 for op in self._logit_ops(shape.num_logits)
             ]
         lines = tuple(OpLine(self._time_op(op, ctx), op.count, ctx) for op, ctx in ops_ctx)
-        cpu = self.cpu_overhead_s(max(shape.num_logits, len(decode)))
+        cpu = self.cpu_overhead_s(max(shape.num_logits or 0, len(decode)))
         return IterationBreakdown(lines, cpu, shape)
 
     # -- operator lists ----------------------------------------------------------------------

@@ -103,7 +103,7 @@ class LLMEstimate:
             f"{self.decode_step_s * ms:.2f} ms/step = {self.decode_tokens_per_s:,.0f} tokens/s"
             + ("" if self.batch_fits else f" (but at most {self.max_batch} sequences fit)"),
         ]
-        if self.max_batch and self.max_batch_step_s:
+        if self.max_batch and self.max_batch_step_s and self.max_batch_prefill_s is not None:
             lines.append(
                 f"ceiling  batch {self.max_batch} (largest at {self.prompt + self.output:,} "
                 f"tokens): {self.max_batch_step_s * ms:.2f} ms/step, prefill of "

@@ -79,7 +79,7 @@ CPU_PRESETS: dict[str, CpuOverhead] = {
 }
 
 #: The preset used when a scenario names none (documented in docs and the field description).
-DEFAULT_PRESET = "vllm-v1"
+DEFAULT_PRESET: Literal["vllm-v1"] = "vllm-v1"
 
 
 class LLMEngineSettings(Strict):
