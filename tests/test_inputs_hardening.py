@@ -114,7 +114,7 @@ def test_a_zero_compute_efficiency_is_refused(runner, tmp_path):
 def test_a_burst_too_big_for_memory_is_refused_before_generating(
     runner, write_scenario, monkeypatch
 ):
-    monkeypatch.setattr(streams, "available_memory_bytes", lambda: 4 * 2**30)
+    monkeypatch.setattr(streams, "available_memory_bytes", lambda: 2**30)
     data = small_fixed_scenario()
     data["traffic"]["horizon_s"] = 3600.0
     # 54M requests in one 60 s burst; the 20001-point rate grid alone would miss most of it
@@ -129,7 +129,7 @@ def test_a_burst_too_big_for_memory_is_refused_before_generating(
 def test_plan_memory_limit_is_split_over_jobs(runner, write_scenario, monkeypatch):
     data = small_fixed_scenario()  # 24,000 requests, ~7 MB
     p = write_scenario(data)
-    monkeypatch.setattr(streams, "available_memory_bytes", lambda: 2 * 24_000 * 300 * 1.5)
+    monkeypatch.setattr(streams, "available_memory_bytes", lambda: 2 * 24_000 * 64 * 1.5)
     assert runner.invoke(main, ["validate", str(p)]).exit_code == 0  # fits for one job
     _bad(runner, ["plan", str(p), "--jobs", "2"], "--jobs", "per job")
 
@@ -141,7 +141,7 @@ def test_max_requests_default_is_memory_based(monkeypatch, write_scenario):
     assert s.simulation.max_requests is None
     monkeypatch.setattr(streams, "available_memory_bytes", lambda: 8 * 2**30)
     cap, why = streams.memory_limit_requests(s, jobs=2)
-    assert cap == int(0.5 * 8 * 2**30 / 2 / streams.BYTES_PER_REQUEST)
+    assert cap == int(0.5 * 8 * 2**30 / 2 / streams.BYTES_PER_REQUEST_FIXED)
     assert "fit in memory" in why
 
 

@@ -37,9 +37,21 @@ from capsim.workload.tokens import token_lengths
 from capsim.workload.traces import read_trace, trace_peak_rate, trace_span, trace_stream
 
 DEFAULT_HORIZON_S = 3600.0
-#: Bytes one generated request costs across the run (stream arrays, per-request results, the
-#: what-if timeline); measured ~285 on chatbot_autoscaled (issue 9), rounded up.
+#: Bytes one generated request of an LLM scenario costs across the run (stream arrays, token
+#: counts, per-request results, the what-if timeline): ~285 measured on a 30-day
+#: chatbot_autoscaled what-if (issue 9), rounded up.
 BYTES_PER_REQUEST = 300
+#: The same for a fixed-shape model (no token arrays, batched fleet): peak RSS 328 MB for
+#: embedding_autoscaled's what-if at 4.32M requests per replication (150 MB of it imports),
+#: ~42 bytes each; rounded up.
+BYTES_PER_REQUEST_FIXED = 64
+
+
+def bytes_per_request(s: Scenario) -> int:
+    """Memory one generated request costs (:data:`BYTES_PER_REQUEST` for LLM scenarios)."""
+    return BYTES_PER_REQUEST if s.is_llm else BYTES_PER_REQUEST_FIXED
+
+
 #: Share of the available memory one run may plan to use (the rest: Python, numpy temporaries).
 MEMORY_SHARE = 0.5
 
@@ -126,14 +138,14 @@ def memory_limit_requests(s: Scenario, jobs: int = 1) -> tuple[int, str]:
     given, and never more than :data:`MEMORY_SHARE` of the available memory split over ``jobs``
     parallel processes at :data:`BYTES_PER_REQUEST` each."""
     avail = available_memory_bytes()
-    fit = MEMORY_SHARE * avail / max(jobs, 1) / BYTES_PER_REQUEST
+    fit = MEMORY_SHARE * avail / max(jobs, 1) / bytes_per_request(s)
     cap = s.simulation.max_requests
     if cap is not None and cap <= fit:
         return cap, f"simulation.max_requests = {cap:,}"
     per_job = f" per job with --jobs {jobs}" if jobs > 1 else ""
     return int(min(fit, 2**62)), (
         f"~{fit:,.0f} fit in memory ({MEMORY_SHARE * avail / 2**30 / max(jobs, 1):,.1f} GiB"
-        f"{per_job} at ~{BYTES_PER_REQUEST} bytes each)"
+        f"{per_job} at ~{bytes_per_request(s)} bytes each)"
     )
 
 
@@ -145,7 +157,7 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
     True
     """
     n, _ = expected_requests(s)
-    mem = n * BYTES_PER_REQUEST * max(jobs, 1)
+    mem = n * bytes_per_request(s) * max(jobs, 1)
     return (
         f"~{n:,.0f} requests per replication, ~{mem / 2**20:,.0f} MiB at most "
         f"({max(jobs, 1)} job{'s' if jobs > 1 else ''}), {s.simulation.replications} to "
@@ -168,7 +180,7 @@ def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> Non
     if n > cap:
         raise InputError(
             f"one replication would generate ~{n:,.0f} requests ({mean:,.4g} req/s over "
-            f"{h:,.0f} simulated s, ~{n * BYTES_PER_REQUEST / 2**30:,.1f} GiB); at most {why}: "
+            f"{h:,.0f} simulated s, ~{n * bytes_per_request(s) / 2**30:,.1f} GiB); at most {why}: "
             "shorten traffic.horizon_s, set simulation.compress_to_s, lower --jobs, or change "
             "simulation.max_requests",
             file=file,
