@@ -83,6 +83,25 @@ def load_measurements(directory: str | Path) -> tuple[dict[str, Any], list[dict[
 
 
 # -- meta.json ---------------------------------------------------------------------------------
+#: Deepest nesting accepted in meta.json (the harness writes 3 levels).
+MAX_DEPTH = 64
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of lists and objects, found without recursion.
+
+    >>> _depth({"a": [1, {"b": []}]})
+    4
+    """
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_meta(path: Path) -> dict[str, Any]:
     """Parse ``meta.json`` and check its format name, version and required keys."""
     if not path.is_file():
@@ -95,8 +114,14 @@ def load_meta(path: Path) -> dict[str, Any]:
         raise _fail(
             path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    except RecursionError:
+        raise _fail(
+            path, f"lists and objects nested too deeply (the limit is {MAX_DEPTH})"
+        ) from None
     if not isinstance(meta, dict):
         raise _fail(path, "must hold a JSON object")
+    if _depth(meta) > MAX_DEPTH:
+        raise _fail(path, f"lists and objects nested deeper than {MAX_DEPTH} levels")
     _check_format(path, meta.get("format"))
     missing = [k for k in REQUIRED_META_KEYS if k not in meta]
     if missing:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -146,24 +148,113 @@ def format_validation_error(
     return InputError(text, file=file)
 
 
-def load_yaml(path: str | os.PathLike) -> Any:
-    """Read a YAML file with the safe loader; errors name the file and the line."""
+MAX_DEPTH = 64
+"""Deepest nesting of lists and mappings accepted in an input file (real ones use < 10)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, with YAML 1.2 floats (``1e3``) and duplicate keys refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {str(key)[:40]!r} (first given on line {seen[key]}); "
+                    "each key may appear once",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 reads 1e3, 5E-4 and 1_000.5 as numbers; PyYAML (YAML 1.1) would read ``1e3`` as a
+# string. This resolver is tried after the 1.1 ones, so everything they read is unchanged.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+        |[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def check_depth(data: Any, *, file: str | os.PathLike | None, limit: int = MAX_DEPTH) -> None:
+    """Refuse lists and mappings nested deeper than ``limit`` (iteratively: no recursion).
+
+    >>> check_depth({"a": [1, [2]]}, file="x.yaml")
+    >>> check_depth([[[[1]]]], file="x.yaml", limit=3)
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: x.yaml: lists and mappings nested deeper than 3 levels; real inputs nest a few levels
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list | tuple):
+            if depth > limit:
+                raise InputError(
+                    f"lists and mappings nested deeper than {limit} levels; real inputs nest a "
+                    "few levels",
+                    file=file,
+                )
+            values = item.values() if isinstance(item, Mapping) else item
+            stack.extend((v, depth + 1) for v in values)
+
+
+def read_regular_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of a regular file; a missing file, a directory, a FIFO or a device is an
+    :class:`InputError` (opening a FIFO would block forever)."""
     p = Path(path)
-    if not p.exists():
-        raise InputError("file not found", file=p)
-    if p.is_dir():
-        raise InputError("expected a YAML file, got a directory", file=p)
     try:
-        text = p.read_text(encoding="utf-8")
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", file=p) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror}", file=p) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"expected a {what}, got a directory", file=p)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(
+            f"expected a regular {what}, got a special file (FIFO, socket or device)", file=p
+        )
+    try:
+        return p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read file: {exc}", file=p) from None
+        raise InputError(f"cannot read {what}: {str(exc)[:200]}", file=p) from None
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file with the safe loader; errors name the file and the line.
+
+    Duplicate keys are refused, ``1e3`` is a number (YAML 1.2), nesting is bounded
+    (:data:`MAX_DEPTH`) and only regular files are opened.
+    """
+    p = Path(path)
+    text = read_regular_text(p, "YAML file")
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise InputError(f"not valid YAML: {problem}", file=p, where=where) from None
+    except RecursionError:
+        raise InputError(
+            f"lists and mappings nested too deeply (the limit is {MAX_DEPTH} levels)", file=p
+        ) from None
+    check_depth(data, file=p)
+    return data
 
 
 def parse_model(model: type[BaseModel], data: Any, *, file: str | os.PathLike | None) -> Any:
@@ -194,8 +285,6 @@ def _umask() -> int:
 
 def _new_file_mode(p: Path) -> int:
     """The mode of the file being replaced, else what ``open()`` would give: 0o666 & ~umask."""
-    import stat
-
     try:
         return stat.S_IMODE(os.stat(p).st_mode)
     except OSError:

@@ -13,6 +13,7 @@ The only module that opens catalog, model-card and scenario YAML; the schemas th
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.engine import engine_settings
 from capsim.spec.models import FixedModel, TransformerModel, parse_model_card
 from capsim.spec.precision import PRECISIONS
-from capsim.spec.scenario import Scenario, Trace
-from capsim.workload.streams import check_traffic
+from capsim.spec.scenario import EmpiricalTokens, Scenario, Trace
+from capsim.workload.streams import check_traffic  # workload builds on this module
+from capsim.workload.tokens import token_pairs
+from capsim.workload.traces import check_trace_path
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SIDECAR_SUFFIX = ".calibration.yaml"
 
 
@@ -81,17 +85,29 @@ def load_gpu_file(path: str | os.PathLike) -> GPU:
 
 
 def load_catalog(path: str | os.PathLike | None = None) -> Catalog:
-    """Load every ``*.yaml`` entry in a catalog directory (default: the shipped catalog); each
-    entry's ``<id>.calibration.yaml`` sidecar, where there is one, gives its calibration."""
+    """Load every ``*.yaml`` and ``*.yml`` entry in a catalog directory (default: the shipped
+    catalog); each entry's ``<id>.calibration.yaml`` sidecar, where there is one, gives its
+    calibration.
+
+    Hidden files (editor and temporary files) are skipped; a FIFO or device named ``*.yaml`` is
+    refused, never opened; two files with one id are refused.
+    """
     d = Path(path) if path is not None else shipped_catalog_dir()
     if not d.is_dir():
         raise InputError("catalog directory not found", file=d)
     gpus: dict[str, GPU] = {}
     files: dict[str, Path] = {}
-    for f in sorted(d.glob("*.yaml")):
+    entries = [*d.glob("*.yaml"), *d.glob("*.yml")]
+    for f in sorted(e for e in entries if not e.name.startswith(".")):
         if is_sidecar(f):
             continue
         gpu = load_gpu_file(f)
+        if gpu.id in files:
+            raise InputError(
+                f"id '{gpu.id}' is also given by {files[gpu.id].name}: keep one file per id",
+                file=f,
+                where="id",
+            )
         gpus[gpu.id] = gpu
         files[gpu.id] = f
     if not gpus:
@@ -115,8 +131,26 @@ def available_model_names(scenario_dir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+def check_model_name(name: str) -> None:
+    """A model name is a name: letters, digits, ``. _ -``; no path separators.
+
+    >>> check_model_name("llama-3.1-8b")
+    >>> check_model_name("../x")
+    Traceback (most recent call last):
+    ...
+    KeyError: "model '../x' is not a name: use letters, digits, '.', '_' and '-' (a card in a \
+file: model: {file: path/to/card.yaml})"
+    """
+    if not MODEL_NAME.fullmatch(name) or name.startswith("."):
+        raise KeyError(
+            f"model {name[:80]!r} is not a name: use letters, digits, '.', '_' and '-' "
+            "(a card in a file: model: {file: path/to/card.yaml})"
+        )
+
+
 def load_model_card(name: str, scenario_dir: Path | None = None) -> FixedModel | TransformerModel:
     """Find a card by name in ``<scenario_dir>/models`` then in the shipped cards."""
+    check_model_name(name)
     for d in model_search_dirs(scenario_dir):
         f = d / f"{name}.yaml"
         if f.is_file():
@@ -132,7 +166,9 @@ def load_model_card(name: str, scenario_dir: Path | None = None) -> FixedModel |
 
 
 def _resolve_model(data: dict, base: Path, file: Path) -> None:
-    """Replace a card name by the card; apply the scenario's ``sequence_length`` to an encoder."""
+    """A card by name (``model: llama-3.1-8b``), from a file named explicitly
+    (``model: {file: cards/mine.yaml}``, relative to the scenario), or inline; the scenario's
+    ``sequence_length`` applies to an encoder card."""
     model = data.get("model")
     card = None
     if isinstance(model, str):
@@ -140,6 +176,15 @@ def _resolve_model(data: dict, base: Path, file: Path) -> None:
             card = load_model_card(model, base)
         except KeyError as exc:
             raise InputError(str(exc.args[0]), file=file, where="model") from None
+        data["model"] = card.model_dump()
+    elif isinstance(model, dict) and set(model) == {"file"}:
+        ref = model["file"]
+        if not isinstance(ref, str) or not ref:
+            raise InputError(
+                "expected a path to a model card YAML file", file=file, where="model.file"
+            )
+        p = Path(ref) if Path(ref).is_absolute() else base / ref
+        card = parse_model_card(load_yaml(p), file=p)
         data["model"] = card.model_dump()
     elif isinstance(model, dict):
         card = parse_model_card(model, file=f"{file} (model)")
@@ -160,21 +205,20 @@ def _resolve_model(data: dict, base: Path, file: Path) -> None:
 
 def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, key: str) -> None:
     """Make ``traffic.<section>.<key>`` (a CSV path, when ``kind`` matches) absolute and check it."""
-    spec = (data.get("traffic") or {}).get(section)
+    traffic = data.get("traffic")
+    if not isinstance(traffic, dict):
+        return  # the schema reports it
+    spec = traffic.get(section)
     if isinstance(spec, dict) and spec.get("kind") == kind and spec.get(key):
         p = Path(str(spec[key]))
         if not p.is_absolute():
             p = base / p
-        if p.is_dir():
+        try:
+            check_trace_path(p)
+        except InputError as exc:
             raise InputError(
-                f"expected a CSV file, got a directory: {p}",
-                file=file,
-                where=f"traffic.{section}.{key}",
-            )
-        if not p.is_file():
-            raise InputError(
-                f"trace file not found: {p}", file=file, where=f"traffic.{section}.{key}"
-            )
+                f"{exc.message}: {p}", file=file, where=f"traffic.{section}.{key}"
+            ) from None
         spec[key] = str(p)
 
 
@@ -233,6 +277,8 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     check_against_catalog(scenario, cat, file=str(file))
     if scenario.is_llm:
         check_llm(scenario, cat, file=str(file))
+    if isinstance(scenario.traffic.tokens, EmpiricalTokens):
+        token_pairs(scenario.traffic.tokens)  # read now: validate reads what simulate reads
     check_traffic(scenario, file=str(file))
     return scenario
 

@@ -127,7 +127,8 @@ def test_malformed_trace_row(runner, write_scenario, tmp_path):
     data = small_fixed_scenario()
     data["traffic"] = {"arrivals": {"kind": "trace", "path": "t.csv", "timestamp_column": "ts"}}
     p = write_scenario(data)
-    _bad(runner, ["plan", str(p)], "t.csv", "row 4", "ts", "soon")
+    out = _bad(runner, ["plan", str(p)], "t.csv", "row 4", "ts")
+    assert "soon" not in out  # data values are never echoed (issue 9)
 
 
 def test_bad_yaml(runner, write_scenario):

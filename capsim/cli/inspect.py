@@ -21,7 +21,13 @@ from capsim.spec.catalog import GPU
 from capsim.spec.engine import CPU_PRESETS, DEFAULT_PRESET, LLMEngineSettings
 from capsim.spec.models import _CardFile
 from capsim.spec.scenario import Scenario
-from capsim.workload.streams import peak_rate, sim_horizon
+from capsim.workload.streams import (
+    check_traffic,
+    peak_rate,
+    real_time,
+    run_cost_text,
+    sim_horizon,
+)
 
 
 # --------------------------------------------------------------------------- estimate
@@ -141,6 +147,11 @@ def validate(ctx, scenario: Path) -> None:
         f"{len(s.candidates.gpus)} GPUs x {len(s.candidates.precisions)} precisions, "
         f"peak {peak_rate(s):.1f} req/s, simulated horizon {h:g} s{comp}"
     )
+    emit(f"cost: {run_cost_text(s)}")
+    if s.whatif is not None or s.autoscaling is not None:
+        rt = real_time(s)
+        check_traffic(rt, file=f"{scenario} (what-if and autoscaling run in real time)")
+        emit(f"what-if (real time, {sim_horizon(rt)[0]:g} s): {run_cost_text(rt)}")
 
 
 @click.command()

@@ -30,6 +30,7 @@ from capsim.report.text import (
     plan_frame,
 )
 from capsim.spec.precision import PRECISIONS
+from capsim.workload.streams import check_traffic
 
 
 # --------------------------------------------------------------------------- plan
@@ -56,6 +57,7 @@ def plan(
     """
     cat = catalog_of(ctx)
     s = load_scenario(scenario, cat)
+    check_traffic(s, file=str(scenario), jobs=jobs)  # memory for the parallel jobs
     result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
     if fmt == "json":
         emit(to_json(plan_dict(result)))

@@ -390,7 +390,7 @@ def whatif(
     """Run each policy over ``replications`` real-time replications of the same traffic."""
     s = scenario
     cat = catalog if catalog is not None else load_catalog()
-    check_traffic(real_time(s), file="(what-if: the horizon in real time)")
+    check_traffic(real_time(s), file="(what-if: the horizon in real time)", jobs=jobs)
     g, p, t = resolve_config(s, gpu, precision, tp)
     if g not in cat.gpus:
         raise InputError(

@@ -85,11 +85,17 @@ class MeasuredPeaks(Strict):
     power_busy_w: float | None = Field(None, ge=0)
 
 
+#: The most a fitted curve may exceed the roofline (cache effects and boost clocks stay below).
+MAX_CURVE_EFFICIENCY = 1.5
+
+
 class EfficiencyCurve(Strict):
     """Achieved fraction of the spec roofline against intensity (FLOP/byte) or bytes.
 
     Piecewise linear in ``log(x)`` between the breakpoints ``at``; constant beyond the ends.
-    Efficiencies may exceed 1 when data stays in a cache between calls (CPUs).
+    Efficiencies may exceed 1 a little (data kept in a cache between calls, boost clocks: the
+    shipped H100 curves reach 1.10); above :data:`MAX_CURVE_EFFICIENCY` the timings are wrong
+    (units, a too-fast clock) and the curve is refused.
     """
 
     kind: CurveKind
@@ -109,6 +115,12 @@ class EfficiencyCurve(Strict):
             raise ValueError("'at' must be positive and strictly increasing")
         if any(not e > 0 for e in self.efficiency):
             raise ValueError("efficiencies must be positive")
+        if max(self.efficiency) > MAX_CURVE_EFFICIENCY:
+            raise ValueError(
+                f"{self.kind} {self.format} curve: efficiency {max(self.efficiency):.4g} is above "
+                f"{MAX_CURVE_EFFICIENCY} of the roofline: the timings are faster than the card's "
+                "peaks allow (check the time units, or re-create the entry with --new-gpu)"
+            )
         return self
 
     def evaluate(self, x) -> np.ndarray:

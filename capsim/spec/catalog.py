@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -29,6 +29,8 @@ from capsim.spec.precision import MathFormat, is_math_format
 from capsim.strict import Strict
 
 GIB = 2**30
+#: A fraction of a peak that can be achieved: above 0, at most 1.
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class Efficiency(Strict):
@@ -36,14 +38,15 @@ class Efficiency(Strict):
 
     compute: float = Field(0.7, gt=0, le=1, description="fraction of dense peak FLOP/s")
     memory: float = Field(0.8, gt=0, le=1, description="fraction of peak memory bandwidth")
-    compute_by_format: dict[str, float] = Field(
+    compute_by_format: dict[MathFormat, Fraction] = Field(
         default_factory=dict,
         description="per math format overrides of `compute` (e.g. fp8: 0.709 on H100)",
     )
 
     def compute_for(self, fmt: str) -> float:
         """Compute efficiency for one math format (the override, else the default)."""
-        return self.compute_by_format.get(fmt, self.compute)
+        by_format: dict[str, float] = dict(self.compute_by_format)
+        return by_format.get(fmt, self.compute)
 
 
 #: Per-step latency of NCCL's ring/LL protocol by link (``hwLat``, Ring, LL column, in
@@ -114,7 +117,7 @@ class Power(Strict):
 
 class PriceOption(Strict):
     provider: str
-    usd_per_hour: float = Field(gt=0, description="per GPU, on demand")
+    usd_per_hour: float = Field(ge=0, description="per GPU, on demand (0: already paid for)")
     instance: str | None = None
     note: str | None = None
 

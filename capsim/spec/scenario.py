@@ -281,10 +281,11 @@ class Simulation(Strict):
     max_wait_s: float = Field(
         60.0, gt=0, description="a request waiting longer marks the run unstable (overloaded)"
     )
-    max_requests: int = Field(
-        60_000_000,
+    max_requests: int | None = Field(
+        None,
         ge=1,
-        description="most requests one replication may generate (~200 bytes each in memory)",
+        description="most requests one replication may generate (default: what fits in half the "
+        "available memory, ~300 bytes each, split over the parallel jobs)",
     )
 
     @field_validator("warmup")

@@ -18,6 +18,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 from capsim.errors import InputError
@@ -33,6 +37,44 @@ from capsim.workload.tokens import token_lengths
 from capsim.workload.traces import read_trace, trace_peak_rate, trace_span, trace_stream
 
 DEFAULT_HORIZON_S = 3600.0
+#: Bytes one generated request of an LLM scenario costs across the run (stream arrays, token
+#: counts, per-request results, the what-if timeline): ~285 measured on a 30-day
+#: chatbot_autoscaled what-if (issue 9), rounded up.
+BYTES_PER_REQUEST = 300
+#: The same for a fixed-shape model (no token arrays, batched fleet): peak RSS 328 MB for
+#: embedding_autoscaled's what-if at 4.32M requests per replication (150 MB of it imports),
+#: ~42 bytes each; rounded up.
+BYTES_PER_REQUEST_FIXED = 64
+
+
+def bytes_per_request(s: Scenario) -> int:
+    """Memory one generated request costs (:data:`BYTES_PER_REQUEST` for LLM scenarios)."""
+    return BYTES_PER_REQUEST if s.is_llm else BYTES_PER_REQUEST_FIXED
+
+
+#: Share of the available memory one run may plan to use (the rest: Python, numpy temporaries).
+MEMORY_SHARE = 0.5
+
+
+def available_memory_bytes() -> float:
+    """Memory this process may still use: ``MemAvailable`` (Linux), capped by a cgroup limit;
+    elsewhere the physical memory; ``inf`` when neither can be read."""
+    avail = float("inf")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            avail = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = float(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if raw != "max":
+            avail = min(avail, float(raw) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 def real_horizon(s: Scenario) -> float:
@@ -64,6 +106,18 @@ def seed_children(seed: int, replication: int) -> list[np.random.SeedSequence]:
     return rep.spawn(4)
 
 
+def _rate_grid(a: Poisson | Renewal, horizon: float) -> np.ndarray:
+    """Times to evaluate the rate at: a fine grid plus both sides of every burst edge and
+    pattern step, so that a short burst is never missed."""
+    edges = [b.start_s for b in a.bursts] + [b.start_s + b.duration_s for b in a.bursts]
+    if a.pattern is not None and not isinstance(a.pattern, Diurnal):
+        edges += list(a.pattern.times_s)
+    eps = horizon * 1e-9
+    pts = [np.linspace(0.0, horizon, 20001)]
+    pts += [np.array([e - eps, e + eps]) for e in edges if 0 < e < horizon]
+    return np.clip(np.unique(np.concatenate(pts)), 0.0, horizon)
+
+
 def expected_requests(s: Scenario) -> tuple[float, float]:
     """(requests one replication generates on average, mean offered rate in req/s)."""
     a = s.traffic.arrivals
@@ -72,14 +126,48 @@ def expected_requests(s: Scenario) -> tuple[float, float]:
         n = float(np.count_nonzero(read_trace(a).times >= a.start_s)) * a.rate_scale
         n *= min(1.0, h / trace_span(a)) if trace_span(a) > 0 else 1.0
         return n, n / h if h > 0 else 0.0
-    grid = np.linspace(0.0, real_horizon(s), 20001)
-    mean = float(a.rate_rps * rate_multiplier(a, grid).mean())
+    real = real_horizon(s)
+    grid = _rate_grid(a, real)
+    m = rate_multiplier(a, grid)
+    mean = float(a.rate_rps * np.trapezoid(m, grid) / real) if real > 0 else 0.0
     return mean * h, mean
 
 
-def check_traffic(s: Scenario, *, file: str | None = None) -> None:
+def memory_limit_requests(s: Scenario, jobs: int = 1) -> tuple[int, str]:
+    """The most requests one replication may generate, and why: ``simulation.max_requests`` if
+    given, and never more than :data:`MEMORY_SHARE` of the available memory split over ``jobs``
+    parallel processes at :data:`BYTES_PER_REQUEST` each."""
+    avail = available_memory_bytes()
+    fit = MEMORY_SHARE * avail / max(jobs, 1) / bytes_per_request(s)
+    cap = s.simulation.max_requests
+    if cap is not None and cap <= fit:
+        return cap, f"simulation.max_requests = {cap:,}"
+    per_job = f" per job with --jobs {jobs}" if jobs > 1 else ""
+    return int(min(fit, 2**62)), (
+        f"~{fit:,.0f} fit in memory ({MEMORY_SHARE * avail / 2**30 / max(jobs, 1):,.1f} GiB"
+        f"{per_job} at ~{bytes_per_request(s)} bytes each)"
+    )
+
+
+def run_cost_text(s: Scenario, jobs: int = 1) -> str:
+    """What a run will cost: requests per replication, memory, replications.
+
+    >>> from capsim.load import load_scenario
+    >>> run_cost_text(load_scenario("scenarios/embedding.yaml")).startswith("~")
+    True
+    """
+    n, _ = expected_requests(s)
+    mem = n * bytes_per_request(s) * max(jobs, 1)
+    return (
+        f"~{n:,.0f} requests per replication, ~{mem / 2**20:,.0f} MiB at most "
+        f"({max(jobs, 1)} job{'s' if jobs > 1 else ''}), {s.simulation.replications} to "
+        f"{s.simulation.max_replications} replications per configuration"
+    )
+
+
+def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> None:
     """What only the traffic as a whole shows: some requests at all, not more than fit in
-    memory, and a warm-up shorter than the simulated horizon."""
+    memory (estimated before anything is generated), and a warm-up shorter than the horizon."""
     n, mean = expected_requests(s)
     h, _ = sim_horizon(s)
     if n <= 0 or mean <= 0:
@@ -88,12 +176,13 @@ def check_traffic(s: Scenario, *, file: str | None = None) -> None:
             file=file,
             where="traffic",
         )
-    cap = s.simulation.max_requests
+    cap, why = memory_limit_requests(s, jobs)
     if n > cap:
         raise InputError(
             f"one replication would generate ~{n:,.0f} requests ({mean:,.4g} req/s over "
-            f"{h:,.0f} simulated s); at most simulation.max_requests = {cap:,} fit in memory: "
-            "shorten traffic.horizon_s, set simulation.compress_to_s, or raise max_requests",
+            f"{h:,.0f} simulated s, ~{n * bytes_per_request(s) / 2**30:,.1f} GiB); at most {why}: "
+            "shorten traffic.horizon_s, set simulation.compress_to_s, lower --jobs, or change "
+            "simulation.max_requests",
             file=file,
             where="traffic",
         )

@@ -7,25 +7,18 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from capsim.errors import InputError
 from capsim.spec.scenario import (
     EmpiricalTokens,
     TokenLengths,
 )
-from capsim.workload.traces import TraceData, _token_column
+from capsim.workload.traces import TraceData, _token_column, check_trace_path, read_csv_text
 
 
 # --------------------------------------------------------------------------- sizes, horizon
 @functools.lru_cache(maxsize=8)
 def _token_pairs_cached(path: str, mtime: float, p_col: str, o_col: str) -> TraceData:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read token trace CSV: {exc}".splitlines()[0], file=path) from None
-    if df.empty:
-        raise InputError("the token trace has no rows", file=path)
+    df = read_csv_text(path, "token trace")
     return TraceData(
         np.zeros(len(df)), _token_column(df, p_col, path), _token_column(df, o_col, path)
     )
@@ -34,8 +27,7 @@ def _token_pairs_cached(path: str, mtime: float, p_col: str, o_col: str) -> Trac
 def token_pairs(spec: EmpiricalTokens) -> tuple[np.ndarray, np.ndarray]:
     """The (prompt, output) rows of an empirical token-length trace (cached per file version)."""
     p = Path(spec.trace)
-    if not p.is_file():
-        raise InputError("token trace file not found", file=p, where="traffic.tokens.trace")
+    check_trace_path(p, "traffic.tokens.trace")
     d = _token_pairs_cached(str(p), os.path.getmtime(p), spec.prompt_column, spec.output_column)
     assert d.prompt is not None and d.output is not None
     return d.prompt, d.output

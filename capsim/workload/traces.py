@@ -25,59 +25,157 @@ class TraceData:
     output: np.ndarray | None
 
 
+#: Most tokens one request may carry (prompt or output); real contexts are far below.
+MAX_TOKENS = 2**31 - 1
+#: Longest span a trace may cover; a longer one has a mistyped timestamp (year 9999, 1e308 s).
+MAX_SPAN_S = 366 * 86400.0
+#: Suffixes a trace file may have (pandas reads these; anything else is not a trace).
+TRACE_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv.zip")
+_TZ = r"(?:Z|[+-]\d\d:?\d\d)\s*$"
+
+
 def _parse_times(col: pd.Series, fmt: str, file: str, column: str) -> np.ndarray:
     if fmt in ("auto", "seconds"):
         num = pd.to_numeric(col, errors="coerce")
         if fmt == "seconds" or num.notna().mean() >= 0.5:
             bad = num.isna() | ~np.isfinite(num.fillna(0.0).to_numpy(dtype=float))
-            _first_bad(bad, col, file, column, "a finite number of seconds")
-            return num.to_numpy(dtype=float)
-    dt = pd.to_datetime(col, errors="coerce", format="mixed")
-    _first_bad(dt.isna(), col, file, column, "a timestamp like 2023-11-16 18:15:46.68 or seconds")
-    return (dt - dt.min()).dt.total_seconds().to_numpy(dtype=float)
-
-
-def _first_bad(bad: pd.Series, col: pd.Series, file: str, column: str, accepted: str) -> None:
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
+            _first_bad(bad, file, column, "a finite number of seconds")
+            return _plausible_span(num.to_numpy(dtype=float), file, column)
+    aware = col.str.contains(_TZ, regex=True).to_numpy()
+    if aware.any() and not aware.all():
+        i = int(np.flatnonzero(aware != aware[0])[0])
         raise InputError(
-            f"column '{column}': cannot read {col.iloc[i]!r}; expected {accepted}",
+            f"column '{column}': a timestamp {'with' if aware[i] else 'without'} a time zone "
+            f"among ones {'without' if aware[i] else 'with'}: give every row a zone (2023-11-16T"
+            "18:15:46Z) or none (2023-11-16 18:15:46)",
             file=file,
             where=f"row {i + 2}",
         )
+    try:
+        dt = pd.to_datetime(col, errors="coerce", format="mixed", utc=bool(aware.any()))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(
+            f"column '{column}': cannot read the timestamps ({type(exc).__name__}); expected "
+            "timestamps like 2023-11-16 18:15:46.68 or seconds",
+            file=file,
+        ) from None
+    _first_bad(dt.isna(), file, column, "a timestamp like 2023-11-16 18:15:46.68 or seconds")
+    return _plausible_span((dt - dt.min()).dt.total_seconds().to_numpy(dtype=float), file, column)
+
+
+def _plausible_span(t: np.ndarray, file: str, column: str) -> np.ndarray:
+    """Refuse a trace whose span is stretched by one mistyped row (year 9999, ``1e308`` s): a
+    span over :data:`MAX_SPAN_S`, or a first/last row 10x further from the others than they span.
+    """
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    span = float(ts[-1] - ts[0]) if len(ts) else 0.0
+    bad = None
+    if len(ts) >= 3:
+        rest = float(ts[-2] - ts[1])
+        if ts[-1] - ts[-2] > 10 * max(rest, 1.0):
+            bad = int(order[-1])
+        elif ts[1] - ts[0] > 10 * max(rest, 1.0):
+            bad = int(order[0])
+    if bad is None and span > MAX_SPAN_S:
+        bad = int(order[-1])
+    if bad is not None:
+        raise InputError(
+            f"column '{column}': this timestamp is implausibly far from the others (the trace "
+            f"would span {span:.3g} s); expected every row within {MAX_SPAN_S / 86400:.0f} days "
+            "and no single row far outside the rest",
+            file=file,
+            where=f"row {bad + 2}",
+        )
+    return t
+
+
+def _first_bad(bad: pd.Series | np.ndarray, file: str, column: str, accepted: str) -> None:
+    """Name the first bad row and its column; the value itself is never shown (a data row of a
+    file that is not a trace could be a secret)."""
+    bad = np.asarray(bad, dtype=bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"column '{column}': cannot read this value; expected {accepted}",
+            file=file,
+            where=f"row {i + 2}",
+        )
+
+
+def columns_text(columns) -> str:
+    """The header names, each and the list truncated (never data rows).
+
+    >>> columns_text(["a", "b" * 50])
+    "'a', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb...'"
+    """
+    names = [str(c) if len(str(c)) <= 30 else str(c)[:30] + "..." for c in list(columns)[:12]]
+    more = f" and {len(columns) - 12} more" if len(columns) > 12 else ""
+    return ", ".join(repr(n) for n in names) + more
 
 
 def _token_column(df: pd.DataFrame, name: str | None, file: str) -> np.ndarray | None:
     if name is None:
         return None
     if name not in df.columns:
-        raise InputError(
-            f"no column '{name}'; columns are: {', '.join(map(str, df.columns))}", file=file
-        )
+        raise InputError(f"no column '{name}'; columns are: {columns_text(df.columns)}", file=file)
     num = pd.to_numeric(df[name], errors="coerce")
-    bad = num.isna() | (num < 0) | (num != np.floor(num))
-    _first_bad(bad, df[name], file, name, "a whole number of tokens >= 0")
-    return num.to_numpy(dtype=np.int64)
+    vals = num.fillna(-1.0).to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(vals) | (vals < 1) | (vals > MAX_TOKENS) | (vals != np.floor(vals))
+    _first_bad(bad, file, name, f"a whole number of tokens from 1 to {MAX_TOKENS:,}")
+    return vals.astype(np.int64)
+
+
+def check_trace_path(p: Path, where: str = "") -> None:
+    """A trace is a regular file named ``*.csv`` (or compressed CSV); nothing else is opened."""
+    if not p.name.lower().endswith(TRACE_SUFFIXES):
+        raise InputError(
+            f"a trace must be a CSV file; accepted names end with {', '.join(TRACE_SUFFIXES)}",
+            file=p,
+            where=where,
+        )
+    if p.is_dir():
+        raise InputError("expected a CSV file, got a directory", file=p, where=where)
+    if not p.is_file():
+        raise InputError(
+            "trace file not found"
+            if not p.exists()
+            else "expected a regular CSV file, got a special file (FIFO, socket or device)",
+            file=p,
+            where=where,
+        )
+
+
+def read_csv_text(path: str, what: str) -> pd.DataFrame:
+    """Read a CSV as strings; errors name the file and never quote its contents."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(
+            f"the {what} is empty: expected a header row and request rows", file=path
+        ) from None
+    except pd.errors.ParserError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        msg = first[:120] if first.startswith("Error tokenizing") else "malformed CSV"
+        raise InputError(f"cannot read {what} CSV: {msg}", file=path) from None
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read {what} CSV: not UTF-8 text", file=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} CSV: {exc.strerror}", file=path) from None
+    if df.empty:
+        raise InputError(f"the {what} has no rows", file=path)
+    return df
 
 
 @functools.lru_cache(maxsize=8)
 def _read_trace_cached(
     path: str, mtime: float, ts_col: str, fmt: str, p_col: str | None, o_col: str | None
 ) -> TraceData:
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(
-            "the trace is empty: expected a header row and request rows", file=path
-        ) from None
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read trace CSV: {exc}".splitlines()[0], file=path) from None
-    if df.empty:
-        raise InputError("the trace has no rows", file=path)
+    df = read_csv_text(path, "trace")
     if ts_col not in df.columns:
         raise InputError(
-            f"no timestamp column '{ts_col}'; columns are: {', '.join(map(str, df.columns))}",
-            file=path,
+            f"no timestamp column '{ts_col}'; columns are: {columns_text(df.columns)}", file=path
         )
     t = _parse_times(df[ts_col], fmt, path, ts_col)
     prompt = _token_column(df, p_col, path)
@@ -94,10 +192,7 @@ def _read_trace_cached(
 def read_trace(spec: Trace) -> TraceData:
     """Parse a trace CSV (cached per file version); errors name the row and column."""
     p = Path(spec.path)
-    if p.is_dir():
-        raise InputError("expected a CSV file, got a directory", file=p)
-    if not p.is_file():
-        raise InputError("trace file not found", file=p)
+    check_trace_path(p)
     return _read_trace_cached(
         str(p),
         os.path.getmtime(p),
