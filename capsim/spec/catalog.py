@@ -45,8 +45,7 @@ class Efficiency(Strict):
 
     def compute_for(self, fmt: str) -> float:
         """Compute efficiency for one math format (the override, else the default)."""
-        by_format: dict[str, float] = dict(self.compute_by_format)
-        return by_format.get(fmt, self.compute)
+        return next((v for k, v in self.compute_by_format.items() if k == fmt), self.compute)
 
 
 #: Per-step latency of NCCL's ring/LL protocol by link (``hwLat``, Ring, LL column, in
