@@ -189,7 +189,7 @@ def test_replication_interval_for_p99_covers_the_true_value():
     (An interval from the per-request order statistics would cover far less often: successive
     latencies are strongly correlated.)
     """
-    from capsim.analysis.stats import mser5, t_interval
+    from capsim.analysis.stats import mean_crossing_cut, t_interval
 
     lam, mu = 0.7, 1.0
     exact = q.mm1_response_quantile(lam, mu, 0.99)  # 15.35 s
@@ -203,7 +203,7 @@ def test_replication_interval_for_p99_covers_the_true_value():
                 EngineConfig(1, np.array([0.0, 1 / mu]), jitter=expo(n, seed)),
             )
             lat = r.latency
-            p99s.append(np.quantile(lat[mser5(lat) :], 0.99))
+            p99s.append(np.quantile(lat[mean_crossing_cut(lat) :], 0.99))
         ci = t_interval(p99s, 0.95)
         covered += ci.low <= exact <= ci.high
     assert covered / experiments >= 0.8

@@ -271,7 +271,8 @@ class Simulation(Strict):
     seed: int = Field(0, ge=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     warmup: Literal["auto", "none"] | float = Field(
-        "auto", description="'auto' (MSER-5 when the load is stationary), 'none', or seconds"
+        "auto",
+        description="'auto' (drop the empty-start transient when the load is stationary), 'none', or seconds",
     )
     compress_to_s: float | None = Field(
         None,
