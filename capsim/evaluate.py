@@ -30,6 +30,7 @@ from capsim.sim.llm_adapter import (
     make_llm_service,  # LLM engine (continuous batching)
     run_llm_replication,
 )
+from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.scenario import Scenario, Trace
 from capsim.workload.arrivals import RequestStream
@@ -191,7 +192,7 @@ def run_fixed_replication(
         max_queue_delay_s=s.fleet.max_queue_delay_s,
         router=s.fleet.router,
         max_queue_length=s.fleet.max_queue_length,
-        max_wait_s=s.simulation.max_wait_s,
+        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         jitter=_jitter_for(s, replication, len(stream)),
     )
     res = run_batched(stream.arrival, cfg, stream.horizon)

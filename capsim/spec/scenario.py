@@ -279,8 +279,12 @@ class Simulation(Strict):
         gt=0,
         description="simulate the horizon compressed into this many seconds (quasi-stationary)",
     )
-    max_wait_s: float = Field(
-        60.0, gt=0, description="a request waiting longer marks the run unstable (overloaded)"
+    max_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="alarm level (seconds) of the overload check: a run is overloaded when the "
+        "oldest wait passes it and then doubles without falling back below it; default 100 "
+        "mean service times, at least 60 s",
     )
     max_requests: int = Field(
         60_000_000,
