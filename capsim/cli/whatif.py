@@ -20,6 +20,8 @@ from capsim.cli.options import (
     jobs_option,
     progress_printer,
     quiet_option,
+    seed_option,
+    with_seed,
 )
 from capsim.errors import InputError, format_validation_error
 from capsim.load import load_scenario
@@ -94,6 +96,7 @@ def parse_policy(text: str) -> Any:
 )
 @jobs_option
 @quiet_option
+@seed_option
 @click.pass_context
 @handle_errors
 def whatif(
@@ -110,6 +113,7 @@ def whatif(
     out: Path | None,
     jobs: int,
     quiet: bool,
+    seed: int | None,
 ) -> None:
     """Compare autoscaling policies on the same traffic, in real time.
 
@@ -126,7 +130,7 @@ def whatif(
     """
     cat = catalog_of(ctx)
     specs = [parse_policy(p) for p in policies] or None
-    s = load_scenario(scenario, cat)
+    s = with_seed(load_scenario(scenario, cat), seed)
     result = run_whatif(
         s,
         cat,
