@@ -13,6 +13,7 @@ from capsim.cli.options import (
     handle_errors,
 )
 from capsim.errors import InputError
+from capsim.evaluate import check_measurable
 from capsim.load import load_model_card, load_scenario
 from capsim.report.output import to_json
 from capsim.service.estimate import estimate as run_estimate
@@ -105,6 +106,7 @@ def validate(ctx, scenario: Path) -> None:
       capsim validate scenarios/vision.yaml
     """
     s = load_scenario(scenario, catalog_of(ctx))
+    check_measurable(s, file=str(scenario))
     h, scale = sim_horizon(s)
     comp = f" (compressed x{1 / scale:.0f})" if scale < 1 else ""
     emit(

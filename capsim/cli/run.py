@@ -18,7 +18,7 @@ from capsim.cli.options import (
     with_seed,
 )
 from capsim.errors import InputError
-from capsim.evaluate import Config
+from capsim.evaluate import Config, check_measurable
 from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
@@ -65,6 +65,7 @@ def plan(
     """
     cat = catalog_of(ctx)
     s = with_seed(load_scenario(scenario, cat), seed)
+    check_measurable(s, file=str(scenario))
     result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
     if fmt == "json":
         emit(to_json(plan_dict(result)))
@@ -112,6 +113,7 @@ def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out
             where="--precision",
         )
     s = with_seed(load_scenario(scenario, cat), seed)
+    check_measurable(s, file=str(scenario))
     if replications == 1 and s.simulation.replications > 1:
         replications = 2  # an interval needs two
     ev = run_sim(

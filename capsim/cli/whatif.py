@@ -24,12 +24,14 @@ from capsim.cli.options import (
     with_seed,
 )
 from capsim.errors import InputError, format_validation_error
+from capsim.evaluate import check_measurable
 from capsim.load import load_scenario
 from capsim.planning.whatif import whatif as run_whatif
 from capsim.report.files import write_whatif
 from capsim.report.output import to_json
 from capsim.report.whatif import format_whatif, whatif_dict
 from capsim.spec.autoscaling import PolicySpec
+from capsim.workload.streams import real_time
 
 
 def parse_policy(text: str) -> Any:
@@ -131,6 +133,7 @@ def whatif(
     cat = catalog_of(ctx)
     specs = [parse_policy(p) for p in policies] or None
     s = with_seed(load_scenario(scenario, cat), seed)
+    check_measurable(real_time(s), file=str(scenario))
     result = run_whatif(
         s,
         cat,

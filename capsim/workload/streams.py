@@ -88,6 +88,14 @@ def check_traffic(s: Scenario, *, file: str | None = None) -> None:
             file=file,
             where="traffic",
         )
+    if n < 1:
+        raise InputError(
+            f"no requests arrive in the horizon (expected {n:.3g}: {mean:.3g} req/s over "
+            f"{h:,.6g} simulated s); no percentile can be measured: raise the rate or "
+            "traffic.horizon_s",
+            file=file,
+            where="traffic",
+        )
     cap = s.simulation.max_requests
     if n > cap:
         raise InputError(
