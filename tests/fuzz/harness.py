@@ -74,7 +74,7 @@ leaf = st.one_of(
     st.sampled_from(SPECIAL),
     st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12),
+    st.text(st.characters(codec="utf-8"), max_size=12),
     st.lists(st.integers(-5, 5), max_size=3),
 )
 
