@@ -76,7 +76,7 @@ leaf = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(st.characters(codec="utf-8"), max_size=12),
     st.lists(st.integers(-5, 5), max_size=3),
-)
+).map(copy.deepcopy)  # SPECIAL's [] and {} are shared: a later edit must not change them
 
 
 def _slots(tree: Any, parent: Any = None, key: Any = None) -> Iterator[tuple[Any, Any]]:

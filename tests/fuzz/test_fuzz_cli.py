@@ -55,6 +55,8 @@ def work(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(ROOT / "scenarios" / "traces", d / "traces")
     synthetic_gpu_run(d / "measured", _gpu("l4"), fraction=0.7)
+    (d / "cat_l4").mkdir()  # what fit needs: the entry it fits (the big entries parse slowly)
+    shutil.copy(CATALOG / "l4.yaml", d / "cat_l4" / "l4.yaml")
     return d
 
 
@@ -91,7 +93,8 @@ def _scenario_case(work: Path, data, text_edit: str | None, simulate: bool) -> N
     path.write_text(dump_yaml(tiny))
     args = ["simulate", str(path), *cli]
     res = invoke(args)
-    report("scenario-simulate", args, res, [path.name, "--gpu", "--precision"], dump_yaml(tiny))
+    names = [path.name, "--gpu", "--precision", cli[1]]  # a config refusal names the card
+    report("scenario-simulate", args, res, names, dump_yaml(tiny))
     if res.exit_code == 0 and not finite_json(res.output):
         report("scenario-simulate", args, _nonfinite(res), [], dump_yaml(tiny))
 
@@ -157,7 +160,7 @@ def _catalog(work: Path, case) -> None:
          "--precision", "fp16", "--batch", "4", "--prompt", "256", "--output", "16"],
     ):  # fmt: skip
         res = invoke(args)
-        report("catalog", args, res, [name, "--gpu", "--precision"], text)
+        report("catalog", args, res, [name, gpu, "--gpu", "--precision"], text)
     shutil.rmtree(cat, ignore_errors=True)
 
 
@@ -286,7 +289,16 @@ def _measure(work: Path, case) -> None:
         csv.writer(buf, lineterminator="\n").writerows(rows)
         text = data.draw(text_damage(buf.getvalue()))
     (d / which).write_text(text)
-    args = ["calibrate", "fit", str(d), "--gpu", "l4", "--dry-run"]
+    args = [
+        "--catalog",
+        str(work / "cat_l4"),
+        "calibrate",
+        "fit",
+        str(d),
+        "--gpu",
+        "l4",
+        "--dry-run",
+    ]
     res = invoke(args)
     report("measurements", args, res, [which, d.name], text)
     shutil.rmtree(d, ignore_errors=True)
