@@ -23,6 +23,7 @@ from capsim.analysis.cost import Price, batch_energy_j, idle_energy_j, price_per
 from capsim.analysis.metrics import RunMetrics, Summary, series_metrics, summarise, warmup_cut
 from capsim.analysis.stats import CI, decide
 from capsim.analysis.theory_check import TheoryValue, exact_wait
+from capsim.errors import InputError
 from capsim.load import load_catalog
 from capsim.service.fixed import FixedServiceModel, MemoryFit, Unsupported
 from capsim.sim.batched import run_batched
@@ -31,6 +32,7 @@ from capsim.sim.llm_adapter import (
     make_llm_service,  # LLM engine (continuous batching)
     run_llm_replication,
 )
+from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.scenario import Poisson, Scenario, Trace
 from capsim.workload.arrivals import RequestStream
@@ -180,6 +182,22 @@ def deterministic_traffic(s: Scenario) -> bool:
     return isinstance(a, Trace) and a.rate_scale == 1.0 and s.fleet.service_time_cv == 0
 
 
+def check_measurable(s: Scenario, *, file: str | None = None) -> None:
+    """Refuse an SLO target the traffic cannot measure: TPOT (time per output token after
+    the first) is undefined when no request has more than one output token."""
+    if not (s.is_llm and s.slo.tpot_ms is not None):
+        return
+    out = stream_for(s, 0).output_tokens
+    if out is not None and len(out) and int(np.max(out)) < 2:
+        raise InputError(
+            "TPOT (time per output token after the first) is undefined for this traffic: no "
+            "request in it has more than one output token; remove slo.tpot_ms (TTFT and "
+            "latency targets are judged as usual) or give output lengths of 2 or more",
+            file=file,
+            where="slo.tpot_ms",
+        )
+
+
 # --------------------------------------------------------------------------- one replication
 def run_fixed_replication(
     s: Scenario, gpu: GPU, svc: FixedServiceModel, replicas: int, replication: int
@@ -193,7 +211,7 @@ def run_fixed_replication(
         max_queue_delay_s=s.fleet.max_queue_delay_s,
         router=s.fleet.router,
         max_queue_length=s.fleet.max_queue_length,
-        max_wait_s=s.simulation.max_wait_s,
+        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         jitter=_jitter_for(s, replication, len(stream)),
     )
     res = run_batched(stream.arrival, cfg, stream.horizon)
@@ -304,6 +322,7 @@ def simulate(
     ``simulation.max_replications`` — while an SLO interval still straddles its target.
     """
     cat = catalog if catalog is not None else load_catalog()
+    check_measurable(s)
     gpu = cat[config.gpu]
     svc = runnable_service(s, gpu, config.precision, config.tp)
     sim = s.simulation

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from capsim.analysis.stats import CI, PERCENTILES, batch_quantile_ci, mser5, quantiles, t_interval
+from capsim.analysis.stats import (
+    CI,
+    PERCENTILES,
+    batch_quantile_ci,
+    mean_crossing_cut,
+    quantiles,
+    t_interval,
+)
 
 SAMPLE_SIZE = 20_000  # latencies kept per run for CDF plots
 
@@ -57,11 +64,12 @@ def series_metrics(
 
 
 def warmup_cut(latency_in_arrival_order: np.ndarray, mode: str | float, arrival: np.ndarray) -> int:
-    """How many leading requests to drop: MSER-5 ('auto'), none, or those before N seconds."""
+    """How many leading requests to drop: the empty-start transient ('auto', see
+    :func:`~capsim.analysis.stats.mean_crossing_cut`), none, or those before N seconds."""
     if mode == "none":
         return 0
     if mode == "auto":
-        return mser5(latency_in_arrival_order)
+        return mean_crossing_cut(latency_in_arrival_order)
     return int(np.searchsorted(arrival, float(mode)))
 
 

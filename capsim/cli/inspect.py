@@ -14,6 +14,7 @@ from capsim.cli.options import (
     handle_errors,
 )
 from capsim.errors import InputError
+from capsim.evaluate import check_measurable
 from capsim.load import load_model_card, load_scenario
 from capsim.report.output import to_json
 from capsim.service.estimate import estimate as run_estimate
@@ -34,7 +35,11 @@ from capsim.workload.streams import (
 @click.command()
 @click.option("--gpu", required=True, help="Catalog id, e.g. h100-sxm.")
 @click.option(
-    "--model", "model_name", required=True, help="Model card name, e.g. resnet-50 or llama-3.1-8b."
+    "--model",
+    "model_name",
+    required=True,
+    help="Model card name, e.g. resnet-50 or llama-3.1-8b (looked up in ./models/, then in "
+    "the shipped cards, as a scenario's model is).",
 )
 @click.option("--precision", required=True)
 @click.option(
@@ -97,6 +102,8 @@ def estimate(
 ) -> None:
     """Service time and memory fit of one model on one card: the roofline breakdown.
 
+    The card is looked up in ./models/ first, then among the shipped cards.
+
     \b
     Examples:
       capsim estimate --gpu t4 --model resnet-50 --precision int8 --batch 1 8 32
@@ -106,7 +113,7 @@ def estimate(
     if gpu not in cat.gpus:
         raise InputError(f"unknown GPU '{gpu}'; the catalog has: {', '.join(cat)}", where="--gpu")
     try:
-        card = load_model_card(model_name)
+        card = load_model_card(model_name, Path.cwd())
     except KeyError as exc:
         raise InputError(str(exc.args[0]), where="--model") from None
     sizes = list(batches) + list(more_batches) or [1, 8, 32]
@@ -140,6 +147,7 @@ def validate(ctx, scenario: Path) -> None:
       capsim validate scenarios/vision.yaml
     """
     s = load_scenario(scenario, catalog_of(ctx))
+    check_measurable(s, file=str(scenario))
     h, scale = sim_horizon(s)
     comp = f" (compressed x{1 / scale:.0f})" if scale < 1 else ""
     emit(

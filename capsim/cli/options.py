@@ -27,6 +27,24 @@ jobs_option = click.option(
     help="Parallel processes.",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+seed_option = click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="Random seed (overrides simulation.seed); the same seed gives the same output.",
+)
+
+
+def with_seed(s, seed: int | None):
+    """The scenario with ``simulation.seed`` replaced by ``seed`` (unchanged when None).
+
+    >>> from capsim.load import load_scenario
+    >>> with_seed(load_scenario("scenarios/vision.yaml"), 7).simulation.seed
+    7
+    """
+    if seed is None:
+        return s
+    return s.model_copy(update={"simulation": s.simulation.model_copy(update={"seed": seed})})
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -14,9 +14,11 @@ from capsim.cli.options import (
     jobs_option,
     progress_printer,
     quiet_option,
+    seed_option,
+    with_seed,
 )
 from capsim.errors import InputError
-from capsim.evaluate import Config
+from capsim.evaluate import Config, check_measurable
 from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
@@ -44,10 +46,17 @@ from capsim.workload.streams import check_traffic
 )
 @jobs_option
 @quiet_option
+@seed_option
 @click.pass_context
 @handle_errors
 def plan(
-    ctx: click.Context, scenario: Path, fmt: str, out: Path | None, jobs: int, quiet: bool
+    ctx: click.Context,
+    scenario: Path,
+    fmt: str,
+    out: Path | None,
+    jobs: int,
+    quiet: bool,
+    seed: int | None,
 ) -> None:
     """Find the cheapest configuration meeting the scenario's SLO, and why the others lost.
 
@@ -56,8 +65,9 @@ def plan(
       capsim plan scenarios/embedding.yaml --out results/ --jobs 2
     """
     cat = catalog_of(ctx)
-    s = load_scenario(scenario, cat)
+    s = with_seed(load_scenario(scenario, cat), seed)
     check_traffic(s, file=str(scenario), jobs=jobs)  # memory for the parallel jobs
+    check_measurable(s, file=str(scenario))
     result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
     if fmt == "json":
         emit(to_json(plan_dict(result)))
@@ -86,9 +96,10 @@ def plan(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path))
+@seed_option
 @click.pass_context
 @handle_errors
-def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out) -> None:
+def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out, seed) -> None:
     """Simulate one configuration and print its full metrics.
 
     \b
@@ -103,7 +114,8 @@ def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out
             f"unknown precision '{precision}'; accepted: {', '.join(PRECISIONS)}",
             where="--precision",
         )
-    s = load_scenario(scenario, cat)
+    s = with_seed(load_scenario(scenario, cat), seed)
+    check_measurable(s, file=str(scenario))
     if replications == 1 and s.simulation.replications > 1:
         replications = 2  # an interval needs two
     ev = run_sim(

@@ -20,14 +20,18 @@ from capsim.cli.options import (
     jobs_option,
     progress_printer,
     quiet_option,
+    seed_option,
+    with_seed,
 )
 from capsim.errors import InputError, format_validation_error
+from capsim.evaluate import check_measurable
 from capsim.load import load_scenario
 from capsim.planning.whatif import whatif as run_whatif
 from capsim.report.files import write_whatif
 from capsim.report.output import to_json
 from capsim.report.whatif import format_whatif, whatif_dict
 from capsim.spec.autoscaling import PolicySpec
+from capsim.workload.streams import real_time
 
 
 def parse_policy(text: str) -> Any:
@@ -94,6 +98,7 @@ def parse_policy(text: str) -> Any:
 )
 @jobs_option
 @quiet_option
+@seed_option
 @click.pass_context
 @handle_errors
 def whatif(
@@ -110,6 +115,7 @@ def whatif(
     out: Path | None,
     jobs: int,
     quiet: bool,
+    seed: int | None,
 ) -> None:
     """Compare autoscaling policies on the same traffic, in real time.
 
@@ -126,7 +132,8 @@ def whatif(
     """
     cat = catalog_of(ctx)
     specs = [parse_policy(p) for p in policies] or None
-    s = load_scenario(scenario, cat)
+    s = with_seed(load_scenario(scenario, cat), seed)
+    check_measurable(real_time(s), file=str(scenario))
     result = run_whatif(
         s,
         cat,

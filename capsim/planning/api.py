@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from capsim.evaluate import check_measurable
 from capsim.load import load_catalog
 from capsim.planning.autoscaled import plan_autoscaled
 from capsim.planning.explain import trace_lines
@@ -43,6 +44,7 @@ def plan(
     their capacity lower bound are reported as such without being simulated.
     """
     cat = catalog if catalog is not None else load_catalog()
+    check_measurable(s)
     cands = candidates(s)
     for c in cands:
         get_precision(c.precision)

@@ -36,7 +36,7 @@ from capsim.analysis.cost import price_per_gpu_hour
 from capsim.analysis.stats import CI, t_interval
 from capsim.analysis.whatif_metrics import AutoscaledRun
 from capsim.errors import InputError
-from capsim.evaluate import make_service, runnable_service, slo_targets
+from capsim.evaluate import check_measurable, make_service, runnable_service, slo_targets
 from capsim.load import load_catalog
 from capsim.planning.parallel import run_tasks
 from capsim.planning.static import Candidate, search_candidate
@@ -391,6 +391,7 @@ def whatif(
     s = scenario
     cat = catalog if catalog is not None else load_catalog()
     check_traffic(real_time(s), file="(what-if: the horizon in real time)", jobs=jobs)
+    check_measurable(real_time(s))
     g, p, t = resolve_config(s, gpu, precision, tp)
     if g not in cat.gpus:
         raise InputError(

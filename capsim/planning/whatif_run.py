@@ -13,6 +13,7 @@ from capsim.sim.batched_fleet import BatchedFleet, Jitter
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
 from capsim.sim.llm_adapter import llm_tokens
 from capsim.sim.llm_fleet import ScalableLLMFleet
+from capsim.sim.overload import alarm_level
 from capsim.sim.policies import make_policy
 from capsim.spec.autoscaling import ColdStart, FixedSpec, KPASpec, PredictiveSpec, ScheduledSpec
 from capsim.spec.catalog import GPU
@@ -114,7 +115,7 @@ def run_policy(
         initial=initial_replicas(
             spec, policy, rate_at_start(s, stream.arrival), replica_capacity_rps(s, svc)
         ),
-        max_wait_s=s.simulation.max_wait_s,
+        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         abort_on_unstable=abort_on_unstable,
     )
     targets = dict(slo_targets(s))

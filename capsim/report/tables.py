@@ -8,6 +8,14 @@ MS = 1000.0
 
 
 def _ms(x: float) -> str:
+    """Seconds as milliseconds; 'n/a' for a quantity with no samples (NaN), 'inf' for an
+    unstable run's.
+
+    >>> _ms(0.0123), _ms(float("inf")), _ms(float("nan"))
+    ('12.3', 'inf', 'n/a')
+    """
+    if math.isnan(x):
+        return "n/a"
     return "inf" if not math.isfinite(x) else f"{x * MS:.1f}"
 
 

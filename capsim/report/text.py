@@ -208,6 +208,9 @@ def format_evaluation(e: Evaluation) -> str:
     rows = []
     for name, qs in s.quantiles.items():
         for p, ci in qs.items():
+            if name == "tpot" and not len(s.samples.get(name, [])) and not s.unstable:
+                rows.append([name, f"p{p:g}", "undefined", "(no request has 2+ output tokens)"])
+                continue
             rows.append([name, f"p{p:g}", f"{_ms(ci.mean)}", f"[{_ms(ci.low)}, {_ms(ci.high)}]"])
     lines.append(_table(rows, ["metric", "percentile", "ms", "95% CI"]))
     lines.append("")

@@ -151,6 +151,10 @@ class FixedServiceModel:
         t = self.batch_times(s.fleet.max_batch)
         return max(b / t[b] for b in range(1, s.fleet.max_batch + 1))
 
+    def time_scale_s(self, s: Scenario) -> float:
+        """The workload's time scale for overload detection: one full batch's service time."""
+        return float(self.batch(s.fleet.max_batch).time_s)
+
     def idle_latency_violation(self, s: Scenario) -> str | None:
         """A request alone on an idle replica already slower than the target (None if not)."""
         t1 = self.batch(1).time_s

@@ -27,6 +27,7 @@ import numpy as np
 import simpy
 
 from capsim.sim.batched_queue import EngineConfig, RunResult, _BatchLog, _SharedQueue
+from capsim.sim.overload import WaitGrowth
 
 
 def _per_replica_streams(arrival: np.ndarray, cfg: EngineConfig) -> list[np.ndarray]:
@@ -181,6 +182,7 @@ def _run_jsq(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResul
     order: list[int] = []
     rejected = np.zeros(n, dtype=bool)
     unstable_reason = ""
+    growth = [WaitGrowth(cfg.max_wait_s) for _ in range(c)]
     nb = 0
 
     def advance(r: int, until: float) -> None:
@@ -202,10 +204,10 @@ def _run_jsq(arrival: np.ndarray, cfg: EngineConfig, horizon: float) -> RunResul
             if t >= until:
                 return
             if t - t0 > cfg.max_wait_s and not unstable_reason:
-                unstable_reason = (
-                    f"overloaded: at t={t:.1f}s a request on replica {r} had waited {t - t0:.1f}s "
-                    f"(> max_wait_s {cfg.max_wait_s:g})"
-                )
+                why = growth[r].check(t, t - t0)
+                unstable_reason = f"replica {r}: {why}" if why else ""
+            elif growth[r].armed:
+                growth[r].calm()
             s = bt[b] if jitter is None else bt[b] * jitter[nb]
             nb += 1
             log.append(t, s, b, r)

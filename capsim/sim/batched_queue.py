@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from capsim.sim.overload import WaitGrowth
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -19,7 +21,7 @@ class EngineConfig:
     max_queue_delay_s: float = 0.0
     router: str = "shared_queue"  # shared_queue | round_robin | join_shortest_queue
     max_queue_length: int | None = None
-    max_wait_s: float = math.inf
+    max_wait_s: float = math.inf  # alarm level of the wait-growth overload check
     jitter: np.ndarray | None = None  # multiplicative factor per batch (CRN), or None
 
     @property
@@ -152,6 +154,7 @@ class _SharedQueue:
         self.bt = [float(x) for x in cfg.batch_times]  # Python floats: cheaper to index
         self.jitter = cfg.jitter.tolist() if cfg.jitter is not None else None
         self.K = cfg.max_batch
+        self.growth = WaitGrowth(cfg.max_wait_s)
 
     # -- admission --------------------------------------------------------------------------
     def _admit_until(self, now: float) -> None:
@@ -235,12 +238,13 @@ class _SharedQueue:
                         self._wait_until(t0)
                         break
             if now - t0 > max_wait:
-                self.unstable_reason = (
-                    f"overloaded: at t={now:.1f}s a request had waited {now - t0:.1f}s "
-                    f"(> max_wait_s {max_wait:g}); the queue grows without bound"
-                )
-                self.done = True
-                break
+                reason = self.growth.check(now, now - t0)
+                if reason:
+                    self.unstable_reason = reason
+                    self.done = True
+                    break
+            elif self.growth.armed:
+                self.growth.calm()
             if K == 1:
                 self._start(now, 1)
                 continue

@@ -17,6 +17,7 @@ from capsim.service.llm_ops import prefill_work
 from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_measure import measure
 from capsim.sim.llm_types import EngineLimits
+from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings, engine_settings
 from capsim.spec.models import TransformerModel
@@ -114,6 +115,13 @@ class LLMService:
         per_token = float(np.min(table / np.arange(1, len(table) + 1)))
         per_req = max((mp + mo) * per_token, mo * step / batch)
         return 1.0 / per_req if per_req > 0 else math.inf
+
+    def time_scale_s(self, s) -> float:
+        """The workload's time scale for overload detection: a mean request alone on an idle
+        replica (its prompt's prefill, then its output tokens at batch 1)."""
+        p, o = token_sample(s)
+        mp, mo = float(np.mean(p)), float(np.mean(o))
+        return self._prefill_time(max(1, round(mp))) + mo * self._decode_step(1, mp + mo / 2)
 
     def idle_latency_violation(self, s) -> str | None:
         """Why even an idle replica misses the TTFT or TPOT target (None if it does not)."""
@@ -225,7 +233,7 @@ def run_llm_replication(
         svc.limits,
         replicas,
         router=s.fleet.router,
-        max_wait_s=s.simulation.max_wait_s,
+        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         max_queue_length=s.fleet.max_queue_length,
         horizon=stream.horizon,
     )

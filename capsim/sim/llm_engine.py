@@ -77,6 +77,7 @@ from capsim.sim.llm_types import (
     _Replica,
     _sum_max_lines,
 )
+from capsim.sim.overload import WaitGrowth
 
 #: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
 #: max(a1 + b1 C, a2 + b2 C) seconds
@@ -138,7 +139,8 @@ class LLMFleet(ReplicaOps):
             raise ValueError(f"unknown router {router!r}; accepted: {', '.join(ROUTERS)}")
         self.router = router
         self.rr = 0
-        self.max_wait = max_wait_s
+        self.max_wait = max_wait_s  # alarm level of the wait-growth overload check
+        self.growth: dict[int, WaitGrowth] = {}
         self.max_queue = max_queue_length
         self.fuse = fuse
         self.reps: list[_Replica] = [_Replica(r, bs) for r in range(replicas)]
@@ -178,12 +180,16 @@ class LLMFleet(ReplicaOps):
             self._lines[d] = lines
         return lines
 
-    def _unstable(self, now: float, waited: float) -> None:
-        self.unstable_reason = (
-            f"overloaded: at t={now:.1f}s a request had waited {waited:.1f}s "
-            f"(> max_wait_s {self.max_wait:g}); the queue grows without bound"
-        )
-        self.done = True
+    def _unstable(self, rp: _Replica, now: float, waited: float) -> bool:
+        """The wait-growth check of replica ``rp``'s queue (True: the run is overloaded)."""
+        g = self.growth.get(rp.idx)
+        if g is None:
+            g = self.growth[rp.idx] = WaitGrowth(self.max_wait)
+        reason = g.check(now, waited)
+        if reason:
+            self.unstable_reason = reason
+            self.done = True
+        return bool(reason)
 
     # -- one step of one replica --------------------------------------------------------------
     def plan(self, rp: _Replica, now: float) -> None:
@@ -201,9 +207,11 @@ class LLMFleet(ReplicaOps):
         if waiting:
             waited = now - self.arr[waiting[0]]
             if waited > self.max_wait:
-                self._unstable(now, waited)
-                rp.busy = False
-                return
+                if self._unstable(rp, now, waited):
+                    rp.busy = False
+                    return
+            elif rp.idx in self.growth:
+                self.growth[rp.idx].calm()
         bs, it, total = self.bs, rp.it, self.total
         computed, target = self.computed, self.target
         preempted = False

@@ -89,9 +89,8 @@ def measure(
     ttft = res.ttft[keep]
     e2e = e2e_all[keep]
     tpot = res.tpot[keep]
-    tpot = tpot[~np.isnan(tpot)]
-    if not len(tpot):
-        tpot = np.zeros(1)
+    tpot = tpot[~np.isnan(tpot)]  # empty when no request has two output tokens: p99 NaN,
+    # which the interval over replications leaves out (never a made-up 0)
     arrived = len(res.arrival) - int(np.searchsorted(res.arrival, t_first))
     late = res.arrival >= t_first
     rejected = int(res.rejected[late].sum())

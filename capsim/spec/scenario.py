@@ -271,15 +271,20 @@ class Simulation(Strict):
     seed: int = Field(0, ge=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     warmup: Literal["auto", "none"] | float = Field(
-        "auto", description="'auto' (MSER-5 when the load is stationary), 'none', or seconds"
+        "auto",
+        description="'auto' (drop the empty-start transient when the load is stationary), 'none', or seconds",
     )
     compress_to_s: float | None = Field(
         None,
         gt=0,
         description="simulate the horizon compressed into this many seconds (quasi-stationary)",
     )
-    max_wait_s: float = Field(
-        60.0, gt=0, description="a request waiting longer marks the run unstable (overloaded)"
+    max_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="alarm level (seconds) of the overload check: a run is overloaded when the "
+        "oldest wait passes it and then doubles without falling back below it; default 100 "
+        "mean service times, at least 60 s",
     )
     max_requests: int | None = Field(
         None,

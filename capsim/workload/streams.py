@@ -176,6 +176,14 @@ def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> Non
             file=file,
             where="traffic",
         )
+    if n < 1:
+        raise InputError(
+            f"no requests arrive in the horizon (expected {n:.3g}: {mean:.3g} req/s over "
+            f"{h:,.6g} simulated s); no percentile can be measured: raise the rate or "
+            "traffic.horizon_s",
+            file=file,
+            where="traffic",
+        )
     cap, why = memory_limit_requests(s, jobs)
     if n > cap:
         raise InputError(
