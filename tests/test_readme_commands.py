@@ -86,6 +86,9 @@ KEY_WORDS: dict[tuple[str, ...], list[str]] = {
     ("catalog", "validate"): ["ok: "],
     ("calibrate", "run"): ["measurements.csv"],
     ("calibrate", "fit"): ["wrote "],
+    ("bench", "import"): ["wrote "],
+    ("backtest",): ["measured", "predicted", "median |error|"],
+    ("calibrate", "fit-bench"): ["before", "after"],
     ("calibrate", "compare"): ["measured / roofline"],
 }
 

@@ -57,6 +57,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "bench_group",
         "Serving-benchmark results (vLLM, SGLang, GenAI-Perf/AIPerf, perf_analyzer, MLPerf).",
     ),
+    "backtest": (
+        "capsim.cli.backtest",
+        "backtest",
+        "Replay each RUN in capsim and print predicted vs measured with relative errors.",
+    ),
     "calibrate": (
         "capsim.cli.calibrate",
         "calibrate_group",
