@@ -112,9 +112,11 @@ def replay_scenario(
     seed: int = 0,
     replications: int = 3,
     engine: dict | None = None,
+    overhead_ms: float | None = None,
 ) -> Scenario:
     """The scenario that replays ``run`` (see the module doc); ``engine`` adds LLM engine
-    settings (``scheduler_overhead_ms``, ...) over those the run records."""
+    settings (``scheduler_overhead_ms``, ...) over those the run records; ``overhead_ms`` is a
+    fixed-shape fleet's ``batch_overhead_ms`` (default: the scenario default)."""
     s = run.settings
     try:
         card = load_model_card(str(s.model))
@@ -141,12 +143,15 @@ def replay_scenario(
         batching: dict = {"kind": "continuous", "engine": eng}
     else:
         batching = {"kind": "dynamic", "max_batch_size": s.max_num_seqs or 1}
+    fleet: dict = {"batching": batching}
+    if overhead_ms is not None and not llm:
+        fleet["batch_overhead_ms"] = overhead_ms
     data = {
         "name": f"backtest-{run.source.index}",
         "model": card,
         "traffic": traffic,
         "slo": {"percentile": 99, "latency_ms": 1e12},
-        "fleet": {"batching": batching},
+        "fleet": fleet,
         "candidates": {"gpus": [s.gpu], "precisions": [s.precision], "tensor_parallel": [plan.tp]},
         "simulation": {
             "replications": replications,
@@ -237,6 +242,7 @@ def backtest_run(
     seed: int = 0,
     replications: int = 3,
     engine: dict | None = None,
+    overhead_ms: float | None = None,
 ) -> Backtest:
     """Simulate ``run``'s workload on its settings and compare with what it measured (a run
     of measured engine steps: each step's time against the service's)."""
@@ -250,7 +256,9 @@ def backtest_run(
             file=run.source.file,
             where="settings.gpu",
         )
-    scen = replay_scenario(run, plan, seed=seed, replications=replications, engine=engine)
+    scen = replay_scenario(
+        run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
+    )
     cfg = Config(str(s.gpu), str(s.precision), replicas, plan.tp)
     try:
         ev = simulate(scen, cfg, catalog=catalog, replications=replications, sequential=False)
