@@ -257,6 +257,7 @@ EXPECTED_SKIPS = [
     "README.md: capsim calibrate compare meas/ --gpu l4 --out compare/",
     "README.md: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "docs/tutorials/calibrate.md: capsim calibrate run --out h200/ --budget-seconds 420",
+    "docs/tutorials/calibrate.md: capsim calibrate run --out box/ --budget-seconds 420",
     "capsim calibrate --help: capsim calibrate import-vidur ../shared/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
     "capsim calibrate fit --help: capsim calibrate fit meas/ --gpu l4",
     "capsim calibrate fit --help: capsim calibrate fit run1/ run2/ --gpu l4",
