@@ -48,6 +48,12 @@ def given_settings(kw: dict) -> dict:
 @click.option("--replications", type=click.IntRange(2, 20), default=3, show_default=True)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
+    "--overhead-ms",
+    type=click.FloatRange(min=0),
+    help="CPU time per iteration: the LLM engine's scheduler_overhead_ms or a fixed-shape "
+    "fleet's batch_overhead_ms (default: theirs; fit-bench prints a fitted value).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write backtest.csv, backtest.json and one plot per metric here.",
@@ -70,6 +76,7 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
     given = given_settings(kw)
     catalog = catalog_of(ctx)
     loaded = load_runs(runs, given, kw["source_format"])
+    oh = kw["overhead_ms"]
     if not loaded:
         raise InputError("no runs in the files given", where="RUN")
     results = [
@@ -79,6 +86,8 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
             replicas=kw["replicas"],
             seed=kw["seed"],
             replications=kw["replications"],
+            engine=None if oh is None else {"scheduler_overhead_ms": oh},
+            overhead_ms=oh,
         )
         for r in loaded
     ]

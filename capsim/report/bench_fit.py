@@ -89,7 +89,8 @@ def report_lines(fit: BenchFit) -> list[str]:
         f"  efficiency.compute {e0.compute:g} -> {e1.compute:g} (x{v['compute_scale']:.4g}), "
         f"efficiency.memory {e0.memory:g} -> {e1.memory:g} (x{v['memory_scale']:.4g})",
         f"  per-iteration CPU overhead {v['overhead_ms']:.3g} ms: set it in scenarios as "
-        "fleet.batching.engine.scheduler_overhead_ms (LLM) or fleet.batch_overhead_ms",
+        "fleet.batching.engine.scheduler_overhead_ms (LLM) or fleet.batch_overhead_ms, and pass "
+        "it to capsim backtest --overhead-ms",
     ]
     if fit.gpu_after.interconnect.latency_us != fit.gpu_before.interconnect.latency_us:
         out.append(
