@@ -27,6 +27,7 @@ from capsim.errors import InputError
 from capsim.load import load_catalog
 from capsim.service.fixed import FixedServiceModel, MemoryFit, Unsupported
 from capsim.sim.batched import run_batched
+from capsim.sim.batched_closed import run_batched_closed
 from capsim.sim.batched_queue import EngineConfig
 from capsim.sim.llm_adapter import (
     make_llm_service,  # LLM engine (continuous batching)
@@ -36,6 +37,7 @@ from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.scenario import Poisson, Scenario, Trace
 from capsim.workload.arrivals import RequestStream
+from capsim.workload.closed_loop import ClosedStream
 from capsim.workload.streams import jitter_rng, make_stream
 
 
@@ -135,7 +137,7 @@ def runnable_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1):
 
 
 # --------------------------------------------------------------------------- streams (CRN)
-_STREAMS: dict[tuple[str, int], RequestStream] = {}
+_STREAMS: dict[tuple[str, int], RequestStream | ClosedStream] = {}
 _JITTER: dict[tuple[str, int, int], np.ndarray | None] = {}
 
 
@@ -152,7 +154,7 @@ def _traffic_key(s: Scenario) -> str:
     )
 
 
-def stream_for(s: Scenario, replication: int) -> RequestStream:
+def stream_for(s: Scenario, replication: int) -> RequestStream | ClosedStream:
     """Replication ``replication``'s request stream, generated once per process and reused."""
     key = (_traffic_key(s), replication)
     if key not in _STREAMS:
@@ -212,17 +214,30 @@ def run_fixed_replication(
         router=s.fleet.router,
         max_queue_length=s.fleet.max_queue_length,
         max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
-        jitter=_jitter_for(s, replication, len(stream)),
+        jitter=None
+        if isinstance(stream, ClosedStream)
+        else _jitter_for(s, replication, len(stream)),
     )
-    res = run_batched(stream.arrival, cfg, stream.horizon)
+    if isinstance(stream, ClosedStream):  # send times come from completions
+        res = run_batched_closed(
+            stream.clients(),
+            cfg,
+            stream.horizon,
+            stream.think_rng(),
+            jitter_cv=s.fleet.service_time_cv,
+            max_requests=s.simulation.max_requests,
+        )
+    else:
+        res = run_batched(stream.arrival, cfg, stream.horizon)
+    arrival = res.arrival
     served = res.served
     lat_all = np.where(served, res.finish - res.arrival, np.nan)
     cut = 0
     if s.stationary and not res.unstable:
-        cut = warmup_cut(lat_all[served], s.simulation.warmup, stream.arrival[served])
+        cut = warmup_cut(lat_all[served], s.simulation.warmup, arrival[served])
     keep = np.flatnonzero(served)[cut:]
     lat = lat_all[keep]
-    t_first = stream.arrival[keep[0]] if len(keep) else 0.0
+    t_first = arrival[keep[0]] if len(keep) else 0.0
     # an overloaded run stops early: its rates are over the time it ran
     end = res.end_time if res.unstable else max(res.end_time, stream.horizon)
     span = end - t_first
@@ -232,8 +247,8 @@ def run_fixed_replication(
     energy = batch_energy_j(gpu, res.batch_duration[busy_mask], pf) + idle_energy_j(
         gpu, max(replicas * span - busy, 0.0)
     )
-    arrived = len(stream) - int(np.searchsorted(stream.arrival, t_first))
-    rejected = int(res.rejected[stream.arrival >= t_first].sum())
+    arrived = len(arrival) - int(np.searchsorted(arrival, t_first))
+    rejected = int(res.rejected[arrival >= t_first].sum())
     q, samples, bq = series_metrics(
         {"latency": lat},
         [s.slo.percentile],

@@ -63,6 +63,12 @@ HELP_SKIPS = {
     "capsim calibrate fit meas/ --gpu l4": "needs measurements taken on an L4",
     "capsim calibrate fit run1/ run2/ --gpu l4": "needs measurements taken on an L4",
     "capsim model import resnet50.onnx": "needs an ONNX file (none is shipped)",
+    "capsim bench import mlperf_log_summary.txt --gpu h100-sxm --model llama-2-70b --tp 8": (
+        "needs your own MLPerf LoadGen log"
+    ),
+    "capsim bench import results/*.json --gpu h100-sxm --model llama-3.1-8b --out runs/": (
+        "needs your own serving-benchmark results"
+    ),
 }
 # commands that only read the shipped files and print (run once per session, output reused)
 PURE = ("plan", "simulate", "whatif", "estimate", "validate")
@@ -87,6 +93,9 @@ KEY_WORDS: dict[tuple[str, ...], list[str]] = {
     ("catalog", "validate"): ["ok: "],
     ("calibrate", "run"): ["measurements.csv"],
     ("calibrate", "fit"): ["wrote "],
+    ("bench", "import"): ["wrote "],
+    ("backtest",): ["measured", "predicted", "median |error|"],
+    ("calibrate", "fit-bench"): ["before", "after"],
     ("calibrate", "compare"): ["measured / roofline"],
 }
 
@@ -257,6 +266,9 @@ EXPECTED_SKIPS = [
     "docs/reference/model.md: capsim model import resnet50.onnx --out models/resnet50.yaml",
     "docs/tutorials/calibrate.md: capsim calibrate run --out h200/ --budget-seconds 420",
     "capsim calibrate --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",
+    "docs/tutorials/calibrate.md: capsim calibrate run --out box/ --budget-seconds 420",
+    "capsim bench --help: capsim bench import mlperf_log_summary.txt --gpu h100-sxm --model llama-2-70b --tp 8",
+    "capsim bench import --help: capsim bench import results/*.json --gpu h100-sxm --model llama-3.1-8b --out runs/",
     "capsim calibrate fit --help: capsim calibrate fit meas/ --gpu l4",
     "capsim calibrate fit --help: capsim calibrate fit run1/ run2/ --gpu l4",
     "capsim calibrate import-vidur --help: capsim calibrate import-vidur benchmarks/data/vidur_profiling/mlp_a100_Llama-2-7b-hf.csv --gpu a100-80gb-sxm",

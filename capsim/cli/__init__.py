@@ -63,6 +63,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "model_group",
         "Model cards: import an ONNX graph as a layered card.",
     ),
+    "backtest": (
+        "capsim.cli.backtest",
+        "backtest",
+        "Replay each RUN in capsim and print predicted vs measured with relative errors.",
+    ),
     "calibrate": (
         "capsim.cli.calibrate",
         "calibrate_group",

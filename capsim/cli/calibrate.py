@@ -19,10 +19,11 @@ from capsim.calibration.fit import fit_measurements
 from capsim.calibration.rows import Holdout, combine_runs
 from capsim.calibration.vidur import import_vidur
 from capsim.calibration.writer import write_calibration, write_new_entry
+from capsim.cli.catalog_dirs import _catalog_dir, _entry_path, _writable_dir, _write_error
+from capsim.cli.fit_bench import fit_bench_cmd
 from capsim.cli.options import fail, handle_errors
 from capsim.errors import InputError
 from capsim.load import load_catalog, load_gpu_file
-from capsim.paths import shipped_catalog_dir
 from capsim.report.calibration import (
     format_compare,
     measurement_frame,
@@ -34,34 +35,6 @@ from capsim.spec.catalog import GPU
 from capsim.spec.precision import HARNESS_FORMATS
 
 _PRECISIONS = ("fp64", *HARNESS_FORMATS)  # the harness also measures fp64 GEMMs
-
-
-def _catalog_dir(ctx: click.Context, given: Path | None) -> Path:
-    if given is not None:
-        return given
-    root = (ctx.find_root().obj or {}).get("catalog") if ctx.find_root().obj else None
-    if root is not None:
-        return Path(root)
-    return shipped_catalog_dir()
-
-
-def _writable_dir(path: Path, option: str) -> Path:
-    """A directory to write into (it may not exist yet): refuse one that is, or would have to be
-    created under, a regular file -- before any work is done."""
-    p = path
-    while not p.exists():
-        if p.parent == p:
-            return path
-        p = p.parent
-    if not p.is_dir():
-        below = "" if p == path else f", so {path} cannot be created"
-        raise InputError(f"{p} is a file, not a directory{below}", where=option)
-    return path
-
-
-def _write_error(exc: OSError, path: Path) -> InputError:
-    target = exc.filename or path
-    return InputError(f"cannot write: {exc.strerror or exc}", file=target)
 
 
 def _entry_id_pattern() -> str:
@@ -89,16 +62,6 @@ def _load(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return load_measurements(directory)
     except MeasurementsError as exc:
         raise InputError(f"invalid measurements: {exc}") from None
-
-
-def _entry_path(cat_dir: Path, gpu_id: str, hint: str = "") -> Path:
-    cat = load_catalog(cat_dir)
-    if gpu_id not in cat.gpus:
-        raise InputError(
-            f"unknown GPU '{gpu_id}' in {cat_dir}; the catalog has: {', '.join(cat)}{hint}",
-            where="--gpu",
-        )
-    return cat.files[gpu_id]
 
 
 @click.group("calibrate")
@@ -489,3 +452,6 @@ def compare_cmd(ctx, directory, gpu_id, out, all_rows, fmt):
         except OSError as exc:
             raise _write_error(exc, out) from None
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+
+calibrate_group.add_command(fit_bench_cmd)

@@ -14,6 +14,7 @@ from capsim.service.fixed import Unsupported
 from capsim.service.llm import LLMServiceModel
 from capsim.service.llm_memory import MemoryFit, parallelism_problem, precision_problem
 from capsim.service.llm_ops import prefill_work
+from capsim.sim.llm_closed import run_llm_closed
 from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_measure import measure
 from capsim.sim.llm_types import EngineLimits
@@ -23,6 +24,8 @@ from capsim.spec.engine import LLMEngineSettings, engine_settings
 from capsim.spec.models import TransformerModel
 from capsim.spec.precision import math_units
 from capsim.spec.scenario import Scenario
+from capsim.workload.arrivals import RequestStream
+from capsim.workload.closed_loop import ClosedStream
 from capsim.workload.streams import make_stream
 
 
@@ -30,6 +33,9 @@ from capsim.workload.streams import make_stream
 def _token_sample(key: str) -> tuple[np.ndarray, np.ndarray]:
     s = Scenario.model_validate_json(key)
     st = make_stream(s, 0)
+    if isinstance(st, ClosedStream):
+        draw = st.token_draw()
+        return draw(4096) if draw is not None else (np.array([1024]), np.array([256]))
     if st.prompt_tokens is None or st.output_tokens is None or not len(st):
         return np.array([1024]), np.array([256])
     return np.asarray(st.prompt_tokens), np.asarray(st.output_tokens)
@@ -224,6 +230,24 @@ def run_llm_replication(
     s, gpu: GPU, svc: LLMService, replicas: int, replication: int, stream
 ) -> RunMetrics:
     """Simulate one replication of an LLM configuration and measure TTFT, TPOT, e2e, cost."""
+    if isinstance(stream, ClosedStream):  # send times come from completions
+        draw = stream.token_draw()
+        if draw is None:
+            llm_tokens(RequestStream(np.zeros(0), stream.horizon))  # the missing-tokens message
+        res = run_llm_closed(
+            stream.clients(),
+            draw,
+            svc,
+            svc.limits,
+            replicas,
+            horizon=stream.horizon,
+            rng=stream.think_rng(),
+            router=s.fleet.router,
+            max_wait_s=s.simulation.max_wait_s,
+            max_queue_length=s.fleet.max_queue_length,
+            max_requests=s.simulation.max_requests,
+        )
+        return measure(s, gpu, svc.tp, res, stream.horizon)
     prompt, output = llm_tokens(stream)
     res = run_llm(
         stream.arrival,

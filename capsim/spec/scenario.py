@@ -119,7 +119,24 @@ class Trace(Strict):
     start_s: float = Field(0.0, ge=0, description="skip this much of the trace")
 
 
-Arrivals = Annotated[Poisson | Renewal | Trace, Field(discriminator="kind")]
+class ClosedArrivals(Strict):
+    """Closed loop: ``concurrency`` clients, each with at most one request out, sending the next
+    one when the previous has completed and the client has thought for ``think_time_s``.
+
+    This is what concurrency sweeps (``vllm bench serve --max-concurrency`` with an unbounded
+    rate, perf_analyzer ``--concurrency-range``) and MLPerf SingleStream are. Send times depend
+    on completions, so the engines generate them as they run.
+    """
+
+    kind: Literal["closed"]
+    concurrency: int = Field(ge=1, description="clients, each with at most one request out")
+    think_time_s: float = Field(0.0, ge=0, description="mean think time after each completion")
+    think: Literal["exponential", "fixed"] = Field(
+        "exponential", description="think-time distribution (ignored when think_time_s is 0)"
+    )
+
+
+Arrivals = Annotated[Poisson | Renewal | Trace | ClosedArrivals, Field(discriminator="kind")]
 
 
 class TokenLengths(Strict):
@@ -349,4 +366,6 @@ class Scenario(Strict):
     def stationary(self) -> bool:
         """True when the offered load does not change over time (warm-up deletion applies)."""
         a = self.traffic.arrivals
+        if isinstance(a, ClosedArrivals):
+            return True
         return isinstance(a, Poisson | Renewal) and a.pattern is None and not a.bursts

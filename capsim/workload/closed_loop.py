@@ -22,23 +22,12 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from capsim.spec.scenario import ClosedArrivals
 
-class ClosedArrivals(BaseModel):
-    """``N`` clients in a closed loop with a think time between a completion and the next send."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["closed"]
-    concurrency: int = Field(ge=1, description="clients, each with at most one request out")
-    think_time_s: float = Field(0.0, ge=0, description="mean think time after each completion")
-    think: Literal["exponential", "fixed"] = Field(
-        "exponential", description="think-time distribution (ignored when think_time_s is 0)"
-    )
+__all__ = ["ClosedArrivals", "ClosedLoopClients", "ClosedRun", "simulate_closed_station"]
 
 
 class ClosedLoopClients:
@@ -123,3 +112,36 @@ def simulate_closed_station(
             heapq.heappush(events, (t + float(service(rng)), seq, "done", nxt))
             seq += 1
     return ClosedRun(np.asarray(responses), completions / (t - t_start))
+
+
+@dataclass(frozen=True)
+class ClosedStream:
+    """One replication's closed-loop traffic: the clients, the horizon after which they stop
+    sending, and the seeds of their think times and token lengths (drawn as the engine runs).
+
+    It stands where a :class:`~capsim.workload.arrivals.RequestStream` stands for open-loop
+    traffic; the engine returns the arrival times it generated.
+    """
+
+    spec: ClosedArrivals
+    horizon: float
+    think_seed: np.random.SeedSequence
+    size_seed: np.random.SeedSequence
+    tokens: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None
+    time_scale: float = 1.0
+
+    def __len__(self) -> int:  # nothing is generated up front
+        return 0
+
+    def clients(self) -> ClosedLoopClients:
+        return ClosedLoopClients(self.spec)
+
+    def think_rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.think_seed)
+
+    def token_draw(self) -> Callable[[int], tuple[np.ndarray, np.ndarray]] | None:
+        """``draw(k)``: the next ``k`` (prompt, output) lengths, from one seeded generator."""
+        if self.tokens is None:
+            return None
+        rng, fn = np.random.default_rng(self.size_seed), self.tokens
+        return lambda k: fn(k, rng)

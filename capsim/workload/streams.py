@@ -9,7 +9,9 @@ Time-varying load uses the *time change* of a unit-rate process: with cumulative
 unit-rate renewal process. For Poisson arrivals this is an exact non-homogeneous Poisson process
 (equivalent to thinning); for renewal arrivals it keeps the coefficient of variation locally.
 
->>> import numpy as np
+>>> import math
+
+import numpy as np
 >>> from capsim.spec.scenario import Poisson
 >>> s = arrival_times(Poisson(kind="poisson", rate_rps=100.0), 60.0, np.random.default_rng(1))
 >>> 5000 < len(s) < 7000
@@ -19,6 +21,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from capsim.errors import InputError
 from capsim.spec.scenario import (
+    ClosedArrivals,
     Diurnal,
     Poisson,
     Renewal,
@@ -33,6 +37,7 @@ from capsim.spec.scenario import (
     Trace,
 )
 from capsim.workload.arrivals import RequestStream, arrival_times, rate_multiplier
+from capsim.workload.closed_loop import ClosedStream
 from capsim.workload.tokens import token_lengths
 from capsim.workload.traces import read_trace, trace_peak_rate, trace_span, trace_stream
 
@@ -93,7 +98,7 @@ def sim_horizon(s: Scenario) -> tuple[float, float]:
     """(simulated horizon, time scale). Compression applies only to rate-based arrivals."""
     h = real_horizon(s)
     c = s.simulation.compress_to_s
-    if c is None or c >= h or isinstance(s.traffic.arrivals, Trace):
+    if c is None or c >= h or isinstance(s.traffic.arrivals, Trace | ClosedArrivals):
         return h, 1.0
     return c, c / h
 
@@ -122,6 +127,10 @@ def expected_requests(s: Scenario) -> tuple[float, float]:
     """(requests one replication generates on average, mean offered rate in req/s)."""
     a = s.traffic.arrivals
     h, scale = sim_horizon(s)
+    if isinstance(a, ClosedArrivals):  # at most one request per client per think time
+        if a.think_time_s == 0:
+            return math.nan, math.nan
+        return a.concurrency * h / a.think_time_s, a.concurrency / a.think_time_s
     if isinstance(a, Trace):
         n = float(np.count_nonzero(read_trace(a).times >= a.start_s)) * a.rate_scale
         n *= min(1.0, h / trace_span(a)) if trace_span(a) > 0 else 1.0
@@ -170,6 +179,8 @@ def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> Non
     memory (estimated before anything is generated), and a warm-up shorter than the horizon."""
     n, mean = expected_requests(s)
     h, _ = sim_horizon(s)
+    if math.isnan(n):  # a closed loop without think time: as many as the fleet serves
+        n, mean = 1.0, 1.0
     if n <= 0 or mean <= 0:
         raise InputError(
             "no traffic: the arrival rate is zero over the whole horizon",
@@ -185,7 +196,7 @@ def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> Non
             where="traffic",
         )
     cap, why = memory_limit_requests(s, jobs)
-    if n > cap:
+    if n > cap and not isinstance(s.traffic.arrivals, ClosedArrivals):
         raise InputError(
             f"one replication would generate ~{n:,.0f} requests ({mean:,.4g} req/s over "
             f"{h:,.0f} simulated s, ~{n * bytes_per_request(s) / 2**30:,.1f} GiB); at most {why}: "
@@ -204,12 +215,17 @@ def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> Non
         )
 
 
-def make_stream(s: Scenario, replication: int) -> RequestStream:
-    """The request stream of one replication (the same for every candidate)."""
+def make_stream(s: Scenario, replication: int) -> RequestStream | ClosedStream:
+    """The request stream of one replication (the same for every candidate); for closed-loop
+    traffic the clients and seeds the engine draws send times and lengths from as it runs."""
     arr_seq, size_seq, *_ = seed_children(s.simulation.seed, replication)
-    rng = np.random.default_rng(arr_seq)
     horizon, scale = sim_horizon(s)
     a = s.traffic.arrivals
+    if isinstance(a, ClosedArrivals):
+        spec = s.traffic.tokens
+        draw = None if spec is None else (lambda k, rng: token_lengths(spec, k, rng))
+        return ClosedStream(a, horizon, arr_seq, size_seq, draw)
+    rng = np.random.default_rng(arr_seq)
     if isinstance(a, Trace):
         stream = trace_stream(a, horizon, rng)
     else:
@@ -230,6 +246,8 @@ def jitter_rng(s: Scenario, replication: int) -> np.random.Generator:
 def peak_rate(s: Scenario) -> float:
     """Highest offered rate over the horizon (req/s), for capacity bounds."""
     a = s.traffic.arrivals
+    if isinstance(a, ClosedArrivals):  # no rate of its own: it offers what the fleet serves
+        return 0.0
     if isinstance(a, Trace):
         data = read_trace(a)
         t = data.times[data.times >= a.start_s] / a.speedup

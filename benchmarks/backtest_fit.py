@@ -1,0 +1,83 @@
+"""Backtest errors before and after ``capsim calibrate fit-bench``, on runs not used to fit.
+
+Runs the two real inputs capsim can replay today on a scratch copy of the catalog (the shipped
+one is not touched) and prints the per-value errors as Markdown for benchmarks/README.md:
+
+* H200 whole-model Llama-3.1-8B steps (``gpu_runs/h200-2026-12-04-run2/iterations``): fit on
+  the 512- and 8192-token rows, report the held-out 2048-token rows;
+* MLPerf v4.1 ResNet-50 SingleStream on an L4 (tests/data/bench/mlperf): the only served run
+  with a capsim model card, so it can only be fitted in-sample (nothing left to hold out).
+
+Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ROOT / "benchmarks" / "gpu_runs" / "h200-2026-12-04-run2" / "iterations"
+L4 = ROOT / "tests" / "data" / "bench" / "mlperf" / "l4_resnet50_singlestream"
+
+
+def capsim(*args: str) -> str:
+    exe = Path(sys.executable).parent / "capsim"
+    cmd = [str(exe) if exe.exists() else "capsim", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode:
+        raise SystemExit(f"{' '.join(args)}: {res.stderr}")
+    return res.stdout
+
+
+def rows(catalog: Path, runs: list[str], extra: list[str]) -> list[dict]:
+    out = capsim("--catalog", str(catalog), "backtest", *runs, *extra, "--format", "json")
+    return json.loads(out)
+
+
+def table(before: list[dict], after: list[dict]) -> None:
+    print("| value | measured | before fit | after fit |")
+    print("| --- | ---: | ---: | ---: |")
+    for b, a in zip(before, after, strict=True):
+        name = f"{b['metric']} {b['stat']}".replace(" value", "")
+        unit = 1e3 if b["metric"] not in ("throughput_rps",) else 1.0
+        print(
+            f"| {name} | {b['measured'] * unit:.4g} | {b['rel_error']:+.1%} | "
+            f"{a['rel_error']:+.1%} |"
+        )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cat = Path(tmp) / "cat"
+        shutil.copytree(ROOT / "hardware_catalog", cat)
+        held = [str(STEPS / "holdout.csv")]
+        before = rows(cat, held, [])
+        fit = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(STEPS / "fit.csv"),
+                     "--holdout", held[0], "--gpu", "h200-sxm", "--format", "json")  # fmt: skip
+        oh = json.loads(fit)["values"]["overhead_ms"]
+        after = rows(cat, held, ["--overhead-ms", str(oh)])
+        print("## H200 steps, held-out 2048-token rows (times in ms)\n")
+        table(before, after)
+        print("\n```json\n" + json.dumps(json.loads(fit)["held_out_runs"], indent=1) + "\n```\n")
+        l4 = [str(L4 / "mlperf_log_summary.txt"), "--gpu", "l4", "--model", "resnet-50",
+              "--precision", "int8"]  # fmt: skip
+        before = rows(cat, l4, [])
+        runs = Path(tmp) / "runs"
+        capsim("bench", "import", *l4, "--out", str(runs))
+        fit = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(runs), "--gpu", "l4",
+                     "--format", "json")  # fmt: skip
+        oh = json.loads(fit)["values"]["overhead_ms"]
+        after = rows(cat, l4, ["--overhead-ms", str(oh)])
+        print("## L4 ResNet-50 SingleStream (MLPerf v4.1), in-sample (latencies in ms)\n")
+        table(before, after)
+        v = json.loads(fit)["values"]
+        print(f"\nfitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Backtest: replay an imported run in capsim and compare predicted with measured, metric by metric.
+
+For each run, :func:`replay_scenario` builds the scenario capsim simulates: the run's load (its
+rate as Poisson or gamma arrivals, or its concurrency as a closed loop with no think time), its
+prompt and output lengths (:func:`capsim.bench.replay.replay_plan`), its model, card, precision,
+tensor parallelism and batch cap; :func:`backtest_run` simulates it and lines up throughput and
+the TTFT / TPOT / e2e percentiles the run measured with capsim's. The relative error is
+``(predicted - measured) / measured``.
+
+Per-token ITL percentiles are not predicted: capsim records each request's mean time per output
+token (TPOT), not the distribution of single inter-token gaps, so ITL rows are left out rather
+than compared with a different quantity.
+
+>>> rows = compare({"e2e": {50.0: 0.10}}, {"e2e": Dist(p50=0.08)}, {}, {})
+>>> [(r.metric, r.stat, round(r.rel_error, 3)) for r in rows]
+[('e2e', 'p50', 0.25)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from capsim.bench.model import BenchRun, Dist, IterationTime
+from capsim.bench.replay import ReplayPlan, require_replayable
+from capsim.errors import InputError
+from capsim.evaluate import Config, make_service, simulate
+from capsim.load import load_model_card
+from capsim.service.fixed import Unsupported
+from capsim.spec.catalog import Catalog
+from capsim.spec.models import TransformerModel
+from capsim.spec.scenario import Scenario
+
+STATS = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
+SERIES = ("ttft", "tpot", "e2e")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared quantity: ``metric`` (throughput_rps, output_tokens_per_s, ttft, tpot,
+    e2e) and ``stat`` (value, p50, p90, p99)."""
+
+    metric: str
+    stat: str
+    measured: float
+    predicted: float
+
+    @property
+    def rel_error(self) -> float:
+        if self.measured == 0:
+            return math.nan
+        return (self.predicted - self.measured) / self.measured
+
+
+@dataclass
+class Backtest:
+    """The comparison for one run."""
+
+    run: BenchRun
+    config: Config
+    load_kind: str
+    load: float
+    rows: list[Row] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    unstable: str = ""
+
+    @property
+    def label(self) -> str:
+        src = self.run.source
+        return f"{src.file}#{src.index}"
+
+
+def compare(
+    predicted_q: dict[str, dict[float, float]],
+    measured: dict[str, Dist | None],
+    predicted_scalars: dict[str, float],
+    measured_scalars: dict[str, float | None],
+) -> list[Row]:
+    """Rows for every quantity both sides have (scalars first, then series percentiles)."""
+    rows = []
+    for name, m in measured_scalars.items():
+        if m is not None and name in predicted_scalars:
+            rows.append(Row(name, "value", float(m), float(predicted_scalars[name])))
+    for name, dist in measured.items():
+        if dist is None or name not in predicted_q:
+            continue
+        for stat, p in STATS:
+            m = getattr(dist, stat)
+            if m is not None and p in predicted_q[name]:
+                rows.append(Row(name, stat, float(m), float(predicted_q[name][p])))
+    return rows
+
+
+def _requests(run: BenchRun, plan: ReplayPlan) -> int:
+    """How many requests to simulate: the run's own count, kept between 400 and 4000."""
+    n = plan.num_requests or 1000
+    return int(min(max(n, 400), 4000))
+
+
+def _horizon(run: BenchRun, plan: ReplayPlan, n: int) -> float:
+    arr = plan.arrivals or {}
+    if arr.get("kind") in ("poisson", "renewal"):
+        return n / float(arr["rate_rps"])
+    x = run.measured.request_throughput_rps
+    return n / x if x else 60.0
+
+
+def replay_scenario(
+    run: BenchRun,
+    plan: ReplayPlan,
+    *,
+    seed: int = 0,
+    replications: int = 3,
+    engine: dict | None = None,
+    overhead_ms: float | None = None,
+) -> Scenario:
+    """The scenario that replays ``run`` (see the module doc); ``engine`` adds LLM engine
+    settings (``scheduler_overhead_ms``, ...) over those the run records; ``overhead_ms`` is a
+    fixed-shape fleet's ``batch_overhead_ms`` (default: the scenario default)."""
+    s = run.settings
+    try:
+        card = load_model_card(str(s.model))
+    except KeyError as exc:
+        raise InputError(
+            f"{exc.args[0]} (give --model with a capsim model card, or add a card)",
+            file=run.source.file,
+            where="settings.model",
+        ) from None
+    llm = isinstance(card, TransformerModel)
+    if llm and plan.tokens is None:
+        raise InputError(
+            "cannot replay an LLM run without prompt and output lengths",
+            file=run.source.file,
+            where="workload.input_len/output_len",
+        )
+    n = _requests(run, plan)
+    traffic: dict = {"arrivals": plan.arrivals, "horizon_s": _horizon(run, plan, n)}
+    if llm:
+        traffic["tokens"] = plan.tokens
+        eng = dict(engine or {})
+        if s.max_num_seqs:
+            eng.setdefault("max_num_seqs", s.max_num_seqs)
+        batching: dict = {"kind": "continuous", "engine": eng}
+    else:
+        batching = {"kind": "dynamic", "max_batch_size": s.max_num_seqs or 1}
+    fleet: dict = {"batching": batching}
+    if overhead_ms is not None and not llm:
+        fleet["batch_overhead_ms"] = overhead_ms
+    data = {
+        "name": f"backtest-{run.source.index}",
+        "model": card,
+        "traffic": traffic,
+        "slo": {"percentile": 99, "latency_ms": 1e12},
+        "fleet": fleet,
+        "candidates": {"gpus": [s.gpu], "precisions": [s.precision], "tensor_parallel": [plan.tp]},
+        "simulation": {
+            "replications": replications,
+            "max_replications": replications,
+            "seed": seed,
+            "max_wait_s": 3600.0,
+        },
+    }
+    try:
+        return Scenario.model_validate(data)
+    except ValueError as exc:
+        raise InputError(
+            f"cannot replay this run: {exc}", file=run.source.file, where="settings"
+        ) from None
+
+
+def _measured(run: BenchRun, llm: bool) -> tuple[dict[str, Dist | None], dict[str, float | None]]:
+    m = run.measured
+    scalars = {"throughput_rps": m.request_throughput_rps}
+    if llm:
+        scalars["output_tokens_per_s"] = m.output_tokens_per_s
+        return {"ttft": m.ttft_s, "tpot": m.tpot_s, "e2e": m.e2e_s}, scalars
+    return {"e2e": m.e2e_s}, scalars
+
+
+def step_args(step: IterationTime) -> dict:
+    """``iteration_time`` arguments of one measured step: ``batch_size`` sequences decoding
+    one token against ``seq_len`` context each, or prefilling ``seq_len`` prompt tokens each
+    (no earlier context; one logit per sequence)."""
+    b, n = step.batch_size, step.seq_len
+    if step.phase == "decode":
+        return {"num_tokens": b, "num_decode": b, "decode_context": float(b * n)}
+    return {
+        "num_tokens": b * n,
+        "num_decode": 0,
+        "prefill_work": b * n * n / 2.0,
+        "num_logits": b,
+        "prefill_kv": float(b * n),
+    }
+
+
+def backtest_iterations(run: BenchRun, catalog: Catalog, *, engine: dict | None = None) -> Backtest:
+    """Measured engine steps against the LLM service's iteration times (no queueing)."""
+    s = run.settings
+    for key in ("model", "gpu", "precision"):
+        if getattr(s, key) is None:
+            raise InputError(
+                f"cannot replay these iterations; missing: {key} (give --{key})",
+                file=run.source.file,
+                where="settings",
+            )
+    if s.gpu not in catalog:
+        raise InputError(
+            f"unknown GPU {s.gpu!r}; the catalog has: {', '.join(catalog)}",
+            file=run.source.file,
+            where="settings.gpu",
+        )
+    plan = ReplayPlan(tp=s.tp or 1, tokens={"kind": "lognormal", "prompt_median": 128,
+                      "prompt_sigma": 0.0, "output_median": 128, "output_sigma": 0.0})  # fmt: skip
+    plan.arrivals = {"kind": "closed", "concurrency": 1}
+    scen = replay_scenario(run, plan, engine=engine)
+    if not scen.is_llm:
+        raise InputError(
+            "iteration times are for transformer models", file=run.source.file, where="model"
+        )
+    cfg = Config(str(s.gpu), str(s.precision), 1, plan.tp)
+    try:
+        svc = make_service(scen, catalog[cfg.gpu], cfg.precision, cfg.tp)
+    except Unsupported as exc:
+        raise InputError(
+            f"capsim cannot run {cfg.label()}: {exc}", file=run.source.file, where="settings"
+        ) from None
+    bt = Backtest(run, cfg, "iterations", 0.0)
+    for step in run.measured.iterations or []:
+        pred = svc.iteration_time(**step_args(step))
+        name = f"{step.phase}_step"
+        bt.rows.append(Row(name, f"b{step.batch_size}/len{step.seq_len}", step.time_s, pred))
+    if s.tp is None:
+        bt.assumptions.append("tp not recorded: assumed 1")
+    return bt
+
+
+def backtest_run(
+    run: BenchRun,
+    catalog: Catalog,
+    *,
+    replicas: int = 1,
+    seed: int = 0,
+    replications: int = 3,
+    engine: dict | None = None,
+    overhead_ms: float | None = None,
+) -> Backtest:
+    """Simulate ``run``'s workload on its settings and compare with what it measured (a run
+    of measured engine steps: each step's time against the service's)."""
+    if run.measured.iterations:
+        return backtest_iterations(run, catalog, engine=engine)
+    plan = require_replayable(run)
+    s = run.settings
+    if s.gpu not in catalog:
+        raise InputError(
+            f"unknown GPU {s.gpu!r}; the catalog has: {', '.join(catalog)}",
+            file=run.source.file,
+            where="settings.gpu",
+        )
+    scen = replay_scenario(
+        run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
+    )
+    cfg = Config(str(s.gpu), str(s.precision), replicas, plan.tp)
+    try:
+        ev = simulate(scen, cfg, catalog=catalog, replications=replications, sequential=False)
+    except Unsupported as exc:
+        raise InputError(
+            f"capsim cannot run {cfg.label()}: {exc}", file=run.source.file, where="settings"
+        ) from None
+    summ = ev.summary
+    pq = {name: {p: ci.mean for p, ci in d.items()} for name, d in summ.quantiles.items()}
+    if "latency" in pq:
+        pq["e2e"] = pq.pop("latency")
+    ps = {k: ci.mean for k, ci in summ.scalars.items()}
+    series, scalars = _measured(run, scen.is_llm)
+    load = run.workload.load
+    kind = load.kind if load is not None else "offline"
+    value = {"rate": getattr(load, "rate_rps", 0.0), "concurrency": getattr(load, "concurrency", 0)}
+    bt = Backtest(run, cfg, kind, float(value.get(kind, 0.0) or 0.0))
+    bt.rows = compare(pq, series, ps, scalars)
+    bt.assumptions = list(plan.assumptions)
+    bt.unstable = summ.unstable_reason if summ.unstable else ""
+    if not bt.rows:
+        raise InputError(
+            "the run measured nothing capsim predicts (throughput, TTFT, TPOT or e2e)",
+            file=run.source.file,
+            where="measured",
+        )
+    return bt

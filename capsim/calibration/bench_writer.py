@@ -1,0 +1,92 @@
+"""Writing a ``fit-bench`` result into a catalog entry: efficiency, collective latency and the
+provenance, atomically, keeping the previous file as ``<entry>.yaml.bak``.
+
+Only the ``efficiency:`` block, ``interconnect.latency_us`` and ``sources.bench_fit`` change;
+every other line, comments included, stays as it was.
+
+>>> text = "id: x\\nefficiency:\\n  compute: 0.7    # a note\\n  memory: 0.8\\nkernel_overhead_us: 4\\n"
+>>> print(splice_block(text, "efficiency", {"compute": 0.5, "memory": 0.9}), end="")
+id: x
+efficiency:
+  compute: 0.5
+  memory: 0.9
+kernel_overhead_us: 4
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from capsim.calibration.writer import _check_text, _set_source, backup_path, dump_yaml
+from capsim.errors import InputError, atomic_write_bytes, atomic_write_text
+from capsim.load import load_gpu_file
+from capsim.spec.catalog import GPU
+
+
+def _block(lines: list[str], key: str) -> tuple[int, int] | None:
+    """[start, end) of the top-level block ``key:`` (its indented lines included)."""
+    start = next((i for i, ln in enumerate(lines) if re.match(rf"^{key}\s*:", ln)), None)
+    if start is None:
+        return None
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end][0] in " \t#"):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    return start, end
+
+
+def splice_block(text: str, key: str, value: dict) -> str:
+    """``text`` with the top-level mapping ``key`` replaced by ``value`` (added if absent)."""
+    lines = text.splitlines(keepends=True)
+    new = dump_yaml({key: value})
+    span = _block(lines, key)
+    if span is None:
+        return text + ("" if text.endswith("\n") else "\n") + new
+    a, b = span
+    return "".join(lines[:a]) + new + "".join(lines[b:])
+
+
+def _set_latency(text: str, latency_us: float) -> str:
+    lines = text.splitlines(keepends=True)
+    span = _block(lines, "interconnect")
+    if span is None:
+        raise ValueError("no interconnect block")
+    for j in range(*span):
+        m = re.match(r"^(\s+)latency_us\s*:.*$", lines[j].rstrip("\n"))
+        if m:
+            lines[j] = f"{m.group(1)}latency_us: {latency_us:g}\n"
+            return "".join(lines)
+    a = span[0] + 1
+    indent = re.match(r"^(\s*)", lines[a]).group(1) if a < span[1] else "  "
+    lines.insert(a, f"{indent}latency_us: {latency_us:g}\n")
+    return "".join(lines)
+
+
+def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, Path]:
+    """Write ``new``'s efficiency (and interconnect latency) into the entry file ``path`` with
+    ``provenance`` as ``sources.bench_fit``; the old file becomes ``<path>.bak``."""
+    p = Path(path)
+    old_gpu = load_gpu_file(p)
+    old = p.read_bytes()
+    eff = new.efficiency.model_dump(mode="json")
+    if not eff["compute_by_format"]:
+        del eff["compute_by_format"]
+    text = splice_block(old.decode("utf-8"), "efficiency", eff)
+    if new.interconnect.latency_us != old_gpu.interconnect.latency_us:
+        text = _set_latency(text, new.interconnect.latency_us)
+    try:
+        text = "".join(_set_source(text.splitlines(keepends=True), "bench_fit", provenance))
+    except ValueError:
+        raise InputError("the entry has no block-style 'sources:' mapping", file=p) from None
+    got = _check_text(text, p)
+    keep = {"efficiency", "interconnect", "sources"}
+    if got.model_dump(exclude=keep) != old_gpu.model_dump(exclude=keep) or got.efficiency != (
+        new.efficiency
+    ):  # pragma: no cover - a bug in the splice, never write it
+        raise InputError("internal error: the fit would change other fields", file=p)
+    backup = backup_path(p)
+    atomic_write_bytes(backup, old)
+    atomic_write_text(p, text)
+    return got, backup

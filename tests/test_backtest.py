@@ -1,0 +1,102 @@
+"""capsim backtest: replay imported runs and compare predicted with measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from capsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data" / "bench"
+L4_SS = DATA / "mlperf" / "l4_resnet50_singlestream" / "mlperf_log_summary.txt"
+H200_STEPS = ROOT / "benchmarks" / "gpu_runs" / "h200-2026-12-04-run2" / "iterations"
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_mlperf_singlestream_backtest_side_by_side_and_files(tmp_path):
+    out = tmp_path / "bt"
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8"]
+    res = _run("backtest", str(L4_SS), *args, "--replications", "2", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "concurrency 1" in res.output
+    assert "0.3725 ms" in res.output  # the measured p50 from the MLPerf log
+    df = pd.read_csv(out / "backtest.csv")
+    assert set(df["metric"]) == {"throughput_rps", "e2e"}
+    row = df[(df["metric"] == "e2e") & (df["stat"] == "p50")].iloc[0]
+    assert row["measured"] == pytest.approx(0.000372526)
+    assert row["rel_error"] == pytest.approx((row["predicted"] - row["measured"]) / row["measured"])
+    # a closed loop of one client: throughput is 1 / mean latency
+    thr = df[df["metric"] == "throughput_rps"].iloc[0]["predicted"]
+    assert 0.9 < thr * row["predicted"] < 1.1
+    for name in ("backtest.json", "backtest_e2e_p99.png", "backtest_throughput_rps.png"):
+        assert (out / name).is_file()
+    data = json.loads((out / "backtest.json").read_text())
+    assert data["summary"]["rows"] == 4
+
+
+def test_imported_run_files_replay_the_same(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8"]
+    assert _run("bench", "import", str(L4_SS), *args, "--out", str(runs)).exit_code == 0
+    files = sorted(str(p) for p in runs.glob("*.json"))
+    a = _run("backtest", *files, "--format", "json", "--replications", "2")
+    b = _run("backtest", str(L4_SS), *args, "--format", "json", "--replications", "2")
+    assert a.exit_code == 0, a.output
+    assert json.loads(a.output)[1:] == json.loads(b.output)[1:]  # same numbers (run names aside)
+
+
+def test_iteration_run_backtest_compares_each_step():
+    res = _run("backtest", str(H200_STEPS / "holdout.csv"), "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert len(rows) == 8 and {r["metric"] for r in rows} == {"decode_step", "prefill_step"}
+    assert all(0.5 < r["predicted"] / r["measured"] < 2 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("path", "args", "words"),
+    [
+        (DATA / "vllm" / "bench_serve_v0.25.1.json", ["--gpu", "h100-sxm"], ["precision"]),
+        (
+            DATA / "vllm" / "bench_serve_v0.25.1.json",
+            ["--gpu", "h100-sxm", "--precision", "fp16"],
+            ["unknown model", "opt-125m"],
+        ),
+        (
+            DATA / "mlperf" / "h100x8_llama2-70b_server" / "mlperf_log_summary.txt",
+            ["--gpu", "h100-sxm", "--model", "llama-2-70b", "--precision", "fp8", "--tp", "8"],
+            ["missing", "prompt lengths"],
+        ),
+        (
+            DATA / "mlperf" / "h100x8_llama2-70b_offline" / "mlperf_log_summary.txt",
+            ["--gpu", "h100-sxm", "--model", "llama-2-70b", "--precision", "fp8"],
+            ["offline load"],
+        ),
+    ],
+)
+def test_runs_capsim_cannot_reproduce_exit_2_naming_what_is_missing(path, args, words):
+    res = _run("backtest", str(path), *args)
+    assert res.exit_code == 2, res.output
+    for w in words:
+        assert w in res.output
+    assert "Traceback" not in res.output
+
+
+def test_broken_run_file_names_the_field(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8"]
+    _run("bench", "import", str(L4_SS), *args, "--out", str(runs))
+    f = next(runs.glob("*.json"))
+    data = json.loads(f.read_text())
+    data["workload"]["load"]["concurrency"] = 0
+    f.write_text(json.dumps(data))
+    res = _run("backtest", str(f))
+    assert res.exit_code == 2 and "concurrency" in res.output and f.name in res.output

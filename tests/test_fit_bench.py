@@ -1,0 +1,78 @@
+"""capsim calibrate fit-bench: fit an entry's engine-level coefficients to imported runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from capsim.cli import main
+from capsim.load import load_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ROOT / "benchmarks" / "gpu_runs" / "h200-2026-12-04-run2" / "iterations"
+L4_SS = ROOT / "tests" / "data" / "bench" / "mlperf" / "l4_resnet50_singlestream"
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Path:
+    d = tmp_path / "cat"
+    shutil.copytree(ROOT / "hardware_catalog", d)
+    return d
+
+
+def _import(tmp_path: Path, csv: Path, name: str) -> Path:
+    out = tmp_path / name
+    res = CliRunner().invoke(main, ["bench", "import", str(csv), "--gpu", "h200-sxm", "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_fit_on_h200_steps_improves_held_out_lengths_and_writes_with_backup(tmp_path, catalog):
+    fit, held = _import(tmp_path, STEPS / "fit.csv", "fit"), _import(tmp_path, STEPS / "holdout.csv", "held")  # fmt: skip
+    before_text = (catalog / "h200-sxm.yaml").read_text()
+    args = ["--catalog", str(catalog), "calibrate", "fit-bench", str(fit), "--holdout", str(held)]
+    res = CliRunner().invoke(main, [*args, "--gpu", "h200-sxm", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    held_out = out["held_out_runs"]
+    assert held_out["after"]["median_abs_error"] < held_out["before"]["median_abs_error"]
+    assert held_out["after"]["median_abs_error"] < 0.05
+    assert (catalog / "h200-sxm.yaml.bak").read_text() == before_text
+    gpu = load_catalog(catalog)["h200-sxm"]
+    assert gpu.efficiency.compute == pytest.approx(out["efficiency_after"]["compute"])
+    assert "fit-bench" in gpu.sources["bench_fit"] and "holdout.csv" in gpu.sources["bench_fit"]
+    # nothing else in the entry changed
+    old = yaml.safe_load(before_text)
+    new = yaml.safe_load((catalog / "h200-sxm.yaml").read_text())
+    for key in set(old) - {"efficiency", "sources"}:
+        assert old[key] == new[key], key
+
+
+def test_table_reports_before_beside_after_and_dry_run_writes_nothing(tmp_path, catalog):
+    held = _import(tmp_path, STEPS / "holdout.csv", "held")
+    args = ["--catalog", str(catalog), "calibrate", "fit-bench", str(held), "--gpu", "h200-sxm"]
+    res = CliRunner().invoke(main, [*args, "--dry-run", "--max-evaluations", "20"])
+    assert res.exit_code == 0, res.output
+    assert "before (untouched roofline)" in res.output and "after" in res.output
+    assert "none given" in res.output  # no held-out runs: said so
+    assert not (catalog / "h200-sxm.yaml.bak").exists()
+
+
+def test_runs_from_another_gpu_exit_2(tmp_path, catalog):
+    runs = tmp_path / "runs"
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8", "--out", str(runs)]
+    CliRunner().invoke(main, ["bench", "import", str(L4_SS / "mlperf_log_summary.txt"), *args])
+    f = next(runs.glob("*.json"))
+    res = CliRunner().invoke(
+        main, ["--catalog", str(catalog), "calibrate", "fit-bench", str(f), "--gpu", "h200-sxm"]
+    )
+    assert res.exit_code == 2 and "measured on l4 cannot fit h200-sxm" in res.output
+    res = CliRunner().invoke(
+        main, ["--catalog", str(catalog), "calibrate", "fit-bench", str(f), "--gpu", "v100"]
+    )
+    assert res.exit_code == 2 and "v100" in res.output
