@@ -38,7 +38,7 @@ from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.scenario import Poisson, Scenario, Trace
 from capsim.workload.arrivals import RequestStream
 from capsim.workload.closed_loop import ClosedStream
-from capsim.workload.streams import jitter_rng, make_stream
+from capsim.workload.streams import jitter_rng, make_stream, memory_limit_requests
 
 
 @dataclass(frozen=True, order=True)
@@ -189,7 +189,8 @@ def check_measurable(s: Scenario, *, file: str | None = None) -> None:
     the first) is undefined when no request has more than one output token."""
     if not (s.is_llm and s.slo.tpot_ms is not None):
         return
-    out = stream_for(s, 0).output_tokens
+    stream = stream_for(s, 0)
+    out = stream.output_tokens if isinstance(stream, RequestStream) else None
     if out is not None and len(out) and int(np.max(out)) < 2:
         raise InputError(
             "TPOT (time per output token after the first) is undefined for this traffic: no "
@@ -225,7 +226,7 @@ def run_fixed_replication(
             stream.horizon,
             stream.think_rng(),
             jitter_cv=s.fleet.service_time_cv,
-            max_requests=s.simulation.max_requests,
+            max_requests=memory_limit_requests(s)[0],
         )
     else:
         res = run_batched(stream.arrival, cfg, stream.horizon)

@@ -68,7 +68,7 @@ def test_iteration_run_backtest_compares_each_step():
         (
             DATA / "vllm" / "bench_serve_v0.25.1.json",
             ["--gpu", "h100-sxm", "--precision", "fp16"],
-            ["unknown model", "opt-125m"],
+            ["opt-125m", "--model"],
         ),
         (
             DATA / "mlperf" / "h100x8_llama2-70b_server" / "mlperf_log_summary.txt",

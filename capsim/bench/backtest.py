@@ -105,6 +105,30 @@ def _horizon(run: BenchRun, plan: ReplayPlan, n: int) -> float:
     return n / x if x else 60.0
 
 
+def engine_preset(engine: str | None, version: str | None) -> str | None:
+    """The CPU-overhead preset of the engine a run names (None: unknown, the default applies).
+
+    >>> engine_preset("vllm", "0.6.3"), engine_preset("vllm", "0.10.1"), engine_preset("sglang", None)
+    ('vllm-v0', 'vllm-v1', 'sglang')
+    >>> engine_preset("torch (capsim harness)", "1.1.0")
+    'none'
+    """
+    name = (engine or "").lower()
+    if "harness" in name or name.startswith("torch"):
+        return "none"  # bare forward passes: no serving engine around them
+    if "sglang" in name:
+        return "sglang"
+    if "tensorrt" in name or "trt" in name:
+        return "tensorrt-llm"
+    if "vllm" in name:
+        try:
+            major, minor = (int(x) for x in (version or "").split(".")[:2])
+        except ValueError:
+            return None
+        return "vllm-v1" if (major, minor) >= (0, 8) else "vllm-v0"  # V1 default from 0.8
+    return None
+
+
 def replay_scenario(
     run: BenchRun,
     plan: ReplayPlan,
@@ -138,6 +162,9 @@ def replay_scenario(
     if llm:
         traffic["tokens"] = plan.tokens
         eng = dict(engine or {})
+        preset = engine_preset(s.engine, s.engine_version)
+        if preset is not None and "cpu_overhead" not in eng and "scheduler_overhead_ms" not in eng:
+            eng.setdefault("preset", preset)
         if s.max_num_seqs:
             eng.setdefault("max_num_seqs", s.max_num_seqs)
         batching: dict = {"kind": "continuous", "engine": eng}

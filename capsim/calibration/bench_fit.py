@@ -41,7 +41,7 @@ from capsim.spec.catalog import GPU, Catalog, Efficiency
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.scenario import Fleet
 
-DEFAULT_OVERHEAD_MS = LLMEngineSettings().scheduler_overhead_ms
+DEFAULT_OVERHEAD_MS = LLMEngineSettings().overhead.constant_ms
 DEFAULT_BATCH_OVERHEAD_MS = Fleet().batch_overhead_ms
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from capsim.calibration.writer import _check_text, _set_source, backup_path, dump_yaml
+import yaml
+
+from capsim.calibration.writer import _check_text, backup_path, dump_yaml
 from capsim.errors import InputError, atomic_write_bytes, atomic_write_text
 from capsim.load import load_gpu_file
 from capsim.spec.catalog import GPU
@@ -59,9 +61,32 @@ def _set_latency(text: str, latency_us: float) -> str:
             lines[j] = f"{m.group(1)}latency_us: {latency_us:g}\n"
             return "".join(lines)
     a = span[0] + 1
-    indent = re.match(r"^(\s*)", lines[a]).group(1) if a < span[1] else "  "
+    m = re.match(r"^(\s*)", lines[a]) if a < span[1] else None
+    indent = m.group(1) if m else "  "
     lines.insert(a, f"{indent}latency_us: {latency_us:g}\n")
     return "".join(lines)
+
+
+def _set_source(lines: list[str], key: str, value: str) -> list[str]:
+    """``lines`` with ``sources.<key>: value`` replaced or added (block-style ``sources:``)."""
+    span = _block(lines, "sources")
+    if span is None:
+        raise ValueError("no block-style 'sources:' mapping")
+    start, end = span
+    body = [j for j in range(start + 1, end) if lines[j].strip() and lines[j].lstrip()[0] != "#"]
+    m = re.match(r"^(\s*)", lines[body[0]]) if body else None
+    indent = m.group(1) if m else "  "
+    new = indent + yaml.safe_dump({key: value}, width=10**6, allow_unicode=True).rstrip("\n") + "\n"
+    for j in body:
+        if re.match(rf"^{re.escape(indent)}{re.escape(key)}\s*:", lines[j]):
+            k = j + 1
+            while k < end and lines[k].startswith(indent + " "):
+                k += 1
+            return lines[:j] + [new] + lines[k:]
+    last = body[-1] + 1 if body else start + 1
+    while last < end and lines[last].startswith(indent + " "):
+        last += 1
+    return lines[:last] + [new] + lines[last:]
 
 
 def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, Path]:
@@ -81,7 +106,7 @@ def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, P
     except ValueError:
         raise InputError("the entry has no block-style 'sources:' mapping", file=p) from None
     got = _check_text(text, p)
-    keep = {"efficiency", "interconnect", "sources"}
+    keep = {"efficiency", "interconnect", "sources", "calibration"}  # calibration: the sidecar
     if got.model_dump(exclude=keep) != old_gpu.model_dump(exclude=keep) or got.efficiency != (
         new.efficiency
     ):  # pragma: no cover - a bug in the splice, never write it
@@ -89,4 +114,4 @@ def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, P
     backup = backup_path(p)
     atomic_write_bytes(backup, old)
     atomic_write_text(p, text)
-    return got, backup
+    return load_gpu_file(p), backup

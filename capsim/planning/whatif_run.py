@@ -18,7 +18,7 @@ from capsim.sim.policies import make_policy
 from capsim.spec.autoscaling import ColdStart, FixedSpec, KPASpec, PredictiveSpec, ScheduledSpec
 from capsim.spec.catalog import GPU
 from capsim.spec.scenario import Poisson, Renewal, Scenario
-from capsim.workload.arrivals import rate_multiplier
+from capsim.workload.arrivals import RequestStream, rate_multiplier
 from capsim.workload.streams import jitter_rng, real_time
 
 # =========================================================================== one run
@@ -91,6 +91,7 @@ def run_policy(
     """
     sr = real_time(s)
     stream = stream_for(sr, replication)
+    assert isinstance(stream, RequestStream), "closed-loop scenarios are refused at load"
     horizon = stream.horizon
     wb = weight_bytes(s, svc)
     cs = cold_start_of(s, spec)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from capsim.bench.backtest import Backtest
 from capsim.report.output import write_csv, write_figure, write_json
 
 UNITS = {"throughput_rps": "req/s", "output_tokens_per_s": "tok/s"}
+
+
+def _plot_one(df: pd.DataFrame, metric: str, stat: str, ax) -> None:
+    plot_metric(ax, df, metric, stat)
 
 
 def fmt_value(metric: str, x: float) -> str:
@@ -137,7 +142,5 @@ def write_backtest(out: Path, results: list[Backtest]) -> list[Path]:
     rest = df[~df["metric"].str.endswith("_step")] if len(df) else df
     for (metric, stat), _ in rest.groupby(["metric", "stat"], sort=True):
         name = f"backtest_{metric}" + ("" if stat == "value" else f"_{stat}") + ".png"
-        paths.append(
-            write_figure(out / name, lambda ax, m=metric, s=stat: plot_metric(ax, df, m, s))
-        )
+        paths.append(write_figure(out / name, functools.partial(_plot_one, df, metric, stat)))
     return paths

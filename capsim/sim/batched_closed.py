@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from typing import cast
 
 import numpy as np
 
@@ -112,9 +113,9 @@ class _ClosedBatcher:
             t, _, kind, payload = heapq.heappop(self.events)
             self.now = t
             if kind == _SEND:
-                self.send(t, payload)
+                self.send(t, cast(int, payload))
             elif kind == _DONE:
-                r, ids = payload
+                r, ids = cast(tuple[int, list[int]], payload)
                 self.free.append(r)
                 self.free.sort()
                 for i in ids:

@@ -26,7 +26,7 @@ from capsim.spec.precision import math_units
 from capsim.spec.scenario import Scenario
 from capsim.workload.arrivals import RequestStream
 from capsim.workload.closed_loop import ClosedStream
-from capsim.workload.streams import make_stream
+from capsim.workload.streams import make_stream, memory_limit_requests
 
 
 @functools.lru_cache(maxsize=16)
@@ -234,6 +234,7 @@ def run_llm_replication(
         draw = stream.token_draw()
         if draw is None:
             llm_tokens(RequestStream(np.zeros(0), stream.horizon))  # the missing-tokens message
+            raise AssertionError("llm_tokens refuses a stream without tokens")
         res = run_llm_closed(
             stream.clients(),
             draw,
@@ -243,9 +244,9 @@ def run_llm_replication(
             horizon=stream.horizon,
             rng=stream.think_rng(),
             router=s.fleet.router,
-            max_wait_s=s.simulation.max_wait_s,
+            max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
             max_queue_length=s.fleet.max_queue_length,
-            max_requests=s.simulation.max_requests,
+            max_requests=memory_limit_requests(s)[0],
         )
         return measure(s, gpu, svc.tp, res, stream.horizon)
     prompt, output = llm_tokens(stream)

@@ -63,10 +63,10 @@ class ClosedLLMFleet(LLMFleet):
     def _new_request(self, now: float, client: int) -> int:
         """Append request state for a request sent at ``now``; its index."""
         if not self._pool[0]:
-            p, o = self.draw(_CHUNK)
+            pa, oa = self.draw(_CHUNK)
             self._pool = (
-                [max(int(x), 1) for x in p][::-1],
-                [max(int(x), 1) for x in o][::-1],
+                [max(int(x), 1) for x in pa][::-1],
+                [max(int(x), 1) for x in oa][::-1],
             )
         p, o = self._pool[0].pop(), self._pool[1].pop()
         for name, v in (

@@ -351,6 +351,12 @@ class Scenario(Strict):
             raise ValueError("slo.latency_ms is required for fixed-shape models")
         if self.simulation.max_replications < self.simulation.replications:
             raise ValueError("simulation.max_replications must be >= simulation.replications")
+        closed = isinstance(self.traffic.arrivals, ClosedArrivals)
+        if closed and (self.autoscaling is not None or self.whatif is not None):
+            raise ValueError(
+                "autoscaling and what-if need open-loop traffic (poisson, renewal or trace): "
+                "closed-loop clients slow down with the fleet instead of queueing for new replicas"
+            )
         return self
 
     @property
