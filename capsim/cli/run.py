@@ -10,6 +10,7 @@ from capsim.cli.options import (
     FORMATS,
     catalog_of,
     emit,
+    executor_option,
     handle_errors,
     jobs_option,
     progress_printer,
@@ -20,6 +21,7 @@ from capsim.evaluate import Config
 from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
+from capsim.planning.executors import open_executor, parse_executor
 from capsim.report.files import write_evaluation, write_plan
 from capsim.report.output import to_json
 from capsim.report.text import (
@@ -42,11 +44,18 @@ from capsim.spec.precision import PRECISIONS
     help="Write CSV/JSON and PNG plots here.",
 )
 @jobs_option
+@executor_option
 @quiet_option
 @click.pass_context
 @handle_errors
 def plan(
-    ctx: click.Context, scenario: Path, fmt: str, out: Path | None, jobs: int, quiet: bool
+    ctx: click.Context,
+    scenario: Path,
+    fmt: str,
+    out: Path | None,
+    jobs: int,
+    executor: str,
+    quiet: bool,
 ) -> None:
     """Find the cheapest configuration meeting the scenario's SLO, and why the others lost.
 
@@ -54,9 +63,11 @@ def plan(
     Example:
       capsim plan scenarios/embedding.yaml --out results/ --jobs 2
     """
+    parse_executor(executor)  # a bad --executor fails before the scenario is read
     cat = catalog_of(ctx)
     s = load_scenario(scenario, cat)
-    result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
+    with open_executor(executor) as ex:
+        result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet), executor=ex)
     if fmt == "json":
         emit(to_json(plan_dict(result)))
     elif fmt == "csv":
