@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "whatif",
         "Compare autoscaling policies on the same traffic, in real time.",
     ),
+    "sweep": (
+        "capsim.cli.sweep",
+        "sweep",
+        "Plan variants of a scenario (grid or samples), Pareto frontiers and a growth forecast.",
+    ),
     "bench": (
         "capsim.cli.bench",
         "bench_group",
