@@ -78,6 +78,7 @@ KEY_WORDS: dict[tuple[str, ...], list[str]] = {
     ("plan",): ["capsim plan:", "Feasible configurations", "Recommendation"],
     ("simulate",): ["SLO:", "cost:"],
     ("whatif",): ["capsim whatif:", "baseline: ", "saving $ vs ", "attain"],
+    ("sweep",): ["capsim sweep:", "variants", "recommendation"],
     ("estimate",): [" on ", "bound"],
     ("validate",): ["ok: "],
     ("schema",): ['"properties"'],
