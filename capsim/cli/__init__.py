@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sweep": (
         "capsim.cli.sweep",
         "sweep",
-        "Plan variants of a scenario (grid or samples), Pareto frontiers and a growth forecast.",
+        "Plan every variant of a scenario and draw the cost/latency Pareto frontier.",
     ),
     "bench": (
         "capsim.cli.bench",
