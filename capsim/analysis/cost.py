@@ -46,10 +46,15 @@ def price_per_gpu_hour(gpu: GPU, provider: str | None = None) -> Price:
 def batch_energy_j(
     gpu: GPU, durations: np.ndarray, power_fractions: np.ndarray, gpus_per_replica: int = 1
 ) -> float:
-    """Energy of the busy periods (J): each batch at its own power level."""
+    """Energy of the busy periods (J): each batch at its own power level.
+
+    Summed by numpy's pairwise sum, not a BLAS dot product: a threaded BLAS splits long vectors
+    by its thread count, so the last digits would depend on the machine a run lands on (a Dask
+    worker runs single-threaded BLAS), and local and distributed plans must print the same.
+    """
     p = gpu.power
     watts = p.warm_idle_w + (p.max_w - p.warm_idle_w) * power_fractions
-    return float(np.dot(durations, watts)) * gpus_per_replica
+    return float(np.sum(np.asarray(durations) * watts)) * gpus_per_replica
 
 
 def llm_busy_energy_j(

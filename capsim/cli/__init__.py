@@ -53,6 +53,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "whatif",
         "Compare autoscaling policies on the same traffic, in real time.",
     ),
+    "sweep": (
+        "capsim.cli.sweep",
+        "sweep",
+        "Plan every variant of a scenario and draw the cost/latency Pareto frontier.",
+    ),
     "bench": (
         "capsim.cli.bench",
         "bench_group",

@@ -26,6 +26,14 @@ jobs_option = click.option(
     show_default=True,
     help="Parallel processes.",
 )
+executor_option = click.option(
+    "--executor",
+    default="local",
+    show_default=True,
+    metavar="local|dask://HOST:PORT|dask-local:N",
+    help="Where the simulations run: local processes (--jobs of them), a running Dask "
+    "scheduler, or a Dask cluster of N workers started here (needs capsim[dask]).",
+)
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 seed_option = click.option(
     "--seed",

@@ -10,6 +10,7 @@ from capsim.cli.options import (
     FORMATS,
     catalog_of,
     emit,
+    executor_option,
     handle_errors,
     jobs_option,
     progress_printer,
@@ -22,6 +23,7 @@ from capsim.evaluate import Config, check_measurable
 from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
+from capsim.planning.executors import open_executor, parse_executor
 from capsim.report.files import write_evaluation, write_plan
 from capsim.report.output import to_json
 from capsim.report.text import (
@@ -45,6 +47,7 @@ from capsim.workload.streams import check_traffic
     help="Write CSV/JSON and PNG plots here.",
 )
 @jobs_option
+@executor_option
 @quiet_option
 @seed_option
 @click.pass_context
@@ -55,6 +58,7 @@ def plan(
     fmt: str,
     out: Path | None,
     jobs: int,
+    executor: str,
     quiet: bool,
     seed: int | None,
 ) -> None:
@@ -64,11 +68,13 @@ def plan(
     Example:
       capsim plan scenarios/embedding.yaml --out results/ --jobs 2
     """
+    parse_executor(executor)  # a bad --executor fails before the scenario is read
     cat = catalog_of(ctx)
     s = with_seed(load_scenario(scenario, cat), seed)
     check_traffic(s, file=str(scenario), jobs=jobs)  # memory for the parallel jobs
     check_measurable(s, file=str(scenario))
-    result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet))
+    with open_executor(executor) as ex:
+        result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet), executor=ex)
     if fmt == "json":
         emit(to_json(plan_dict(result)))
     elif fmt == "csv":

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from capsim.cli.options import (
     catalog_of,
     emit,
+    executor_option,
     handle_errors,
     jobs_option,
     progress_printer,
@@ -26,6 +27,7 @@ from capsim.cli.options import (
 from capsim.errors import InputError, format_validation_error
 from capsim.evaluate import check_measurable
 from capsim.load import load_scenario
+from capsim.planning.executors import open_executor, parse_executor
 from capsim.planning.whatif import whatif as run_whatif
 from capsim.report.files import write_whatif
 from capsim.report.output import to_json
@@ -97,6 +99,7 @@ def parse_policy(text: str) -> Any:
     help="Write whatif.json/.csv, hourly attainment, per-policy timeline CSV+PNG, latency CDFs.",
 )
 @jobs_option
+@executor_option
 @quiet_option
 @seed_option
 @click.pass_context
@@ -114,6 +117,7 @@ def whatif(
     fmt: str,
     out: Path | None,
     jobs: int,
+    executor: str,
     quiet: bool,
     seed: int | None,
 ) -> None:
@@ -130,23 +134,26 @@ def whatif(
       capsim whatif scenarios/embedding_autoscaled.yaml --policy fixed:replicas=peak \\
           --policy hpa:target=60,max_replicas=8 --policy kpa:target=8,max_replicas=8
     """
+    parse_executor(executor)  # a bad --executor fails before the scenario is read
     cat = catalog_of(ctx)
     specs = [parse_policy(p) for p in policies] or None
     s = with_seed(load_scenario(scenario, cat), seed)
     check_measurable(real_time(s), file=str(scenario))
-    result = run_whatif(
-        s,
-        cat,
-        specs,
-        gpu=gpu,
-        precision=precision,
-        tp=tp,
-        replications=replications,
-        window_s=window_s,
-        baseline=baseline,
-        jobs=jobs,
-        progress=progress_printer(quiet),
-    )
+    with open_executor(executor) as ex:
+        result = run_whatif(
+            s,
+            cat,
+            specs,
+            gpu=gpu,
+            precision=precision,
+            tp=tp,
+            replications=replications,
+            window_s=window_s,
+            baseline=baseline,
+            jobs=jobs,
+            progress=progress_printer(quiet),
+            executor=ex,
+        )
     if fmt == "json":
         emit(to_json(whatif_dict(result)))
     else:
