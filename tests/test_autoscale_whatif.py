@@ -165,7 +165,7 @@ def test_whatif_bad_scenario_fields(runner, write_scenario):
     data = day_scenario()
     data["candidates"]["gpus"] = ["t4", "l4"]
     p = write_scenario(data)
-    _bad(runner, ["whatif", str(p)], "whatif.gpu", "--gpu")
+    _bad(runner, ["whatif", str(p)], "whatif.gpu", "which GPU")
     data = day_scenario()
     data["whatif"]["policies"].append({"kind": "hpa", "target": 50, "name": "hpa"})
     p = write_scenario(data)

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 def _local_card(tmp_path: Path, name: str, scale: float) -> None:
     card = yaml.safe_load((ROOT / "scenarios" / "models" / "resnet-50.yaml").read_text())
     card["name"] = name
-    card["flops_per_sample"] = card["flops_per_sample"] * scale
+    card["layers"] = card["layers"] * int(scale)  # a model `scale` times as deep
     (tmp_path / "models").mkdir(exist_ok=True)
     (tmp_path / "models" / f"{name}.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
 

@@ -221,9 +221,9 @@ def test_duplicate_keys_in_a_catalog_entry_name_the_line(runner, tmp_path):
 def test_duplicate_keys_in_a_model_card_name_the_line(runner, write_scenario, tmp_path):
     (tmp_path / "models").mkdir()
     card = (ROOT / "scenarios" / "models" / "resnet-50.yaml").read_text()
-    (tmp_path / "models" / "resnet-50.yaml").write_text(card + "\nparams: 1\n")
+    (tmp_path / "models" / "resnet-50.yaml").write_text(card + "\ntask: other\n")
     p = write_scenario(small_fixed_scenario())
-    _bad(runner, ["validate", str(p)], "resnet-50.yaml", "duplicate key 'params'")
+    _bad(runner, ["validate", str(p)], "resnet-50.yaml", "duplicate key 'task'")
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def test_plan_seed_repeats_byte_for_byte(runner, write_scenario):
     assert a == _run(runner, args)
     best = json.loads(a)["recommendation"]["best"]
     other = json.loads(_run(runner, [*args[:-1], "4"]))["recommendation"]["best"]
-    assert best["p_ms"] != other["p_ms"]  # the seed reached the simulation
+    assert best != other  # the seed reached the simulation (p99 alone can be one batch time)
 
 
 def test_whatif_seed_repeats_byte_for_byte(runner, write_scenario):

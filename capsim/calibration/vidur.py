@@ -260,6 +260,19 @@ def import_vidur(
     comparison = pd.concat(compare, ignore_index=True)
     comparison["error"] = comparison.table_s / comparison.measured_s - 1.0
     gf, gb, gt = (np.concatenate(gemm_pts[k]) for k in ("f", "b", "t"))
+    peak16 = gpu.peak_flops("fp16")
+    assert peak16 is not None
+    i_best = int(np.argmax(gf / gt))
+    best = float(gf[i_best] / gt[i_best]) / 1e12
+    if best * 1e12 > SPEC_MARGIN * peak16:
+        op, tp = gemm_pts["key"][i_best]
+        tokens = gemm_pts["tok"][i_best]
+        raise InputError(
+            f"best fp16 GEMM ({op} tp={tp}, {tokens} tokens) ran at {best:.0f} TFLOP/s = "
+            f"{best * 1e12 / peak16:.0%} of {gpu.id}'s spec fp16 peak ({peak16 / 1e12:g} "
+            "TFLOP/s): measured faster than the card's spec peak -- wrong GPU entry?",
+            file=path,
+        )
     curves = [
         make_curve(
             "gemm",
@@ -280,19 +293,6 @@ def import_vidur(
         ),
         _vidur_curve_cv(gpu, gf, gb, gt, gemm_pts["key"], overhead_s),
     ]
-    peak16 = gpu.peak_flops("fp16")
-    assert peak16 is not None
-    i_best = int(np.argmax(gf / gt))
-    best = float(gf[i_best] / gt[i_best]) / 1e12
-    if best * 1e12 > SPEC_MARGIN * peak16:
-        op, tp = gemm_pts["key"][i_best]
-        tokens = gemm_pts["tok"][i_best]
-        raise InputError(
-            f"best fp16 GEMM ({op} tp={tp}, {tokens} tokens) ran at {best:.0f} TFLOP/s = "
-            f"{best * 1e12 / peak16:.0%} of {gpu.id}'s spec fp16 peak ({peak16 / 1e12:g} "
-            "TFLOP/s): measured faster than the card's spec peak -- wrong GPU entry?",
-            file=path,
-        )
     provenance = Provenance(
         source=f"Vidur operator profile (microsoft/vidur {VIDUR_UPSTREAM.format(card=card)})",
         method=(

@@ -151,7 +151,9 @@ def _catalog(work: Path, case) -> None:
     cat = work / f"cat{next(_count)}"  # the mutated entry alone (the big entries parse slowly)
     cat.mkdir()
     (cat / name).write_text(text)
-    gpu = name.removesuffix(".yaml")
+    gpu = name.removesuffix(".yaml").removesuffix(".calibration")
+    if name.endswith(".calibration.yaml"):  # a mutated sidecar beside its untouched entry
+        shutil.copy(CATALOG / f"{gpu}.yaml", cat / f"{gpu}.yaml")
     for args in (
         ["catalog", "validate", str(cat)],
         ["--catalog", str(cat), "estimate", "--gpu", gpu, "--model", "resnet-50",
