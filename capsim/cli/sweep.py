@@ -75,7 +75,7 @@ def sweep(ctx, scenario, varies, samples, seed, growth, months, fmt, out, jobs, 
     \b
     Example:
       capsim sweep scenarios/embedding.yaml --vary slo.latency_ms=30,60 --out sweep/
-      capsim sweep scenarios/embedding.yaml --growth 10%/month --months 6
+      capsim sweep scenarios/embedding.yaml --growth 10%/month --months 2
     """
     parse_executor(executor)
     parsed = [parse_vary(v) for v in varies]
