@@ -298,9 +298,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     ``0o666 & ~umask`` (a temporary file alone would be private, 0600).
     """
     p = Path(path)
+    if p.is_symlink():  # write the file the link points at; the link stays a link
+        p = Path(os.path.realpath(p))
     p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(p, data)
+    try:
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_create_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Create ``path`` with ``data``, whole, only if nothing is there (``O_EXCL`` semantics:
+    two writers racing for one name cannot both win). Raises :class:`FileExistsError`.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(p, data)
+    try:
+        os.link(tmp, p)  # atomic, and fails if p exists (a dangling symlink included)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_temp(p: Path, data: bytes) -> Path:
+    """``data`` in a fsynced temporary file beside ``p`` with ``p``'s future mode (removed again
+    on any failure, Ctrl-C included)."""
     mode = _new_file_mode(p)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):
@@ -310,10 +337,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, p)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

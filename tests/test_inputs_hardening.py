@@ -174,6 +174,7 @@ def test_validate_prints_what_the_run_will_cost(runner):
     res = runner.invoke(main, ["validate", str(ROOT / "scenarios" / "chatbot_autoscaled.yaml")])
     assert res.exit_code == 0, res.output
     assert "cost: ~2,880 requests per replication" in res.output
+    assert "of CPU per configuration and replication" in res.output
     assert "what-if (real time, 86400 s): ~1,036,800 requests" in res.output
 
 

@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 
 from capsim.calibration.fit import calibration_source_line
-from capsim.errors import InputError, atomic_write_bytes, atomic_write_text, load_yaml, parse_model
+from capsim.errors import (
+    InputError,
+    atomic_create_bytes,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_yaml,
+    parse_model,
+)
 from capsim.load import calibration_path, load_gpu_file
 from capsim.spec.calibration import Calibration, CalibrationFile
 from capsim.spec.catalog import GPU
@@ -139,7 +146,12 @@ def write_new_entry(directory: str | Path, gpu: GPU) -> list[Path]:
     (refuses to replace an entry). Returns the files written."""
     d = Path(directory)
     p = d / f"{gpu.id}.yaml"
-    if p.exists():
+    if calibration_path(p).exists() and not p.exists():
+        raise InputError(
+            f"{calibration_path(p)} exists without its entry: delete it or restore {p.name}",
+            param="new_id",
+        )
+    if p.exists() or p.is_symlink():
         raise InputError(
             f"{p} exists: recalibrate {gpu.id} as an existing entry instead of a new one",
             param="new_id",
@@ -154,7 +166,15 @@ def write_new_entry(directory: str | Path, gpu: GPU) -> list[Path]:
     if side_text is not None:  # the sidecar first: without its entry it is never read
         atomic_write_text(calibration_path(p), side_text)
         written.append(calibration_path(p))
-    atomic_write_text(p, text)
+    try:
+        atomic_create_bytes(p, text.encode("utf-8"))  # exclusive: never replaces an entry
+    except FileExistsError:
+        for w in written:
+            w.unlink(missing_ok=True)
+        raise InputError(
+            f"{p} appeared while writing: recalibrate {gpu.id} as an existing entry instead",
+            param="new_id",
+        ) from None
     return [p, *written]
 
 

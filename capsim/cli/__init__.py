@@ -12,6 +12,7 @@ imported only when invoked, so ``capsim --help`` loads no scipy, pandas, matplot
 from __future__ import annotations
 
 import importlib
+import signal
 from pathlib import Path
 
 import click
@@ -121,3 +122,18 @@ def main(ctx: click.Context, catalog: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["catalog"] = catalog
+    _exit_cleanly_on_sigterm()
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (``kill``, a container stop) exits through Python like Ctrl-C, so half-written
+    temporary files are removed (the atomic writers clean up on any exception)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (capsim embedded in another program)
+        pass
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

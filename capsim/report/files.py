@@ -59,6 +59,26 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "policy"
 
 
+def unique_slugs(names: list[str]) -> list[str]:
+    """File-name stems for ``names``, never two alike (case-insensitively, for macOS and
+    Windows file systems): a repeat gets ``-2``, ``-3``, ...
+
+    >>> unique_slugs(["hpa a", "hpa/a", "HPA_A", "kpa"])
+    ['hpa_a', 'hpa_a-2', 'HPA_A-3', 'kpa']
+    """
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        base = slug = _slug(name)
+        n = 1
+        while slug.lower() in seen:
+            n += 1
+            slug = f"{base}-{n}"
+        seen.add(slug.lower())
+        out.append(slug)
+    return out
+
+
 def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
     """whatif.json, whatif.csv, hourly_attainment.csv, per policy a timeline CSV and PNG, and
     latency_cdf.png — every write atomic."""
@@ -72,8 +92,7 @@ def write_whatif(out: Path, r: WhatIfResult) -> list[Path]:
     for m in metrics:
         name = "latency_cdf.png" if len(metrics) == 1 else f"latency_cdf_{m}.png"
         paths.append(write_figure(out / name, partial(plot_cdfs, r=r, metric=m)))
-    for p in r.policies:
-        slug = _slug(p.name)
+    for p, slug in zip(r.policies, unique_slugs([p.name for p in r.policies]), strict=True):
         paths.append(write_csv(out / f"timeline_{slug}.csv", p.timeline))
         paths.append(
             write_panels(

@@ -167,11 +167,34 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
     """
     n, _ = expected_requests(s)
     mem = n * bytes_per_request(s) * max(jobs, 1)
+    rate = LLM_REQUESTS_PER_CPU_S if s.is_llm else BATCHED_REQUESTS_PER_CPU_S
     return (
         f"~{n:,.0f} requests per replication, ~{mem / 2**20:,.0f} MiB at most "
         f"({max(jobs, 1)} job{'s' if jobs > 1 else ''}), {s.simulation.replications} to "
-        f"{s.simulation.max_replications} replications per configuration"
+        f"{s.simulation.max_replications} replications per configuration, "
+        f"~{_duration(n / rate)} of CPU per configuration and replication"
     )
+
+
+#: Engine speeds for the time estimate, requests simulated per CPU second, rounded down from
+#: benchmarks/README.md (batched engine: 0.6-3.6 M/s; continuous-batching LLM engine: 53-70 k/s).
+BATCHED_REQUESTS_PER_CPU_S = 500_000.0
+LLM_REQUESTS_PER_CPU_S = 50_000.0
+
+
+def _duration(seconds: float) -> str:
+    """A rough duration, in the unit that reads best.
+
+    >>> _duration(0.04), _duration(12.3), _duration(190), _duration(9000)
+    ('0.04 s', '12 s', '3.2 min', '2.5 h')
+    """
+    if seconds < 1:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_traffic(s: Scenario, *, file: str | None = None, jobs: int = 1) -> None:
