@@ -8,7 +8,7 @@ import pytest
 from capsim.spec.scenario import Burst, Diurnal, Piecewise, Poisson, Renewal, Trace
 from capsim.workload.arrivals import arrival_times, rate_multiplier
 from capsim.workload.traces import read_trace, trace_stream
-from tests.conftest import SHARED
+from tests.conftest import ROOT
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -111,12 +111,10 @@ def test_trace_rows_sorted_and_seconds_column(tmp_path):
     assert data.times.tolist() == [0.0, 1.0, 2.0]
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not present")
 def test_azure_conversation_trace_statistics():
-    root = SHARED / "data/azure_llm_trace_2023"
     spec = Trace(
         kind="trace",
-        path=str(root / "AzureLLMInferenceTrace_conv.csv"),
+        path=str(ROOT / "scenarios" / "traces" / "azure_conv_2023.csv"),  # the shipped copy
         prompt_tokens_column="ContextTokens",
         output_tokens_column="GeneratedTokens",
     )
