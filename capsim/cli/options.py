@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from capsim.errors import InputError
 from capsim.load import load_catalog
+from capsim.report.output import to_json
 from capsim.service.fixed import Unsupported
 
 FORMATS = click.Choice(["table", "json", "csv"])
@@ -108,3 +111,26 @@ def progress_printer(quiet: bool):
 
 def emit(text: str) -> None:
     click.echo(text)
+
+
+def show_result(
+    result: Any,
+    fmt: str,
+    out: Path | None,
+    *,
+    as_dict: Callable[[Any], Any],
+    as_text: Callable[[Any], str],
+    as_frame: Callable[[Any], Any] | None = None,
+    write: Callable[[Path, Any], list[Path]] | None = None,
+) -> None:
+    """Print ``result`` as JSON, CSV (``as_frame``: a DataFrame) or text, then write its files
+    to ``out`` (naming them on stderr): the shape every run command ends with."""
+    if fmt == "json":
+        emit(to_json(as_dict(result)))
+    elif fmt == "csv" and as_frame is not None:
+        emit(as_frame(result).to_csv(index=False))
+    else:
+        emit(as_text(result))
+    if out is not None and write is not None:
+        paths = write(out, result)
+        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)

@@ -9,13 +9,13 @@ import click
 from capsim.cli.options import (
     FORMATS,
     catalog_of,
-    emit,
     executor_option,
     handle_errors,
     jobs_option,
     progress_printer,
     quiet_option,
     seed_option,
+    show_result,
     with_seed,
 )
 from capsim.errors import InputError
@@ -25,7 +25,6 @@ from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
 from capsim.planning.executors import open_executor, parse_executor
 from capsim.report.files import write_evaluation, write_plan
-from capsim.report.output import to_json
 from capsim.report.text import (
     evaluation_dict,
     format_evaluation,
@@ -75,15 +74,15 @@ def plan(
     check_measurable(s, file=str(scenario))
     with open_executor(executor) as ex:
         result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet), executor=ex)
-    if fmt == "json":
-        emit(to_json(plan_dict(result)))
-    elif fmt == "csv":
-        emit(plan_frame(result).to_csv(index=False))
-    else:
-        emit(format_plan(result))
-    if out is not None:
-        paths = write_plan(out, result)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    show_result(
+        result,
+        fmt,
+        out,
+        as_dict=plan_dict,
+        as_text=format_plan,
+        as_frame=plan_frame,
+        write=write_plan,
+    )
 
 
 # --------------------------------------------------------------------------- simulate
@@ -127,10 +126,6 @@ def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out
     ev = run_sim(
         s, Config(gpu, precision, replicas, int(tp)), catalog=cat, replications=replications
     )
-    if fmt == "json":
-        emit(to_json(evaluation_dict(ev)))
-    else:
-        emit(format_evaluation(ev))
-    if out is not None:
-        paths = write_evaluation(out, ev)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    show_result(
+        ev, fmt, out, as_dict=evaluation_dict, as_text=format_evaluation, write=write_evaluation
+    )

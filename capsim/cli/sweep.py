@@ -8,19 +8,18 @@ import click
 
 from capsim.cli.options import (
     catalog_of,
-    emit,
     executor_option,
     handle_errors,
     jobs_option,
     progress_printer,
     quiet_option,
+    show_result,
 )
 from capsim.errors import InputError
 from capsim.load import load_scenario
 from capsim.planning.executors import open_executor, parse_executor
 from capsim.planning.sweep import parse_growth, parse_vary
 from capsim.planning.sweep import sweep as run_sweep
-from capsim.report.output import to_json
 from capsim.report.sweep import format_sweep, sweep_dict, sweep_frame, write_sweep
 
 
@@ -98,12 +97,7 @@ def sweep(ctx, scenario, varies, samples, seed, growth, months, fmt, out, jobs, 
             jobs=jobs,
             progress=progress_printer(quiet),
         )
-    if fmt == "json":
-        emit(to_json(sweep_dict(result)))
-    elif fmt == "csv":
-        emit(sweep_frame(result).to_csv(index=False))
-    else:
-        emit(format_sweep(result))
-    if out is not None:
-        paths = write_sweep(out, result)
-        click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+    show_result(
+        result, fmt, out, as_dict=sweep_dict, as_text=format_sweep, as_frame=sweep_frame,
+        write=write_sweep,
+    )  # fmt: skip
