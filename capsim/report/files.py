@@ -9,10 +9,12 @@ from pathlib import Path
 import matplotlib
 import pandas as pd  # noqa: E402
 
+from capsim.errors import atomic_write_text
 from capsim.planning.whatif import WhatIfResult
+from capsim.report.html import plan_html
 from capsim.report.output import write_csv, write_figure, write_json, write_panels
 from capsim.report.plots import plot_cost_vs_p99, plot_latency_cdf
-from capsim.report.text import evaluation_dict, plan_dict, plan_frame
+from capsim.report.text import evaluation_dict, format_plan, plan_dict, plan_frame
 from capsim.report.whatif import (
     _describe,
     autoscaled_frame,
@@ -27,7 +29,8 @@ matplotlib.use("Agg")
 
 
 def write_plan(out: Path, result) -> list[Path]:
-    """plan.json, plan.csv (every simulated configuration) and two plots."""
+    """plan.json, plan.csv (every simulated configuration), the plots, and report.html (all of
+    it on one self-contained page)."""
     out.mkdir(parents=True, exist_ok=True)
     finalists = [r.best for r in result.feasible[:5]]
     paths = [
@@ -38,7 +41,10 @@ def write_plan(out: Path, result) -> list[Path]:
     ]
     if getattr(result, "autoscaled", None) is not None:
         paths += write_autoscaled(out, result.autoscaled)
-    return paths
+    images = [(p.stem.replace("_", " "), p.read_bytes()) for p in paths if p.suffix == ".png"]
+    page = plan_html(plan_dict(result), format_plan(result), images)
+    atomic_write_text(out / "report.html", page)
+    return [*paths, out / "report.html"]
 
 
 def write_evaluation(out: Path, ev) -> list[Path]:
