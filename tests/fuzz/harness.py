@@ -154,13 +154,18 @@ def invoke(args: list[str]) -> Result:
         return runner.invoke(main, args, catch_exceptions=True)
 
 
-def problem(res: Result, names: list[str]) -> str | None:
-    """What is wrong with this outcome (None: success, or exit 2 naming one of ``names``)."""
+def problem(res: Result, names: list[str], sample: str = "") -> str | None:
+    """What is wrong with this outcome (None: success, or exit 2 naming one of ``names``).
+
+    A "nan"/"inf" in the output that the input holds as a string (a device named "nan") is
+    echoed text, not a number.
+    """
     if isinstance(res.exception, Hang):
         return f"hang: {res.exception}"
     if res.exit_code == 0:
-        m = NONFINITE.search(res.output)
-        if m and "UNSTABLE" not in res.output:
+        for m in NONFINITE.finditer(res.output):
+            if "UNSTABLE" in res.output or f'"{m.group(0)}"' in sample:
+                continue
             return f"non-finite number in output: ...{res.output[max(0, m.start() - 80) : m.end() + 20]!r}"
         return None
     if res.exit_code == 2:
@@ -177,7 +182,7 @@ def problem(res: Result, names: list[str]) -> str | None:
 
 def report(target: str, args: list[str], res: Result, names: list[str], sample: str = "") -> None:
     """Fail (or, with CAPSIM_FUZZ_LOG, log) a bad outcome."""
-    why = problem(res, names)
+    why = problem(res, names, sample)
     log = os.environ.get("CAPSIM_FUZZ_LOG")
     if log:
         with open(log + ".count", "a") as f:
