@@ -236,7 +236,7 @@ def test_plan_says_when_autoscaling_does_not_pay(write_scenario):
     if c.best is not None:  # a setting met the SLO, but at no less than the fixed fleet
         assert c.best.cost >= c.baseline_usd and "does not pay" in c.reason
     else:
-        assert c.reason == "no setting met the SLO"
+        assert c.reason.startswith("no setting met the SLO")  # in the screen or in real time
     text = format_plan(r)
     assert "no autoscaled setting beat the fixed fleet" in text
     assert "Autoscaled recommendation" not in text

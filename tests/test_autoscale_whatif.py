@@ -213,3 +213,31 @@ def test_initial_replicas_follow_the_replayed_trace(write_scenario, tmp_path):
     s = load_scenario(write_scenario(data))
     stream = stream_for(real_time(s), 0)
     assert rate_at_start(s, stream.arrival) == pytest.approx(40.0, rel=0.02)  # 10 req/s x 4
+
+
+def test_compressed_screen_is_the_same_day_faster(write_scenario):
+    """A day compressed 4x holds a quarter of the requests, its controller and cold starts run
+    4x faster, and its cost (scaled back to the real horizon) and replica count stay close to
+    the real-time day's; a replayed trace cannot be compressed (real-time screens)."""
+    from capsim.planning.autoscaled import screen_compression
+    from capsim.planning.whatif import evaluate_policy
+    from capsim.planning.whatif_run import screen_setup
+
+    s = load_scenario(write_scenario(day_scenario()))
+    cat = load_catalog()
+    _, spec, cs = screen_setup(s, s.autoscaling, 4.0)
+    assert spec.sync_period_s == s.autoscaling.sync_period_s / 4
+    assert cs.node.seconds == 15.0
+    real = evaluate_policy(s, cat, "t4", "fp32", 1, s.autoscaling, replications=1)
+    fast = evaluate_policy(s, cat, "t4", "fp32", 1, s.autoscaling, replications=1, compression=4.0)
+    assert fast.compression == 4.0 and "compressed 4x" in fast.verdict
+    n_real, n_fast = real.runs[0].scalars["arrived"], fast.runs[0].scalars["arrived"]
+    assert n_fast == pytest.approx(n_real / 4, rel=0.05)
+    assert fast.ci("cost_usd").mean == pytest.approx(real.ci("cost_usd").mean, rel=0.15)
+    assert fast.ci("replicas_avg").mean == pytest.approx(real.ci("replicas_avg").mean, rel=0.15)
+    data = day_scenario()
+    data["traffic"] = {"arrivals": {"kind": "trace", "path": "traces/x.csv"}}
+    (write_scenario(data).parent / "traces").mkdir(exist_ok=True)
+    trace = write_scenario(data).parent / "traces" / "x.csv"
+    trace.write_text("TIMESTAMP\n" + "\n".join(str(t) for t in range(600)) + "\n")
+    assert screen_compression(load_scenario(write_scenario(data)), s.autoscaling) == 1.0

@@ -2,17 +2,28 @@
 
 ``capsim plan`` on a scenario with ``autoscaling:`` first runs the static plan (compressed, fast):
 it ranks the candidates and gives each its fixed replica count for the peak — the *baseline*.
-Then, for the ``top`` cheapest feasible candidates, it tunes the policy's parameters in real time
-(every request of the horizon, cold starts and billing included):
+Then, for the ``top`` cheapest feasible candidates, it tunes the policy's parameters:
 
 1. ``target`` — searched on a grid from the most aggressive (cheapest) to the safest setting;
    cost falls and latency rises monotonically along it (under common random numbers), so the
-   search bisects, one replication per setting (point estimate against the target), for the
-   most aggressive setting, then confirms it with every replication (the p99 upper confidence
-   limit over the horizon and the rejection limit), stepping to safer settings if it fails;
-2. ``max_replicas`` — the peak count plus one, then the peak count if that is still feasible;
+   search bisects for the most aggressive setting whose one-replication point estimates meet
+   the targets;
+2. ``max_replicas`` — the peak count plus one, then the peak count if the screened policy went
+   above it and the cap passes for less;
 3. ``min_replicas`` — the scenario's value, raised one at a time (up to two) only when no target
-   meets the SLO (a floor that rides out the morning ramp while new replicas boot).
+   passes (a floor that rides out the morning ramp while new replicas boot).
+
+**Screening on compressed days.** Each setting above is screened on one day compressed
+``SCREEN_COMPRESSION`` times: the load pattern, the controller's periods and windows and the
+cold starts all run 8x faster, the service times do not (a day of 24 h in 3 h of simulated
+time, an eighth of the requests). Queues that build while replicas boot last an eighth as
+long, so a screen is optimistic near the limit (measured in benchmarks/README.md, "Screening
+autoscaling settings"). Hence the second stage: candidates in order of screened cost are
+**confirmed in real time** (every request of the horizon, every replication in parallel; the
+p99 upper confidence limit and the rejection limit decide), stepping to safer settings when the
+pick fails, until no remaining candidate's screened cost is within ``CONFIRM_MARGIN`` of the
+cheapest confirmed one. Replayed traces cannot be compressed: their settings are screened in
+real time (and the screen's run is the confirmation's first replication).
 
 The saving against the baseline is the measured difference of billed cost over the horizon;
 provisioning (cold-start) and idle (warm, not busy) cost are reported beside it.
@@ -27,8 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capsim.errors import InputError
+from capsim.evaluate import make_service
 from capsim.planning.parallel import run_tasks
 from capsim.planning.whatif import PolicyResult, evaluate_policy
+from capsim.planning.whatif_run import run_policy, screen_setup
 from capsim.spec.autoscaling import (
     FixedSpec,
     HPASpec,
@@ -45,6 +58,10 @@ from capsim.workload.streams import check_traffic, real_time, sim_horizon
 FACTORS = (3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5)
 #: HPA utilization targets (percent), most aggressive first
 UTILIZATION = (95.0, 90.0, 80.0, 70.0, 60.0, 50.0, 40.0)
+#: settings are screened on a day this many times shorter (see the module docstring)
+SCREEN_COMPRESSION = 8.0
+#: a candidate screened this much above the best confirmed cost is not confirmed
+CONFIRM_MARGIN = 0.05
 
 
 @dataclass
@@ -96,6 +113,7 @@ class AutoscaledPlan:
     candidates: list[AutoscaledCandidate]
     recommendation: AutoscaledCandidate | None
     notes: list[str] = field(default_factory=list)
+    screen_compression: float = 1.0  # settings screened on days compressed this many times
 
 
 # --------------------------------------------------------------------------- the knobs
@@ -137,8 +155,34 @@ def _start_index(grid: list[Any], spec) -> int:
     return len(grid) // 2
 
 
-# --------------------------------------------------------------------------- one candidate
-def tune_candidate(
+# --------------------------------------------------------------------------- screening
+@dataclass
+class Screened:
+    """One candidate's screen: the setting to confirm first and the safer ones after it."""
+
+    pick: Any | None
+    ladder: list[Any]
+    trials: list[Trial]
+    compression: float
+    reason: str
+
+    @property
+    def cost(self) -> float:
+        """The pick's screened cost over the real horizon (inf without a pick)."""
+        t = next((t for t in self.trials if t.spec is self.pick), None)
+        return t.cost if t is not None else math.inf
+
+
+def screen_compression(s: Scenario, spec, factor: float = SCREEN_COMPRESSION) -> float:
+    """``factor`` where the day and the policy can be compressed that much, else 1 (real time)."""
+    try:
+        screen_setup(s, spec, factor)
+    except ValueError:
+        return 1.0
+    return factor
+
+
+def screen_candidate(
     s: Scenario,
     cat: Catalog,
     gpu: str,
@@ -146,60 +190,44 @@ def tune_candidate(
     tp: int,
     peak: int,
     *,
-    replications: int = 2,
     progress: Callable[[str], None] | None = None,
-) -> tuple[Trial | None, list[Trial], str]:
-    """The cheapest variant of the scenario's policy that meets the SLO, and every trial."""
+) -> Screened:
+    """Search the policy's settings on one compressed day each (see the module docstring)."""
     base = s.autoscaling
     assert base is not None
+    comp = screen_compression(s, base)
     trials: list[Trial] = []
     cache: dict[str, Trial] = {}
 
     def screen(spec) -> bool:
-        """One replication: the point estimate decides where the search goes next."""
         key = spec.model_dump_json()
         if key not in cache:
             if progress:
-                progress(f"{gpu} {precision}: {spec.kind} {knobs(spec)}")
+                progress(f"{gpu} {precision}: screen {spec.kind} {knobs(spec)}")
             res = evaluate_policy(
-                s, cat, gpu, precision, tp, spec, replications=1, abort_on_unstable=True
-            )
-            cache[key] = Trial(spec, res)
-            trials.append(cache[key])
-        r = cache[key].result
-        return not r.unstable and r.screened(r.runs[0])
-
-    def confirm(spec) -> Trial:
-        """All replications: the confidence interval decides feasibility."""
-        t = cache[spec.model_dump_json()]
-        if len(t.result.runs) < replications and not t.result.unstable:
-            t.result = evaluate_policy(
                 s,
                 cat,
                 gpu,
                 precision,
                 tp,
                 spec,
-                replications=replications,
+                replications=1,
                 abort_on_unstable=True,
-                prior=t.result.runs,
+                compression=comp,
             )
-        return t
-
-    def run(spec) -> Trial:
-        screen(spec)
-        return confirm(spec)
+            cache[key] = Trial(spec, res)
+            trials.append(cache[key])
+        r = cache[key].result
+        return not r.unstable and r.screened(r.runs[0])
 
     max_r = min(s.candidates.max_replicas, max(peak + 1, base.min_replicas + 1))
-    best: Trial | None = None
     min0 = base.min_replicas
     for min_r in (min0, min0 + 1, min0 + 2):
         if min_r > max_r:
             break
         seed = _with(base, min_replicas=min_r, max_replicas=max_r)
         grid = target_grid(seed)
-        # bisect (on one replication each) for the most aggressive setting that meets the
-        # target: grid[lo] misses, grid[hi] meets
+        # bisect for the most aggressive setting that passes: grid[lo] fails, grid[hi] passes
         lo, hi = -1, len(grid)
         i = _start_index(grid, seed)
         if screen(grid[i]):
@@ -212,25 +240,73 @@ def tune_candidate(
                 hi = mid
             else:
                 lo = mid
-        # confirm with every replication (upper confidence limit); else step to safer settings
-        while hi < len(grid):
-            t = run(grid[hi])
-            if t.feasible:
-                best = t
-                break
-            hi += 1
-        if best is not None:
-            break
-    if best is None:
-        return None, trials, "no setting met the SLO"
-    # a tighter cap at the peak count (cheaper if the policy overshoots the peak)
-    if not isinstance(base, ScheduledSpec) and max_r > peak >= best.spec.min_replicas:
-        capped = _with(best.spec, max_replicas=peak)
-        if screen(capped) and cache[capped.model_dump_json()].cost < best.cost:
-            t = confirm(capped)
-            if t.feasible and t.cost < best.cost:
-                best = t
-    return best, trials, "meets SLO"
+        if hi < len(grid):
+            pick, ladder = grid[hi], grid[hi + 1 :]
+            pick, ladder = _try_cap(pick, ladder, peak, screen, cache)
+            return Screened(pick, ladder, trials, comp, "passed the screen")
+    return Screened(None, [], trials, comp, "no setting met the SLO")
+
+
+def _try_cap(pick, ladder: list[Any], peak: int, screen, cache) -> tuple[Any, list[Any]]:
+    """A tighter cap at the peak count, when the screened policy went above it and the cap
+    passes the screen for less."""
+    run = cache[pick.model_dump_json()].result.runs[0]
+    if isinstance(pick, ScheduledSpec) or not pick.max_replicas > peak >= pick.min_replicas:
+        return pick, ladder
+    if run.scalars["replicas_peak"] <= peak:  # the cap would not bind
+        return pick, ladder
+    capped = _with(pick, max_replicas=peak)
+    if screen(capped) and cache[capped.model_dump_json()].cost < cache[pick.model_dump_json()].cost:
+        return capped, [pick, *ladder]
+    return pick, ladder
+
+
+# --------------------------------------------------------------------------- confirming
+def confirm_setting(
+    s: Scenario,
+    cat: Catalog,
+    cand: tuple[str, str, int],
+    spec,
+    replications: int,
+    executor: Executor | None,
+    jobs: int,
+    prior: list[Any],
+) -> Trial:
+    """Every replication of ``spec`` in real time (in parallel), reusing real-time ``prior`` runs."""
+    gpu, precision, tp = cand
+    todo = [(s, cat, gpu, precision, tp, spec, rep) for rep in range(len(prior), replications)]
+    runs = [*prior, *run_tasks(_confirm_job, todo, executor, jobs=jobs)]
+    return Trial(spec, PolicyResult.of(s, spec, runs))
+
+
+def _confirm_job(args):
+    s, cat, gpu, precision, tp, spec, rep = args
+    svc = make_service(s, cat[gpu], precision, tp)
+    return run_policy(s, cat[gpu], svc, spec, rep, tp=tp, abort_on_unstable=True)
+
+
+def confirm_candidate(
+    s: Scenario,
+    cat: Catalog,
+    cand: tuple[str, str, int],
+    sc: Screened,
+    replications: int,
+    executor: Executor | None = None,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> Trial | None:
+    """The screened pick confirmed in real time, else the next safer setting that confirms."""
+    for spec in [sc.pick, *sc.ladder]:
+        prior: list[Any] = []
+        if sc.compression == 1.0:  # a real-time screen: its run is replication 0
+            prior = [t.result.runs[0] for t in sc.trials if t.spec is spec and t.result.runs]
+        if progress:
+            progress(f"{cand[0]} {cand[1]}: confirm {knobs(spec)} in real time")
+        t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior)
+        sc.trials.append(t)
+        if t.feasible:
+            return t
+    return None
 
 
 def knobs(spec) -> str:
@@ -243,9 +319,9 @@ def knobs(spec) -> str:
     return f"target {tgt:g}, replicas {spec.min_replicas}-{spec.max_replicas}"
 
 
-def _tune_job(args) -> tuple[Trial | None, list[Trial], str]:
-    s, cat, gpu, precision, tp, peak, reps = args
-    return tune_candidate(s, cat, gpu, precision, tp, peak, replications=reps)
+def _screen_job(args) -> Screened:
+    s, cat, gpu, precision, tp, peak = args
+    return screen_candidate(s, cat, gpu, precision, tp, peak)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -272,41 +348,25 @@ def plan_autoscaled(
     except InputError as exc:  # the static plan stands; the day in real time does not fit
         notes.append(f"autoscaling not tuned: in real time, {exc.message}")
         finalists = []
-    jobs_args = [
-        (
-            s,
-            catalog,
-            r.candidate.gpu,
-            r.candidate.precision,
-            r.candidate.tp,
-            r.best.config.replicas,
-            replications,
+    cands = [
+        AutoscaledCandidate(
+            gpu=r.candidate.gpu,
+            precision=r.candidate.precision,
+            tp=r.candidate.tp,
+            peak_replicas=r.best.config.replicas,
+            baseline_usd=r.best.usd_per_hour * horizon / 3600,
+            baseline_usd_per_hour=r.best.usd_per_hour,
+            baseline_utilisation=r.best.summary.scalars["utilisation"].mean,
+            best=None,
         )
         for r in finalists
     ]
-    if executor is not None or (jobs > 1 and len(jobs_args) > 1):
-        outs = run_tasks(_tune_job, jobs_args, executor, jobs=jobs)
-    else:  # in this process, with the tuner's own progress lines
-        outs = [tune_candidate(*a[:6], replications=a[6], progress=progress) for a in jobs_args]
-    cands = []
-    for r, (best, trials, reason) in zip(finalists, outs, strict=True):
-        e = r.best
-        if progress:
-            progress(f"autoscaled {r.candidate.label()}: {reason}")
-        cands.append(
-            AutoscaledCandidate(
-                gpu=r.candidate.gpu,
-                precision=r.candidate.precision,
-                tp=r.candidate.tp,
-                peak_replicas=e.config.replicas,
-                baseline_usd=e.usd_per_hour * horizon / 3600,
-                baseline_usd_per_hour=e.usd_per_hour,
-                baseline_utilisation=e.summary.scalars["utilisation"].mean,
-                best=best,
-                trials=trials,
-                reason=reason,
-            )
-        )
+    args = [(s, catalog, c.gpu, c.precision, c.tp, c.peak_replicas) for c in cands]
+    if executor is not None or (jobs > 1 and len(args) > 1):
+        screens = run_tasks(_screen_job, args, executor, jobs=jobs)
+    else:  # in this process, with the screen's own progress lines
+        screens = [screen_candidate(*a, progress=progress) for a in args]
+    _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress)
     for c in cands:  # a policy that costs more than the fixed peak fleet is not a saving
         if c.best is not None and c.best.cost >= c.baseline_usd:
             c.reason = (
@@ -317,4 +377,30 @@ def plan_autoscaled(
     rec = min(ok, key=lambda c: c.best.cost if c.best else math.inf, default=None)  # all have one
     if cands and rec is None:
         notes.append("no autoscaled setting beat the fixed fleet sized for the peak")
-    return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes)
+    comp = max((sc.compression for sc in screens), default=1.0)
+    return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes, comp)
+
+
+def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress) -> None:
+    """Confirm candidates in order of screened cost until the rest cannot win: a candidate whose
+    screened cost is over the best confirmed cost (plus ``CONFIRM_MARGIN``) is left screened."""
+    best = math.inf
+    for i in sorted(range(len(cands)), key=lambda i: screens[i].cost):
+        c, sc = cands[i], screens[i]
+        c.trials = sc.trials
+        if sc.pick is None:
+            c.reason = sc.reason
+            continue
+        if sc.cost > best * (1 + CONFIRM_MARGIN):
+            c.reason = (
+                f"not confirmed: screened at ${sc.cost:.2f} ({knobs(sc.pick)}), above the "
+                f"confirmed ${best:.2f}"
+            )
+            continue
+        key = (c.gpu, c.precision, c.tp)
+        c.best = confirm_candidate(s, catalog, key, sc, replications, executor, jobs, progress)
+        c.reason = "meets SLO" if c.best else "no setting met the SLO in real time"
+        if progress:
+            progress(f"autoscaled {c.label()}: {c.reason}")
+        if c.best is not None:
+            best = min(best, c.best.cost)

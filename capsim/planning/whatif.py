@@ -67,10 +67,16 @@ class PolicyResult:
     fixed_replicas: int | None = None
     saving: CI | None = None  # vs the baseline, $ over the horizon (paired differences)
     saving_share: float | None = None
+    compression: float = 1.0  # > 1: screened on a day compressed this many times
 
     @classmethod
     def of(
-        cls, s: Scenario, spec, runs: list[AutoscaledRun], fixed_replicas: int | None = None
+        cls,
+        s: Scenario,
+        spec,
+        runs: list[AutoscaledRun],
+        fixed_replicas: int | None = None,
+        compression: float = 1.0,
     ) -> PolicyResult:
         return cls(
             spec.label,
@@ -81,6 +87,7 @@ class PolicyResult:
             s.slo.percentile,
             s.slo.max_rejection_rate,
             fixed_replicas,
+            compression=compression,
         )
 
     def ci(self, key: str) -> CI:
@@ -139,6 +146,8 @@ class PolicyResult:
                 f"{pct} {m} {self.runs[0].quantiles[m][self.percentile] * 1000:.1f} ms"
                 for m in self.targets
             )
+            if self.compression > 1:
+                return f"screened on one day compressed {self.compression:g}x: {got}"
             return f"screened on one replication: {got}"
         high = self._too_high()
         if high:
@@ -342,9 +351,11 @@ def evaluate_policy(
     window_s: float = 300.0,
     abort_on_unstable: bool = False,
     prior: Sequence[AutoscaledRun] = (),
+    compression: float = 1.0,
 ) -> PolicyResult:
     """One policy over ``replications`` real-time replications (sequentially, in this process);
-    ``prior`` runs (replications 0, 1, ...) already made are reused."""
+    ``prior`` runs (replications 0, 1, ...) already made are reused. ``compression`` > 1 runs
+    them on a compressed day instead (a screen: see :func:`capsim.planning.whatif_run.run_policy`)."""
     svc = make_service(s, cat[gpu], precision, tp)
     runs = list(prior) if prior else []
     for rep in range(len(runs), replications):
@@ -359,11 +370,12 @@ def evaluate_policy(
                 fixed_replicas=fixed_replicas,
                 window_s=window_s,
                 abort_on_unstable=abort_on_unstable,
+                compression=compression,
             )
         )
         if runs[-1].unstable and abort_on_unstable:
             break
-    return PolicyResult.of(s, spec, runs, fixed_replicas)
+    return PolicyResult.of(s, spec, runs, fixed_replicas, compression)
 
 
 def _job(args) -> AutoscaledRun:

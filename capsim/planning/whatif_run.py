@@ -15,11 +15,18 @@ from capsim.sim.llm_adapter import llm_tokens
 from capsim.sim.llm_fleet import ScalableLLMFleet
 from capsim.sim.overload import alarm_level
 from capsim.sim.policies import make_policy
-from capsim.spec.autoscaling import ColdStart, FixedSpec, KPASpec, PredictiveSpec, ScheduledSpec
+from capsim.spec.autoscaling import (
+    ColdStart,
+    FixedSpec,
+    KPASpec,
+    PredictiveSpec,
+    ScheduledSpec,
+    scale_times,
+)
 from capsim.spec.catalog import GPU
 from capsim.spec.scenario import Poisson, Renewal, Scenario
 from capsim.workload.arrivals import RequestStream, rate_multiplier
-from capsim.workload.streams import jitter_rng, real_time
+from capsim.workload.streams import compressed_day, jitter_rng, real_time
 
 # =========================================================================== one run
 
@@ -38,12 +45,17 @@ def rate_at_start(s: Scenario, arrival: np.ndarray) -> float:
     return float(np.searchsorted(arrival, 60.0) / 60.0)
 
 
-def _prior(s: Scenario, season_s: float) -> Callable[[np.ndarray], np.ndarray] | None:
-    """Last period's rate before the run: the scenario's rate curve (rate-based traffic)."""
+def _prior(
+    s: Scenario, season_s: float, compression: float = 1.0
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Last period's rate before the run: the scenario's rate curve (rate-based traffic), on a
+    clock ``compression`` times faster when the day is compressed."""
     a = s.traffic.arrivals
     if not isinstance(a, Poisson | Renewal):
         return None
-    return lambda t: a.rate_rps * rate_multiplier(a, np.asarray(t, dtype=float) + season_s)
+    return lambda t: (
+        a.rate_rps * rate_multiplier(a, (np.asarray(t, dtype=float) + season_s) * compression)
+    )
 
 
 def cold_start_of(s: Scenario, spec) -> ColdStart:
@@ -80,6 +92,7 @@ def run_policy(
     window_s: float = 300.0,
     abort_on_unstable: bool = False,
     vectorise: bool = False,
+    compression: float = 1.0,
 ) -> AutoscaledRun:
     """Simulate one policy over one replication in real time and measure it.
 
@@ -88,19 +101,23 @@ def run_policy(
     ``vectorise`` turns on the batched fleet's uncongested fast path (see ``BatchedFleet``):
     it pays for its precomputation (~4 s per day at 500 req/s) only when replicas are idle most
     of the time (a generous fixed fleet); autoscaled fleets run busy, so it is off by default.
+
+    ``compression`` > 1 screens on a compressed day (see :func:`screen_setup`): the load pattern,
+    the controller's periods and windows and the cold starts all run that many times faster;
+    service times do not. Costs and energy are scaled back to the real horizon.
     """
-    sr = real_time(s)
+    sr, spec, cs = screen_setup(s, spec, compression)
     stream = stream_for(sr, replication)
     assert isinstance(stream, RequestStream), "closed-loop scenarios are refused at load"
     horizon = stream.horizon
     wb = weight_bytes(s, svc)
-    cs = cold_start_of(s, spec)
+    window_s /= compression
     policy = make_policy(
         spec,
         max_replicas=s.candidates.max_replicas,
         fixed_replicas=fixed_replicas,
         lead_s=cs.mean_s(wb),
-        prior=_prior(s, spec.season_s) if isinstance(spec, PredictiveSpec) else None,
+        prior=_prior(s, spec.season_s, compression) if isinstance(spec, PredictiveSpec) else None,
     )
     fleet = (
         _llm_fleet(s, svc, stream)
@@ -122,8 +139,48 @@ def run_policy(
     targets = dict(slo_targets(s))
     kw = {"label": spec.label, "replication": replication, "tp": tp, "window_s": window_s}
     if s.is_llm:
-        return measure_llm(s, gpu, fleet, lc, horizon, targets, **kw)
-    return measure_batched(s, gpu, svc, fleet, lc, stream.arrival, horizon, targets, **kw)
+        run = measure_llm(s, gpu, fleet, lc, horizon, targets, **kw)
+    else:
+        run = measure_batched(s, gpu, svc, fleet, lc, stream.arrival, horizon, targets, **kw)
+    return _to_real_horizon(run, compression)
+
+
+#: scalars that add up over time: a compressed day's values times the compression factor
+EXTENSIVE = (
+    "gpu_hours",
+    "cost_usd",
+    "provisioning_gpu_hours",
+    "provisioning_cost_usd",
+    "idle_cost_usd",
+    "energy_kwh",
+    "energy_busy_kwh",
+    "energy_idle_kwh",
+    "energy_provisioning_kwh",
+    "violation_s",
+)
+
+
+def screen_setup(s: Scenario, spec, compression: float) -> tuple[Scenario, object, ColdStart]:
+    """(scenario, policy, cold start) of a run on a day compressed ``compression`` times.
+
+    1 (the default) is the real-time day. Raises ``ValueError`` where the day cannot be
+    compressed (replayed traces) or a scaled duration leaves its field's range.
+    """
+    cs = cold_start_of(s, spec)
+    if compression == 1.0:
+        return real_time(s), spec, cs
+    sc = compressed_day(s, compression)
+    if sc is None:
+        raise ValueError("only rate-based arrivals can be compressed")
+    return sc, scale_times(spec, compression), scale_times(cs, compression)
+
+
+def _to_real_horizon(run: AutoscaledRun, compression: float) -> AutoscaledRun:
+    if compression != 1.0:
+        for k in EXTENSIVE:
+            if k in run.scalars:
+                run.scalars[k] *= compression
+    return run
 
 
 def _batched_fleet(s: Scenario, svc, stream, replication: int, vectorise: bool) -> BatchedFleet:

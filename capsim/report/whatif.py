@@ -360,6 +360,7 @@ def autoscaled_dict(ap) -> dict[str, Any]:
         "policy": ap.kind,
         "horizon_s": ap.horizon_s,
         "replications": ap.replications,
+        "screen_compression": ap.screen_compression,
         "candidates": [cand(c) for c in ap.candidates],
         "recommendation": cand(rec) if rec else None,
         "notes": ap.notes,
@@ -370,9 +371,15 @@ def format_autoscaled(ap, scenario) -> str:
     """The autoscaled section of ``capsim plan``: tuned policy vs the fixed peak fleet."""
     pct = scenario.slo.percentile
     h = ap.horizon_s / 3600
+    screen = (
+        f"settings screened on days compressed {ap.screen_compression:g}x, the cheapest "
+        "confirmed over "
+        if ap.screen_compression > 1
+        else ""
+    )
     lines = [
-        f"Autoscaled ({ap.kind}, tuned per candidate; {h:g} h in real time, {ap.replications} "
-        "replications, cold starts billed):",
+        f"Autoscaled ({ap.kind}, tuned per candidate; {screen}{h:g} h in real time, "
+        f"{ap.replications} replications, cold starts billed):",
     ]
     rows = []
     for c in ap.candidates:

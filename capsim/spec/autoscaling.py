@@ -347,3 +347,35 @@ class WhatIf(Strict):
         if self.baseline is not None and self.baseline not in names:
             raise ValueError(f"baseline '{self.baseline}' is not one of {names}")
         return self
+
+
+def _scaled(v: Any, factor: float) -> Any:
+    if isinstance(v, dict):
+        out = {}
+        for k, x in v.items():
+            num = isinstance(x, int | float) and not isinstance(x, bool)
+            if num and k == "gb_per_s":  # a bandwidth: faster by the factor
+                out[k] = x * factor
+            elif num and (k.endswith("_s") or k == "seconds"):
+                out[k] = x / factor
+            else:
+                out[k] = _scaled(x, factor)
+        return out
+    if isinstance(v, list):
+        return [_scaled(x, factor) for x in v]
+    return v
+
+
+def scale_times(model: Any, factor: float) -> Any:
+    """``model`` (a policy or cold-start spec) on a clock ``factor`` times faster: every duration
+    (fields ``*_s`` and ``seconds``) divided by ``factor``, the weight-load bandwidth multiplied.
+    Rates and counts stay as they are. Raises ``ValueError`` where a scaled value leaves the
+    field's range (e.g. a KPA stable window under 6 s).
+
+    >>> h = HPASpec(kind="hpa", target=60, cold_start={"warmup": 40})
+    >>> c = scale_times(h, 8)
+    >>> c.sync_period_s, c.cold_start.warmup.seconds, c.target
+    (1.875, 5.0, 60.0)
+    """
+    data = _scaled(model.model_dump(exclude_none=True), factor)
+    return type(model).model_validate(data)

@@ -280,6 +280,18 @@ def peak_rate(s: Scenario) -> float:
     return float(a.rate_rps * rate_multiplier(a, grid).max())
 
 
+def compressed_day(s: Scenario, factor: float) -> Scenario | None:
+    """The scenario's horizon compressed ``factor`` times (the load pattern runs ``factor`` times
+    faster, the rates stay as they are), or None where the arrivals cannot be compressed (a
+    replayed trace, a closed loop). Used to screen autoscaling settings; pair it with
+    :func:`capsim.spec.autoscaling.scale_times` for the policy's own clock.
+    """
+    if factor <= 1 or not isinstance(s.traffic.arrivals, Poisson | Renewal):
+        return None
+    sim = s.simulation.model_copy(update={"compress_to_s": real_horizon(s) / factor})
+    return s.model_copy(update={"simulation": sim})
+
+
 def real_time(s: Scenario) -> Scenario:
     """The scenario without time compression (autoscaling needs real time)."""
     if s.simulation.compress_to_s is None:
