@@ -160,6 +160,9 @@ def _check_meta_types(path: Path, meta: dict[str, Any]) -> None:
         raise _fail(
             path, f"device.kind must be 'cpu' or 'cuda', not {meta['device'].get('kind')!r}"
         )
+    name = meta["device"].get("name")
+    if name is not None and not isinstance(name, str):
+        raise _fail(path, f"device.name must be a JSON string or null, not {name!r}")
 
 
 # -- measurements.csv --------------------------------------------------------------------------

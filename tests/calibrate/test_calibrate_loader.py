@@ -134,6 +134,15 @@ def test_foreign_format_and_bad_json(good_dir: Path) -> None:
     assert "not valid JSON (line 1" in _error(good_dir)
 
 
+def test_device_name_must_be_text(good_dir: Path) -> None:
+    """Found by the long fuzz run: a device name given as a number (Infinity) was echoed."""
+    meta = json.loads((good_dir / META_FILE).read_text())
+    meta["device"]["name"] = float("inf")
+    (good_dir / META_FILE).write_text(json.dumps(meta))
+    msg = _error(good_dir)
+    assert "meta.json" in msg and "device.name must be a JSON string" in msg
+
+
 def test_meta_missing_key(good_dir: Path) -> None:
     meta = json.loads((good_dir / META_FILE).read_text())
     del meta["n_rows"]
