@@ -151,15 +151,17 @@ def _latency(
     quantiles, p_win, sample = {}, {}, {}
     for m, target in targets.items():
         x = lat[m]
+        has_nan = bool(np.isnan(x).any())  # only an LLM's TPOT of one-token outputs
         pw = np.full(len(wlen), np.nan)
         for k in range(len(wlen)):
             seg = x[widx[k] : widx[k + 1]]
-            seg = seg[~np.isnan(seg)]
+            if has_nan:
+                seg = seg[~np.isnan(seg)]
             if len(seg):
                 pw[k] = np.percentile(seg, pct)
         over |= np.nan_to_num(pw, nan=0.0) > target
         p_win[m] = pw
-        v = x[~np.isnan(x)]
+        v = x[~np.isnan(x)] if has_nan else x
         qv = np.percentile(v, ps) if len(v) and complete else [math.inf] * len(ps)
         quantiles[m] = {p: float(q) for p, q in zip(ps, qv, strict=True)}
         pick = v if len(v) <= SAMPLE_SIZE else v[rng.integers(0, len(v), SAMPLE_SIZE)]
