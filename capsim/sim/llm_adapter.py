@@ -250,6 +250,9 @@ def run_llm_replication(
         )
         return measure(s, gpu, svc.tp, res, stream.horizon)
     prompt, output = llm_tokens(stream)
+    chains = None
+    if stream.prefixes is not None and svc.settings.enable_prefix_caching:
+        chains = stream.prefixes.chains(prompt, output, svc.settings.block_size)
     res = run_llm(
         stream.arrival,
         prompt,
@@ -261,5 +264,6 @@ def run_llm_replication(
         max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         max_queue_length=s.fleet.max_queue_length,
         horizon=stream.horizon,
+        chains=chains,
     )
     return measure(s, gpu, svc.tp, res, stream.horizon, svc.svc.work_per_gpu, svc.svc.formats.gemm)
