@@ -9,6 +9,7 @@ import numpy as np
 
 from capsim.analysis.cost import idle_energy_j, llm_busy_energy_j
 from capsim.analysis.metrics import RunMetrics, series_metrics, warmup_cut
+from capsim.analysis.prefix import prefix_cache_scalars
 from capsim.sim.llm_types import LLMRunResult
 from capsim.spec.catalog import GPU
 from capsim.spec.scenario import Trace
@@ -132,21 +133,6 @@ def measure(
         scalars.update(hardware_use(res, gpu, work, math_format, max(res.end_time, horizon)))
     series = {"time_s": t_bins, "kv_utilisation": util}
     return RunMetrics(q, scalars, res.unstable, res.unstable_reason, samples, bq, series)
-
-
-def prefix_cache_scalars(res: LLMRunResult, keep: np.ndarray) -> dict[str, float]:
-    """Prefix caching of a run: hit rates of the measured requests' first admissions (share of
-    prompt tokens, share of requests with a hit), and over the whole run the prompt tokens
-    computed and those a hit saved (re-admissions after preemption included)."""
-    ct = res.cached_tokens[keep] if res.cached_tokens is not None else np.zeros(len(keep))
-    pt = float(res.prompt[keep].sum())
-    return {
-        "prefix_hit_rate_tokens": float(ct.sum()) / pt if pt > 0 else 0.0,
-        "prefix_hit_rate_requests": float(np.count_nonzero(ct)) / len(keep) if len(keep) else 0.0,
-        "prefill_tokens_computed": float(res.prefill_tokens),
-        "prefill_tokens_saved": float(res.prefill_saved),
-        "prefix_cache_evictions": float(res.cache_evictions),
-    }
 
 
 def _replayed_as_is(s) -> bool:
