@@ -169,3 +169,37 @@ def test_compare_without_shared_prefixes_is_an_input_error():
     chat = ROOT / "scenarios" / "chatbot.yaml"
     res = CliRunner().invoke(main, ["plan", str(chat), "--compare-prefix-caching", "--quiet"])
     assert res.exit_code == 2 and "nothing to compare" in res.output
+
+
+def test_trace_session_column_shares_the_history(tmp_path):
+    """A trace with a conversation id: turn 2's prompt (turn 1's prompt + output + message)
+    hits turn 1's full blocks on the same replica; rows of other conversations do not."""
+    from capsim.sim.llm_engine import run_llm
+    from capsim.sim.llm_types import EngineLimits
+    from capsim.spec.scenario import Trace
+    from capsim.workload.traces import trace_stream
+
+    csv = tmp_path / "t.csv"
+    csv.write_text(
+        "TIMESTAMP,conv,ContextTokens,GeneratedTokens\n"
+        "0,a,200,100\n1,b,200,100\n30,a,350,10\n31,c,350,10\n"
+    )
+    spec = Trace(kind="trace", path=str(csv), timestamp_format="seconds",
+                 prompt_tokens_column="ContextTokens", output_tokens_column="GeneratedTokens",
+                 session_column="conv")  # fmt: skip
+    st = trace_stream(spec, 40.0, np.random.default_rng(0))
+    assert st.prefixes is not None
+    assert st.prefixes.stream.tolist() == [0, 1, 0, 2]
+    p, o = st.prompt_tokens, st.output_tokens
+    chains = st.prefixes.chains(p, o, 16)
+
+    class Fast:
+        def iteration_time(self, *a, **k):
+            return 0.01
+
+    r = run_llm(st.arrival, p, o, Fast(), EngineLimits(prefix_caching=True), chains=chains)
+    # turn 1 held 299 tokens at its end: 18 full blocks = 288 tokens; the new row of "c" nothing
+    assert r.cached_tokens is not None and r.cached_tokens.tolist() == [0, 0, 288, 0]
+    bad = Trace(kind="trace", path=str(csv), timestamp_format="seconds", session_column="x")
+    with pytest.raises(InputError, match="no session column 'x'"):
+        trace_stream(bad, 40.0, np.random.default_rng(0))

@@ -114,6 +114,13 @@ class Trace(Strict):
     timestamp_format: Literal["auto", "seconds", "datetime"] = "auto"
     prompt_tokens_column: str | None = None
     output_tokens_column: str | None = None
+    session_column: str | None = Field(
+        None,
+        description=(
+            "conversation/session id: rows with one id are turns of one conversation, each "
+            "prompt starting with the previous turn's prompt and output (prefix caching)"
+        ),
+    )
     speedup: float = Field(1.0, gt=0)
     rate_scale: float = Field(1.0, gt=0)
     start_s: float = Field(0.0, ge=0, description="skip this much of the trace")
@@ -253,6 +260,11 @@ class Traffic(Strict):
                 raise ValueError(
                     f"{what} needs open-loop arrivals (poisson, renewal or trace); closed-loop "
                     "clients already send their next request after the previous one"
+                )
+            if isinstance(self.arrivals, Trace) and self.arrivals.session_column is not None:
+                raise ValueError(
+                    f"{what} with a trace's session_column: the trace's rows already say which "
+                    "requests share a conversation; use one or the other"
                 )
             if self.sessions is not None and self.tokens is None:
                 raise ValueError(
