@@ -59,13 +59,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import simpy
 
 from capsim.sim.llm_replica import ReplicaOps
-from capsim.sim.llm_result import check_chains, run_result
+from capsim.sim.llm_result import as_chains, check_chains, run_result
 from capsim.sim.llm_types import (
     ROUTER_ALIASES,
     ROUTERS,
@@ -79,6 +80,7 @@ from capsim.sim.llm_types import (
     _sum_max_lines,
 )
 from capsim.sim.overload import WaitGrowth
+from capsim.workload.prefixes import Chain
 
 #: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
 #: max(a1 + b1 C, a2 + b2 C) seconds
@@ -102,7 +104,7 @@ class LLMFleet(ReplicaOps):
         max_queue_length: int | None,
         fuse: bool,
         static: bool = False,
-        chains: list[list[int] | None] | None = None,
+        chains: Sequence[Chain | list[int] | None] | None = None,
     ):
         self.env = env
         self.timer = timer
@@ -128,7 +130,7 @@ class LLMFleet(ReplicaOps):
         self.rejected = [False] * n
         # prefix caching: request i's full KV blocks along its sequence carry keys ch[i]
         self.pc = bool(limits.prefix_caching and chains is not None)
-        self.ch: list[list[int] | None] = list(chains) if self.pc and chains else [None] * n
+        self.ch: list[Chain | None] = as_chains(chains) if self.pc and chains else [None] * n
         self.pooled = [0] * n  # leading blocks of ch[i] that request i holds in the cache
         self.hit = [0] * n  # prompt tokens hit at the first admission
         self.saved = 0  # prompt tokens hit, all admissions
@@ -365,8 +367,13 @@ class LLMFleet(ReplicaOps):
             else:
                 used = need
         if self.pc:  # evict cached free blocks (LRU first) to make room for what runs now
-            end = need if k == 1 else need - self._blocks(rp, it) + self._blocks(rp, it + k - 1)
-            rp.cache.trim(total0 - end + rp.share)
+            end = need  # the blocks in use at the end of the step
+            if k > 1:  # a decode run: its sequences grow by k - 1 tokens
+                x, su, corr = it + k - 1, rp.sum_u, rp.corr
+                end += (su + D * x + corr[x % bs]) // bs - (su + D * it + corr[it % bs]) // bs
+            room = total0 - end + rp.share
+            if rp.cache.free > room:
+                rp.cache.trim(room)
             used -= rp.share
         rp.chunks = chunks
         rp.seg_t0 = now
@@ -460,7 +467,7 @@ def run_llm(
     horizon: float | None = None,
     fuse: bool = True,
     static_routing: bool = True,
-    chains: list[list[int] | None] | None = None,
+    chains: Sequence[Chain | list[int] | None] | None = None,
 ) -> LLMRunResult:
     """Simulate ``replicas`` continuous-batching replicas on one request stream.
 
@@ -469,10 +476,10 @@ def run_llm(
     advance and each replica takes its arrivals itself (``static_routing``, faster; the same
     results as routing at each arrival, which ``static_routing=False`` forces).
 
-    ``chains`` (prefix caching, with ``limits.prefix_caching``): per request, the keys of the
-    full KV blocks along its prompt + output (at least ``(prompt + output) // block_size``
-    of them; requests with equal leading blocks share leading keys), or None for a request
-    that shares nothing.
+    ``chains`` (prefix caching, with ``limits.prefix_caching``): per request, the chain of
+    the full KV blocks along its prompt + output (at least ``(prompt + output) // block_size``
+    blocks; a :class:`~capsim.workload.prefixes.Chain`, or a list of block keys), or None for
+    a request that shares nothing.
     """
     if replicas < 1:
         raise ValueError("replicas must be >= 1")

@@ -20,7 +20,8 @@ completions, so a sample costs O(replicas) whatever the length of the run. "Queu
 yet admitted to a batch; a request preempted later counts as in service.
 
 >>> import numpy as np
->>> from capsim.sim.llm_types import EngineLimits
+>>> from capsim.workload.prefixes import Chain
+from capsim.sim.llm_types import EngineLimits
 >>> class Const:                        # 10 ms per iteration, whatever the batch
 ...     def iteration_time(self, *a, **k): return 0.01
 >>> f = ScalableLLMFleet(np.array([0.0, 0.5]), np.array([10, 10]), np.array([3, 3]), Const(),
@@ -46,6 +47,7 @@ from capsim.sim.lifecycle import FleetSample
 from capsim.sim.llm_engine import LLMFleet, run_result
 from capsim.sim.llm_result import check_chains
 from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult, _Replica
+from capsim.workload.prefixes import Chain
 
 
 class ScalableLLMFleet(LLMFleet):
@@ -62,7 +64,7 @@ class ScalableLLMFleet(LLMFleet):
         router: str = "least_outstanding_requests",
         max_wait_s: float = math.inf,
         max_queue_length: int | None = None,
-        chains: list[list[int] | None] | None = None,
+        chains: list[Chain | None] | None = None,
     ):
         if chains is not None:
             check_chains(chains, prompt, output, limits.block_size)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from capsim.sim.llm_types import LLMRunResult
+from capsim.workload.prefixes import Chain
 
 
 def run_result(
@@ -59,6 +60,21 @@ def run_result(
         prefill_saved=fleet.saved,
         cache_evictions=sum(r.cache.evictions for r in fleet.reps),
     )
+
+
+def as_chains(chains) -> list[Chain | None]:
+    """Chains as :class:`Chain` objects (a list of block keys: one segment per block; one
+    conversion per list object)."""
+    memo: dict[int, Chain] = {}
+    out: list[Chain | None] = []
+    for c in chains:
+        if c is None or isinstance(c, Chain):
+            out.append(c)
+        else:
+            if id(c) not in memo:
+                memo[id(c)] = Chain.of_keys(list(c))
+            out.append(memo[id(c)])
+    return out
 
 
 def check_chains(chains, prompt: np.ndarray, output: np.ndarray, bs: int) -> None:

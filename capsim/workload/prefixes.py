@@ -5,15 +5,16 @@ starts with a system prompt (if any), then each turn appends its new message and
 answered, its output; turn n's prompt is the stream so far plus its new message. Requests of
 one stream share its leading tokens, and streams with the same system prompt share that.
 
-The engine needs, per request, the keys of its full KV blocks (prefix caching,
-:mod:`capsim.sim.prefix_cache`): block j of a stream has the key ``hash((key_{j-1}, content))``
-where the content is (system prompt k, j) for a block that lies wholly inside system prompt k,
-else (stream s, j). So equal prefixes give equal key chains and nothing else does.
+The engine's prefix cache (:mod:`capsim.sim.prefix_cache`) needs, per request, the chain of
+its full KV blocks: in vLLM block j's key is ``hash(key_{j-1}, tokens of block j)``, so equal
+prefixes give equal keys. Here a stream's chain is two *segments*: the full blocks that lie
+wholly inside its system prompt (shared by every stream with that prompt), then its own
+blocks; equal prefixes give equal chains and nothing else does.
 
 >>> sp = SharedPrefixes(np.array([0, 0, 1]), np.array([0, 0]), np.array([40, 40]))
 >>> ch = sp.chains(np.array([50, 90, 45]), np.array([10, 5, 3]), 16)
->>> ch[0] is ch[1], ch[0][:2] == ch[2][:2], ch[0][2] == ch[2][2]
-(True, True, False)
+>>> ch[0] is ch[1], ch[0].segs, ch[2].segs       # 40 tokens of system prompt: 2 full blocks
+(True, [(-1, 2), (0, 4)], [(-1, 2), (1, 1)])
 """
 
 from __future__ import annotations
@@ -22,7 +23,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_SYS, _OWN = 0, 1  # content tags (ints: hashes of int tuples are the same in every process)
+
+class Chain:
+    """The key chain of a token stream as segments ``[(segment id, blocks), ...]``; ``n`` is
+    the total number of blocks (``len(chain)``).
+
+    >>> ch = Chain([(-1, 3), (7, 10)])
+    >>> len(ch), Chain.of_keys([5, 6]).segs
+    (13, [(5, 1), (6, 1)])
+    """
+
+    __slots__ = ("segs", "n")
+
+    def __init__(self, segs: list[tuple[int, int]]):
+        self.segs = [(s, k) for s, k in segs if k > 0]
+        self.n = sum(k for _, k in self.segs)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @classmethod
+    def of_keys(cls, keys: list[int]) -> Chain:
+        """One segment per block key (vLLM's block-by-block chain)."""
+        return cls([(k, 1) for k in keys])
 
 
 @dataclass(frozen=True)
@@ -35,33 +58,22 @@ class SharedPrefixes:
     sys_len: np.ndarray
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def chains(self, prompt: np.ndarray, output: np.ndarray, bs: int) -> list[list[int] | None]:
-        """Per request, the keys of its stream's full blocks (at least (prompt + output) //
-        bs of them; requests of one stream share one list). Memoised per block size."""
+    def chains(self, prompt: np.ndarray, output: np.ndarray, bs: int) -> list[Chain | None]:
+        """Per request, its stream's chain (at least (prompt + output) // bs blocks; requests
+        of one stream share one chain). Memoised per block size."""
         key = (bs, len(prompt))
         if key not in self._memo:
             self._memo[key] = self._build(prompt, output, bs)
         return self._memo[key]
 
-    def _build(self, prompt: np.ndarray, output: np.ndarray, bs: int) -> list[list[int] | None]:
+    def _build(self, prompt: np.ndarray, output: np.ndarray, bs: int) -> list[Chain | None]:
         ns = len(self.sys_index)
         need = np.zeros(ns, dtype=np.int64)
         has = self.stream >= 0
         np.maximum.at(need, self.stream[has], (prompt[has] + output[has]) // bs)
-        sys_chains: dict[int, list[int]] = {}
-        streams: list[list[int]] = []
+        streams: list[Chain] = []
         for s, (k, n) in enumerate(zip(self.sys_index.tolist(), need.tolist(), strict=True)):
-            full_sys = int(self.sys_len[s]) // bs if k >= 0 else 0
-            if k >= 0 and k not in sys_chains:
-                keys, prev = [], 0
-                for j in range(full_sys):
-                    prev = hash((prev, _SYS, k, j))
-                    keys.append(prev)
-                sys_chains[k] = keys
-            chain = list(sys_chains[k][: min(full_sys, n)]) if k >= 0 else []
-            prev = chain[-1] if chain else 0
-            for j in range(len(chain), n):
-                prev = hash((prev, _OWN, s, j))
-                chain.append(prev)
-            streams.append(chain)
+            sys_blocks = min(int(self.sys_len[s]) // bs, n) if k >= 0 else 0
+            # segment ids: system prompt k is -(k + 1), stream s is s
+            streams.append(Chain([(-(k + 1), sys_blocks), (s, n - sys_blocks)]))
         return [streams[s] if s >= 0 else None for s in self.stream.tolist()]
