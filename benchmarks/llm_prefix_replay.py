@@ -88,7 +88,8 @@ def main() -> None:
                     )  # fmt: skip
                     print(f"{name:<16}{f'{reps} x {gpu} {prec}':<22}{'on' if on else 'off':>8}"
                           f"{n / best:>14,.0f}{best:>8.2f}{t_chain:>10.2f}{hit:>10}"
-                          f"{res.events:>13,}  ({n:,} requests)")  # fmt: skip
+                          f"{res.events:>13,}  ({n:,} requests"
+                          f"{'; overloaded, stopped early' if res.unstable else ''})")  # fmt: skip
 
 
 if __name__ == "__main__":

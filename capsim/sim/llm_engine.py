@@ -253,7 +253,7 @@ class LLMFleet(ReplicaOps):
                 h = a = 0
                 chain = ch[i] if pc else None
                 if chain is not None:  # the longest cached prefix (one token computed)
-                    h, a = rp.cache.lookup(chain, min((target[i] - 1) // bs, len(chain)))
+                    h, a = rp.cache.lookup(chain, min((target[i] - 1) // bs, chain.n))
                 base = h * bs
                 c = target[i] - base
                 if c > left:
@@ -412,7 +412,7 @@ class LLMFleet(ReplicaOps):
                 self.prefill_tokens += c
                 if pc and ch[i] is not None:  # its new full blocks join the cache
                     chain = ch[i]
-                    hi = min(computed[i] // self.bs, len(chain))
+                    hi = min(computed[i] // self.bs, chain.n)
                     if hi > pooled[i]:
                         rp.share += rp.cache.pool(chain, pooled[i], hi)
                         pooled[i] = hi

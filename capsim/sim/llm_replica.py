@@ -93,7 +93,7 @@ class ReplicaOps:
         its replica's cache (full blocks stay cached until evicted)."""
         chain = self.ch[i]
         if chain is not None:
-            full = min(tokens // self.bs, len(chain))
+            full = min(tokens // self.bs, chain.n)
             rp.share += rp.cache.release(chain, self.pooled[i], full)
             self.pooled[i] = 0
 
