@@ -203,3 +203,20 @@ def test_trace_session_column_shares_the_history(tmp_path):
     bad = Trace(kind="trace", path=str(csv), timestamp_format="seconds", session_column="x")
     with pytest.raises(InputError, match="no session column 'x'"):
         trace_stream(bad, 40.0, np.random.default_rng(0))
+
+
+def test_idle_ttft_check_counts_only_what_caching_cannot_save():
+    """On one L4 the p99 whole prompt (history included, ~5,600 tokens) takes ~0.7 s to
+    prefill, the p99 part past the cacheable prefix (~860 tokens) ~0.1 s: with a 400 ms TTFT
+    target the planner's idle check rules the card out only with caching off."""
+    from capsim.load import load_catalog
+    from capsim.planning.prefix import caching
+    from capsim.sim.llm_adapter import make_llm_service
+
+    s = load_scenario(SCEN)
+    s = s.model_copy(update={"slo": s.slo.model_copy(update={"ttft_ms": 400.0})})
+    cat = load_catalog()
+    on, off = caching(s, True), caching(s, False)
+    assert make_llm_service(on, cat["l4"], "fp8", 1).idle_latency_violation(on) is None
+    why = make_llm_service(off, cat["l4"], "fp8", 1).idle_latency_violation(off)
+    assert why is not None and "TTFT target 400 ms" in why

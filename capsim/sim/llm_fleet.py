@@ -20,8 +20,7 @@ completions, so a sample costs O(replicas) whatever the length of the run. "Queu
 yet admitted to a batch; a request preempted later counts as in service.
 
 >>> import numpy as np
->>> from capsim.workload.prefixes import Chain
-from capsim.sim.llm_types import EngineLimits
+>>> from capsim.sim.llm_types import EngineLimits
 >>> class Const:                        # 10 ms per iteration, whatever the batch
 ...     def iteration_time(self, *a, **k): return 0.01
 >>> f = ScalableLLMFleet(np.array([0.0, 0.5]), np.array([10, 10]), np.array([3, 3]), Const(),

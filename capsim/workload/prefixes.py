@@ -14,7 +14,7 @@ blocks; equal prefixes give equal chains and nothing else does.
 >>> sp = SharedPrefixes(np.array([0, 0, 1]), np.array([0, 0]), np.array([40, 40]))
 >>> ch = sp.chains(np.array([50, 90, 45]), np.array([10, 5, 3]), 16)
 >>> ch[0] is ch[1], ch[0].segs, ch[2].segs       # 40 tokens of system prompt: 2 full blocks
-(True, [(-1, 2), (0, 4)], [(-1, 2), (1, 1)])
+(True, [(-1, 2), (0, 3)], [(-1, 2), (1, 1)])
 """
 
 from __future__ import annotations
@@ -77,3 +77,28 @@ class SharedPrefixes:
             # segment ids: system prompt k is -(k + 1), stream s is s
             streams.append(Chain([(-(k + 1), sys_blocks), (s, n - sys_blocks)]))
         return [streams[s] if s >= 0 else None for s in self.stream.tolist()]
+
+    def uncached_prompts(self, prompt: np.ndarray, output: np.ndarray, bs: int) -> np.ndarray:
+        """The fewest prompt tokens each request could have to compute with prefix caching:
+        its prompt less the full blocks of its system prompt and of the previous request of
+        its stream (prompt + output - 1 tokens in the KV cache when it ended), at least one
+        token. An optimistic figure, for capacity bounds.
+
+        >>> sp = SharedPrefixes(np.array([0, 0]), np.array([-1]), np.array([0]))
+        >>> sp.uncached_prompts(np.array([100, 260]), np.array([50, 10]), 16).tolist()
+        [100, 116]
+        """
+        st = self.stream
+        shared = np.zeros(len(prompt), dtype=np.int64)
+        has = st >= 0
+        if not has.any():
+            return np.asarray(prompt)
+        sysf = np.where(self.sys_index >= 0, self.sys_len // bs * bs, 0)
+        shared[has] = sysf[st[has]]
+        idx = np.flatnonzero(has)
+        order = idx[np.argsort(st[idx], kind="stable")]  # by stream, then arrival
+        same = st[order][1:] == st[order][:-1]
+        prev, cur = order[:-1][same], order[1:][same]
+        held = (prompt[prev] + output[prev] - 1) // bs * bs
+        shared[cur] = np.maximum(shared[cur], held)
+        return np.maximum(prompt - np.minimum(shared, prompt - 1), 1)
