@@ -177,6 +177,9 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
     n, _ = expected_requests(s)
     mem = n * bytes_per_request(s) * max(jobs, 1)
     rate = LLM_REQUESTS_PER_CPU_S if s.is_llm else BATCHED_REQUESTS_PER_CPU_S
+    tr = s.traffic
+    if s.is_llm and (tr.sessions is not None or tr.system_prompts is not None):
+        rate = LLM_PREFIX_REQUESTS_PER_CPU_S
     return (
         f"~{n:,.0f} requests per replication, ~{mem / 2**20:,.0f} MiB at most "
         f"({max(jobs, 1)} job{'s' if jobs > 1 else ''}), {s.simulation.replications} to "
@@ -189,6 +192,8 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
 #: benchmarks/README.md (batched engine: 0.6-3.6 M/s; continuous-batching LLM engine: 53-70 k/s).
 BATCHED_REQUESTS_PER_CPU_S = 500_000.0
 LLM_REQUESTS_PER_CPU_S = 50_000.0
+#: The LLM engine with prefix caching on shared-prefix traffic: 26-32 k/s (benchmarks/README.md).
+LLM_PREFIX_REQUESTS_PER_CPU_S = 25_000.0
 
 
 def _duration(seconds: float) -> str:
