@@ -31,6 +31,7 @@ from capsim.analysis.cost import (
     llm_busy_energy_j,
     price_per_gpu_hour,
 )
+from capsim.analysis.prefix import prefix_cache_scalars
 from capsim.analysis.stats import PERCENTILES
 from capsim.spec.catalog import GPU
 
@@ -392,6 +393,8 @@ def measure_llm(
         "usd_per_1m_tokens": cost / all_tok * 1e6 if all_tok else math.nan,
         "preemptions": float(res.preemptions.sum()),
     }
+    if getattr(res, "prefix_caching", False):
+        extra.update(prefix_cache_scalars(res, np.flatnonzero(served_mask)))
     return _assemble(
         label,
         replication,

@@ -200,6 +200,9 @@ def _llm_fleet(s: Scenario, svc, stream) -> ScalableLLMFleet:
     """The engine's own overload check is off: waiting through a cold start is not overload;
     the lifecycle judges (a wait over ``max_wait_s`` with no replica starting)."""
     prompt, output = llm_tokens(stream)
+    chains = None
+    if stream.prefixes is not None and svc.settings.enable_prefix_caching:
+        chains = stream.prefixes.chains(prompt, output, svc.settings.block_size)
     return ScalableLLMFleet(
         stream.arrival,
         prompt,
@@ -208,4 +211,5 @@ def _llm_fleet(s: Scenario, svc, stream) -> ScalableLLMFleet:
         svc.limits,
         router=s.fleet.router,
         max_queue_length=s.fleet.max_queue_length,
+        chains=chains,
     )

@@ -44,7 +44,9 @@ import simpy
 
 from capsim.sim.lifecycle import FleetSample
 from capsim.sim.llm_engine import LLMFleet, run_result
+from capsim.sim.llm_result import check_chains
 from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult, _Replica
+from capsim.workload.prefixes import Chain
 
 
 class ScalableLLMFleet(LLMFleet):
@@ -61,10 +63,13 @@ class ScalableLLMFleet(LLMFleet):
         router: str = "least_outstanding_requests",
         max_wait_s: float = math.inf,
         max_queue_length: int | None = None,
+        chains: list[Chain | None] | None = None,
     ):
+        if chains is not None:
+            check_chains(chains, prompt, output, limits.block_size)
         super().__init__(
             simpy.Environment(), arrival, prompt, output, timer, limits, 0, router,
-            max_wait_s, max_queue_length, fuse=True, static=False,
+            max_wait_s, max_queue_length, fuse=True, static=False, chains=chains,
         )  # fmt: skip
         self.inputs = (arrival, prompt, output)
         self.buffer: deque[int] = deque()  # arrived while no replica was ready
