@@ -159,8 +159,10 @@ def test_bad_token_counts_in_a_trace_name_the_row(runner, write_scenario, tmp_pa
     (tmp_path / "tok.csv").write_text(f"ContextTokens,GeneratedTokens\n100,20\n{value},30\n50,5\n")
     p = write_scenario(_llm_scenario({"kind": "empirical", "trace": "tok.csv"}))
     out = _bad(runner, ["validate", str(p)], "tok.csv", "row 3", "ContextTokens", "whole number")
-    if value not in ("0", "x"):
-        assert value not in out, out  # the value itself is never echoed
+    if value not in ("0", "x"):  # the value itself is never echoed (paths aside: pytest-31)
+        for d in (str(tmp_path.resolve()), str(tmp_path)):
+            out = out.replace(d, "<tmp>")
+        assert value not in out, out
 
 
 def test_validate_reads_empirical_token_traces(runner, write_scenario, tmp_path):
