@@ -36,6 +36,16 @@ class TierPrices:
     on_demand_usd: float
 
 
+def price_provider(s) -> str | None:
+    """The provider whose on-demand prices a scenario's fixed fleets are costed at: the
+    ``capacity.provider`` where given, else ``candidates.price_provider`` (None: the card's
+    default)."""
+    cap = getattr(s, "capacity", None)
+    if cap is not None and cap.provider is not None:
+        return cap.provider
+    return s.candidates.price_provider
+
+
 def capacity_prices(gpu: GPU, cap: Capacity | None, provider: str | None = None) -> TierPrices:
     """The tier prices of ``cap`` for ``gpu`` (``cap`` None: everything on demand at
     ``provider``, the scenario's ``candidates.price_provider``).

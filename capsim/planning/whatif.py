@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from capsim.analysis.capacity import capacity_prices
+from capsim.analysis.capacity import capacity_prices, price_provider
 from capsim.analysis.cost import price_per_gpu_hour
 from capsim.analysis.stats import CI, t_interval
 from capsim.analysis.whatif_metrics import AutoscaledRun
@@ -480,7 +480,7 @@ def whatif(
             r.saving = t_interval(diff, s.simulation.confidence)
             bc = b.ci("cost_usd").mean
             r.saving_share = r.saving.mean / bc if bc > 0 else None
-    price = price_per_gpu_hour(cat[g], s.candidates.price_provider).usd_per_hour
+    price = price_per_gpu_hour(cat[g], price_provider(s)).usd_per_hour
     notes = [why]
     if s.capacity is not None:
         price = tiers.on_demand_usd

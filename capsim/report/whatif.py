@@ -475,9 +475,11 @@ def format_autoscaled(ap, scenario) -> str:
             f"${rec.best.cost:.2f} per {h:g} h vs ${rec.baseline_usd:.2f} for "
             f"{rec.peak_replicas} fixed replicas (saving {rec.saving_share:.0%})"
         )
-    if rec is not None and scenario.capacity is not None:
-        lines.append(_capacity_head(scenario.capacity) + ", the recommendation:")
-        lines.append(capacity_line(rec.label(), rec.best.result.ci))
+    tuned = rec if rec is not None else next((c for c in ap.candidates if c.best), None)
+    if tuned is not None and scenario.capacity is not None:
+        which = "the recommendation" if rec is not None else "the first tuned candidate"
+        lines.append(f"{_capacity_head(scenario.capacity)}; {which}:")
+        lines.append(capacity_line(tuned.label(), tuned.best.result.ci))
     for n in ap.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -106,6 +106,8 @@ class InterruptibleFleet(Protocol):
 
     requeued: int
 
+    def sync(self, until: float) -> None: ...
+
     def interrupt_replica(
         self, fid: int, now: float, deadline: float, on_released: Callable[[int, float], None]
     ) -> int | None: ...
