@@ -171,3 +171,46 @@ def test_same_seed_same_numbers_and_its_own_stream():
     assert interruption_seed(7, 0).generate_state(2).tolist() not in [
         k.generate_state(2).tolist() for k in kids
     ]
+
+
+# --------------------------------------------------------------------------- what-if end to end
+def test_whatif_reports_cost_by_tier_interruptions_and_requeues(write_scenario):
+    """The shipped spot scenario, cut to 20 min with frequent interruptions: the base is billed
+    over the horizon at the on-demand rate, the rest at spot; cost = base + burst; the text
+    names the interruptions and the re-queued requests."""
+    import yaml
+
+    from capsim.load import load_scenario
+    from capsim.planning.whatif import whatif
+    from capsim.report.whatif import format_whatif
+
+    from .test_autoscale_llm import chat_day
+
+    data = chat_day(rate=6.0, period=1200.0)
+    data["candidates"]["gpus"] = ["h100-sxm"]
+    data["whatif"] = {
+        "gpu": "h100-sxm",
+        "precision": "fp8",
+        "policies": [{"name": "fixed-3", "kind": "fixed", "replicas": 3}],
+    }
+    data["capacity"] = yaml.safe_load(
+        "{provider: gcp, base: {replicas: 1, tier: on_demand}, burst: spot, notice_s: 30,"
+        " interruptions: {kind: poisson, rate_per_hour: 12}, drain_on_notice: false}"
+    )
+    r = whatif(load_scenario(write_scenario(data)), load_catalog())
+    p = r["fixed-3"]
+    h = 1200.0 / 3600
+    for run in p.runs:
+        sc = run.scalars
+        assert sc["cost_base_usd"] == pytest.approx(1 * h * 10.98)
+        burst_h = sc["gpu_hours"] - h
+        assert sc["cost_burst_usd"] == pytest.approx(burst_h * 6.571)
+        assert sc["cost_usd"] == pytest.approx(sc["cost_base_usd"] + sc["cost_burst_usd"])
+        assert sc["on_demand_cost_usd"] == pytest.approx(sc["gpu_hours"] * 10.98)
+    assert p.ci("interruptions").mean > 0 and p.ci("requeued").mean > 0
+    assert p.ci("served").mean == p.ci("arrived").mean  # re-queued, still all served
+    text = format_whatif(r)
+    assert "spot burst; 12 interruptions per spot replica-hour, 30 s notice" in text
+    assert "requests re-queued" in text and "($10.98/GPU-h)" in text
+    frame = r.frame()
+    assert {"interruptions", "requeued", "cost_base_usd", "saving_vs_on_demand_usd"} <= set(frame)
