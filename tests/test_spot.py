@@ -214,3 +214,17 @@ def test_whatif_reports_cost_by_tier_interruptions_and_requeues(write_scenario):
     assert "requests re-queued" in text and "($10.98/GPU-h)" in text
     frame = r.frame()
     assert {"interruptions", "requeued", "cost_base_usd", "saving_vs_on_demand_usd"} <= set(frame)
+
+
+def test_whatif_refuses_a_tier_the_catalog_lacks_before_running(write_scenario):
+    from click.testing import CliRunner
+
+    from capsim.cli import main
+
+    from .test_autoscale_llm import chat_day
+
+    data = chat_day(period=600.0)
+    data["capacity"] = {"burst": "spot", "interruptions": {"kind": "poisson", "rate_per_hour": 1}}
+    out = CliRunner().invoke(main, ["whatif", str(write_scenario(data)), "--gpu", "l4"])
+    assert out.exit_code == 2
+    assert "capacity.burst: no spot price for l4 at aws in the catalog" in out.output
