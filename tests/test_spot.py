@@ -228,3 +228,18 @@ def test_whatif_refuses_a_tier_the_catalog_lacks_before_running(write_scenario):
     out = CliRunner().invoke(main, ["whatif", str(write_scenario(data)), "--gpu", "l4"])
     assert out.exit_code == 2
     assert "capacity.burst: no spot price for l4 at aws in the catalog" in out.output
+
+
+def test_scaling_down_never_goes_below_the_base_even_when_a_base_replica_is_retired():
+    """The LLM engine retires the least loaded replica, which may be a base one: a burst
+    replica takes its place, so the base count and the held count stay at the base."""
+    from .test_autoscale_engine import Script
+
+    arr, p, o = _poisson(3000, 20.0, seed=5)
+    f = ScalableLLMFleet(arr, p, o, LinearTimer(), LIMITS)
+    plan = CapacityPlan(base=2, spot=True, seed=1)
+    lc = run_lifecycle(f, Script([(0, 4), (60, 0)]), lambda: 5.0, horizon=float(arr[-1]),
+                       initial=4, capacity=plan)  # fmt: skip
+    held = np.isnan(lc.released)
+    assert held.sum() == 2  # asked for 0 after 60 s: the base stays
+    assert f.result(float(arr[-1])).served.all()

@@ -369,7 +369,8 @@ def autoscaled_dict(ap) -> dict[str, Any]:
 
 
 def _capacity_head(cap) -> str:
-    base = f"{cap.base.replicas} base replicas ({cap.base.tier}) + " if cap.base.replicas else ""
+    n = cap.base.replicas
+    base = f"{n} base replica{'s' * (n > 1)} ({cap.base.tier}) + " if n else ""
     it = cap.interruptions
     how = (
         f"{it.rate_per_hour:g} interruptions per spot replica-hour"

@@ -146,13 +146,18 @@ class SpotMixin:
 
         def wrapped(fid: int, when: float) -> None:
             rec = self.rec_of.get(fid)
-            if rec is not None and rec.base:
-                other = next((r for r in self._serving() if not r.base and r is not rec), None)
-                if other is not None:
-                    rec.base, other.base = False, True
+            if rec is not None:
+                self._pass_base(rec)
             cb(fid, when)
 
         return wrapped
+
+    def _pass_base(self, rec: Any) -> None:
+        """``rec`` leaves: if it is a base replica, a serving burst replica becomes base."""
+        if rec.base:
+            other = next((r for r in self._serving() if not r.base and r is not rec), None)
+            if other is not None:
+                rec.base, other.base = False, True
 
     def _notice(self, rec: Any) -> None:
         """A spot notice for ``rec``: it stops taking work, a replacement is requested (cold

@@ -273,6 +273,7 @@ class Lifecycle(SpotMixin):
         fid = self.fleet.retire_replica(t, self._keep_base(self._on_released))
         rec = self.rec_of.get(fid) if fid is not None else None
         if rec is not None:  # the release time is not known yet: draining until the engine says
+            self._pass_base(rec)
             rec.drain = t
             self.draining.append(rec)
 
