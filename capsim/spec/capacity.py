@@ -42,7 +42,11 @@ class PoissonInterruptions(Strict):
     """Interruption notices as a Poisson process: ``rate_per_hour`` per spot replica-hour."""
 
     kind: Literal["poisson"]
-    rate_per_hour: float = Field(ge=0, description="interruptions per spot replica-hour")
+    rate_per_hour: float = Field(
+        ge=0,
+        le=60,
+        description="interruptions per spot replica-hour (at most 60: one a minute)",
+    )
 
 
 class TraceInterruptions(Strict):
