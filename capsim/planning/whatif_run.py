@@ -10,6 +10,7 @@ import numpy as np
 from capsim.analysis.whatif_metrics import AutoscaledRun, measure_batched, measure_llm
 from capsim.evaluate import memory_fit, replica_capacity_rps, slo_targets, stream_for
 from capsim.sim.batched_fleet import BatchedFleet, Jitter
+from capsim.sim.interruptions import CapacityPlan
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
 from capsim.sim.llm_adapter import llm_tokens
 from capsim.sim.llm_fleet import ScalableLLMFleet
@@ -135,6 +136,9 @@ def run_policy(
         ),
         max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         abort_on_unstable=abort_on_unstable,
+        capacity=CapacityPlan.of(s.capacity, s.simulation.seed, replication).compressed(
+            compression
+        ),
     )
     targets = dict(slo_targets(s))
     kw = {"label": spec.label, "replication": replication, "tp": tp, "window_s": window_s}
@@ -157,6 +161,10 @@ EXTENSIVE = (
     "energy_idle_kwh",
     "energy_provisioning_kwh",
     "violation_s",
+    "cost_base_usd",
+    "cost_burst_usd",
+    "on_demand_cost_usd",
+    "saving_vs_on_demand_usd",
 )
 
 

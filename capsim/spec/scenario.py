@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from capsim.spec.autoscaling import PolicySpec, WhatIf
+from capsim.spec.capacity import Capacity
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import FixedModel, ModelCard, TransformerModel
 from capsim.spec.precision import MathFormat
@@ -422,6 +423,11 @@ class Scenario(Strict):
         None, description="autoscaling policy (and cold start) used by plan and whatif"
     )
     whatif: WhatIf | None = Field(None, description="policy variants for capsim whatif")
+    capacity: Capacity | None = Field(
+        None,
+        description="purchase mix of an autoscaled fleet: committed/on-demand base, on-demand "
+        "or spot burst, spot interruptions (capsim.spec.capacity); None = all on demand",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
