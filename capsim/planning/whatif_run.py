@@ -180,6 +180,8 @@ def screen_setup(s: Scenario, spec, compression: float) -> tuple[Scenario, objec
     sc = compressed_day(s, compression)
     if sc is None:
         raise ValueError("only rate-based arrivals can be compressed")
+    if sc.capacity is not None:  # spot interruptions and notices on the same clock
+        sc = sc.model_copy(update={"capacity": scale_times(sc.capacity, compression)})
     return sc, scale_times(spec, compression), scale_times(cs, compression)
 
 
