@@ -371,6 +371,29 @@ class Candidates(Strict):
         return v
 
 
+class Mix(Strict):
+    """Mixed fleets (``capsim plan``): route requests by size to pools of different cards.
+
+    A request whose prompt + output tokens is below ``size_thresholds[0]`` falls in bucket 0,
+    and so on (the routing of Mélange, Griggs et al. 2024, arXiv:2404.14527).
+    """
+
+    size_thresholds: list[int] = Field(
+        min_length=1, description="bucket bounds on prompt + output tokens, increasing"
+    )
+    proposals: int = Field(3, ge=1, le=10, description="mixes proposed by the MILP and simulated")
+    utilisation: float = Field(
+        0.8, gt=0, le=1, description="share of a replica's optimistic capacity usable at the SLO"
+    )
+
+    @field_validator("size_thresholds")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if v[0] < 1 or any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("size_thresholds must be positive and strictly increasing")
+        return v
+
+
 class Simulation(Strict):
     replications: int = Field(5, ge=2, description="independent replications (minimum)")
     max_replications: int = Field(20, ge=2, description="added while the CI straddles the target")
@@ -428,6 +451,7 @@ class Scenario(Strict):
         description="purchase mix of an autoscaled fleet: committed/on-demand base, on-demand "
         "or spot burst, spot interruptions (capsim.spec.capacity); None = all on demand",
     )
+    mix: Mix | None = Field(None, description="mixed fleets: size buckets routed to pools")
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
@@ -454,6 +478,19 @@ class Scenario(Strict):
             raise ValueError(
                 "autoscaling and what-if need open-loop traffic (poisson, renewal or trace): "
                 "closed-loop clients slow down with the fleet instead of queueing for new replicas"
+            )
+        shared = bool(self.traffic.sessions or self.traffic.system_prompts) or bool(
+            getattr(self.traffic.arrivals, "session_column", None)
+        )
+        if self.mix is not None and shared:
+            raise ValueError(
+                "mix (size-routed pools) does not split shared-prefix traffic yet (sessions, "
+                "system_prompts, a trace session_column): remove one or the other"
+            )
+        if self.mix is not None and (not llm or closed):
+            raise ValueError(
+                "mix (size-routed pools) needs a transformer model with open-loop traffic: "
+                "requests are routed by their prompt + output tokens"
             )
         return self
 
