@@ -74,3 +74,43 @@ def test_merged_percentiles_equal_percentiles_over_the_union():
     # and not the average of the pools' percentiles
     avg = (np.percentile(a, 99) + np.percentile(b, 99)) / 2
     assert abs(quantiles(merged, [99.0])[0] - avg) > 0.5
+
+
+def _plan(name: str):
+    from capsim.load import load_scenario
+    from capsim.planning.api import plan
+
+    return plan(load_scenario(f"scenarios/{name}.yaml"))
+
+
+def test_mixed_fleet_scenario_a_mix_wins():
+    r = _plan("mixed_fleet")
+    m = r.mixed
+    assert m is not None and m.best is not None and m.best.best is not None
+    ev = m.best.best
+    assert ev.feasible and len({p.candidate.gpu for p in ev.pools}) == 2
+    assert r.recommendation is not None and r.recommendation.best is not None
+    single = min(x.best.usd_per_hour for x in r.feasible if x.best is not None)
+    assert m.single_usd == single
+    assert ev.usd_per_hour < single  # the mix beats the best single card type
+    assert m.saving == pytest.approx(1 - ev.usd_per_hour / single)
+    # each fleet-wide check's upper limit meets its target (CI over replications)
+    assert all(c.ci.high <= c.target_s for c in ev.checks)
+    assert ev.summary.replications == r.scenario.simulation.replications
+    from capsim.report.text import format_plan
+
+    assert "The best mix beats the best single card type" in format_plan(r)
+
+
+def test_mixed_fleet_no_win_scenario_says_no_mix_wins():
+    r = _plan("mixed_fleet_no_win")
+    m = r.mixed
+    assert m is not None and m.single_usd is not None
+    best = m.best.best.usd_per_hour if m.best is not None and m.best.best is not None else None
+    assert best is None or best >= m.single_usd
+    assert m.saving is None or m.saving <= 0
+    from capsim.report.text import format_plan
+
+    assert "No mix beats the best single card type" in format_plan(r) or (
+        "No mix meets the SLO" in format_plan(r)
+    )

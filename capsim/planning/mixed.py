@@ -19,7 +19,7 @@ on the merged latencies.
 
 >>> import numpy as np
 >>> allocate(np.array([10.0, 1.0]), np.array([[10.0, 0.1], [20.0, 2.0]]), np.array([1.0, 3.0]))[0]
-((0, 1), (1, 1))
+(((0, 1), (1, 1)), {1: 1}, 3.0)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from capsim.analysis.cost import price_per_gpu_hour
 from capsim.evaluate import stream_for
 from capsim.planning.mixed_sim import MixEvaluation, Pool, evaluate_mix, judge, run_pool
 from capsim.planning.static import Candidate, PlanResult, _screen, candidates
+from capsim.sim.llm_adapter import LLMService
 from capsim.spec.catalog import Catalog
 from capsim.spec.scenario import Scenario
 from capsim.workload.arrivals import RequestStream
@@ -61,16 +62,22 @@ def allocate(
     ny = nc * nb  # y[c, b] at c * nb + b, then n[c]
     work = np.where(cap > 0, load[None, :] / np.where(cap > 0, cap, 1.0), 0.0)
     cost = np.concatenate([np.zeros(ny), price])
-    rows, lo, hi = [], [], []
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
     for b in range(nb):  # each bucket to exactly one candidate
         r = np.zeros(ny + nc)
         r[[c * nb + b for c in range(nc)]] = 1
-        rows.append(r), lo.append(1), hi.append(1)
+        rows.append(r)
+        lo.append(1.0)
+        hi.append(1.0)
     for c in range(nc):  # work of the buckets given to c within its replicas
         r = np.zeros(ny + nc)
         r[c * nb : (c + 1) * nb] = work[c]
         r[ny + c] = -1
-        rows.append(r), lo.append(-np.inf), hi.append(0)
+        rows.append(r)
+        lo.append(-np.inf)
+        hi.append(0.0)
     ub = np.concatenate([np.where(cap > 0, 1.0, 0.0).ravel(), np.full(nc, np.inf)])
     out: list[tuple[Assignment, dict[int, int], float]] = []
     for _ in range(k):
@@ -88,7 +95,9 @@ def allocate(
         out.append((assign, n, float(sum(price[c] * m for c, m in n.items()))))
         cut = np.zeros(ny + nc)  # exclude this assignment next time
         cut[[c * nb + b for b, c in assign]] = 1
-        rows.append(cut), lo.append(-np.inf), hi.append(nb - 1)
+        rows.append(cut)
+        lo.append(-np.inf)
+        hi.append(nb - 1.0)
     return out
 
 
@@ -154,7 +163,7 @@ def capacity_table(
     cands, caps, prices = [], [], []
     for c in candidates(s):
         dropped, svc = _screen(s, cat, c)
-        if dropped is not None:
+        if dropped is not None or not isinstance(svc, LLMService):
             continue
         row = []
         for mp, mo, pq in stats:
