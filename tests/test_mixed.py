@@ -9,7 +9,7 @@ from capsim.analysis.stats import quantiles
 from capsim.planning.mixed import allocate
 from capsim.planning.mixed_sim import merge_series
 from capsim.workload.arrivals import RequestStream
-from capsim.workload.split import buckets, substream
+from capsim.workload.split import buckets, least_work, substream
 
 
 def test_milp_matches_a_hand_worked_case():
@@ -93,7 +93,12 @@ def test_mixed_fleet_scenario_a_mix_wins():
     single = min(x.best.usd_per_hour for x in r.feasible if x.best is not None)
     assert m.single_usd == single
     assert ev.usd_per_hour < single  # the mix beats the best single card type
-    assert m.saving == pytest.approx(1 - ev.usd_per_hour / single)
+    assert m.best_usd is not None and m.best_usd <= ev.usd_per_hour
+    assert m.saving == pytest.approx(1 - m.best_usd / single)
+    lw = m.least_work  # the same cards behind a least-outstanding-work router
+    assert lw is not None and lw.feasible and lw.usd_per_hour < single
+    assert {p.candidate for p in lw.pools} == {p.candidate for p in ev.pools}
+    assert all(c.ci.high <= c.target_s for c in lw.checks)
     # each fleet-wide check's upper limit meets its target (CI over replications)
     assert all(c.ci.high <= c.target_s for c in ev.checks)
     assert ev.summary.replications == r.scenario.simulation.replications
@@ -114,3 +119,42 @@ def test_mixed_fleet_no_win_scenario_says_no_mix_wins():
     assert "No mix beats the best single card type" in format_plan(r) or (
         "No mix meets the SLO" in format_plan(r)
     )
+
+
+def test_mix_on_a_fixed_shape_model_is_refused(tmp_path):
+    from capsim.errors import InputError
+    from capsim.load import load_scenario
+
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        "name: x\nmodel: bge-large-en\n"
+        "traffic: {arrivals: {kind: poisson, rate_rps: 5}, horizon_s: 60}\n"
+        "slo: {percentile: 99, latency_ms: 100}\n"
+        "candidates: {gpus: [l4], precisions: [fp16]}\nmix: {size_thresholds: [100]}\n"
+    )
+    with pytest.raises(InputError, match="mix"):
+        load_scenario(str(f))
+
+
+def test_size_thresholds_must_increase():
+    from pydantic import ValidationError
+
+    from capsim.spec.scenario import Mix
+
+    with pytest.raises(ValidationError):
+        Mix(size_thresholds=[3000, 1000])
+
+
+def test_least_work_routing_shares_load_by_speed():
+    # a hand-worked start: pool 1 takes twice as long per token; both idle at t = 0.
+    # r0 -> 0 (10 < 20); r1: 20 vs 20, a tie -> 0; r2: 30 vs 20 -> 1; after 100 s both drain.
+    arr = np.array([0.0, 0.0, 0.0, 100.0])
+    assert least_work(arr, np.array([10, 10, 10, 10]), [1.0, 2.0]).tolist() == [0, 0, 1, 0]
+    # kept busy, each pool gets a share of the work proportional to its speed
+    rng = np.random.default_rng(3)
+    n = 20_000
+    arr = np.sort(rng.uniform(0, 1000, n))
+    size = rng.integers(100, 4000, n)
+    route = least_work(arr, size, [1 / 30_000, 1 / 10_000])  # 30k and 10k tokens/s
+    share = size[route == 0].sum() / size.sum()
+    assert share == pytest.approx(0.75, abs=0.03)

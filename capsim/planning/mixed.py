@@ -32,8 +32,15 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from capsim.analysis.cost import price_per_gpu_hour
-from capsim.evaluate import stream_for
-from capsim.planning.mixed_sim import MixEvaluation, Pool, evaluate_mix, judge, run_pool
+from capsim.evaluate import runnable_service, stream_for
+from capsim.planning.mixed_sim import (
+    MixEvaluation,
+    Pool,
+    evaluate_least_work,
+    evaluate_mix,
+    judge,
+    run_pool,
+)
 from capsim.planning.static import Candidate, PlanResult, _screen, candidates
 from capsim.sim.llm_adapter import LLMService
 from capsim.spec.catalog import Catalog
@@ -123,13 +130,23 @@ class MixPlan:
     single_usd: float | None
     single_label: str | None
     notes: list[str] = field(default_factory=list)
+    least_work: MixEvaluation | None = None  # the best mix's cards behind a least-work router
+
+    @property
+    def best_usd(self) -> float | None:
+        """$/hour of the cheapest feasible mix (size-routed or least-work-routed)."""
+        c = [self.best.best.usd_per_hour] if self.best is not None and self.best.best else []
+        if self.least_work is not None and self.least_work.feasible:
+            c.append(self.least_work.usd_per_hour)
+        return min(c) if c else None
 
     @property
     def saving(self) -> float | None:
         """Fraction saved by the best mix over the best single card (negative: it costs more)."""
-        if self.best is None or self.best.best is None or not self.single_usd:
+        best = self.best_usd
+        if best is None or not self.single_usd:
             return None
-        return 1 - self.best.best.usd_per_hour / self.single_usd
+        return 1 - best / self.single_usd
 
 
 def bucket_stats(s: Scenario) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
@@ -271,4 +288,42 @@ def plan_mix(
         prop.reason = ev.verdict
     ok = [p for p in plan.proposals if p.status == "feasible" and p.best is not None]
     plan.best = min(ok, key=lambda p: p.best.usd_per_hour if p.best else math.inf, default=None)
+    base = plan.best or next((p for p in plan.proposals if p.best is not None), None)
+    if s.mix.routing == "least_work" and base is not None and base.best is not None:
+        if progress:
+            progress("mix: least-outstanding-work routing")
+        plan.least_work = search_least_work(s, cat, base.best.pools)
     return plan
+
+
+def search_least_work(
+    s: Scenario, cat: Catalog, pools: tuple[Pool, ...], budget: int = 10
+) -> MixEvaluation:
+    """The same card types behind a least-outstanding-work router: from the size-routed
+    counts, add a replica to the pool with the most capacity per dollar until the fleet meets
+    the SLO, then take replicas away (dearest pool first) while it still does; at most
+    ``budget`` fleet simulations."""
+    cur = [Pool(p.candidate, (), p.replicas) for p in pools]
+    ev = evaluate_least_work(s, cat, cur)
+    used = 1
+    value = []  # capacity per $ of one replica, for growing
+    for p in cur:
+        c = p.candidate
+        svc = runnable_service(s, cat[c.gpu], c.precision, c.tp)
+        price = price_per_gpu_hour(cat[c.gpu], s.candidates.price_provider).usd_per_hour * c.tp
+        value.append(svc.max_throughput_rps(s) / price)
+    grow = int(np.argmax(value))
+    while not ev.feasible and used < budget and cur[grow].replicas < s.candidates.max_replicas:
+        cur[grow] = Pool(cur[grow].candidate, (), cur[grow].replicas + 1)
+        ev, used = evaluate_least_work(s, cat, cur), used + 1
+    if not ev.feasible:
+        return ev
+    for i in sorted(range(len(cur)), key=lambda i: -value[i]):
+        while cur[i].replicas > 1 and used < budget:
+            trial = list(cur)
+            trial[i] = Pool(cur[i].candidate, (), cur[i].replicas - 1)
+            e, used = evaluate_least_work(s, cat, trial), used + 1
+            if not e.feasible:
+                break
+            cur, ev = trial, e
+    return ev

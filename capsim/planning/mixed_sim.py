@@ -31,7 +31,7 @@ from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import Catalog
 from capsim.spec.scenario import Scenario
 from capsim.workload.arrivals import RequestStream
-from capsim.workload.split import buckets, substream
+from capsim.workload.split import buckets, least_work, substream
 
 SERIES = ("ttft", "tpot", "e2e")
 
@@ -46,6 +46,8 @@ class Pool:
 
     def label(self) -> str:
         c = self.candidate
+        if not self.buckets:
+            return f"{self.replicas} x {c.label()}"
         return f"{self.replicas} x {c.label()} (buckets {','.join(map(str, self.buckets))})"
 
 
@@ -83,11 +85,15 @@ def pool_stream(s: Scenario, replication: int, bucket_ids: Sequence[int]) -> Req
 
 
 def run_pool(s: Scenario, cat: Catalog, pool: Pool, replication: int) -> PoolRun:
-    """Simulate one pool on its sub-stream for one replication."""
+    """Simulate one pool on its sub-stream (its size buckets) for one replication."""
+    return run_pool_on(s, cat, pool, pool_stream(s, replication, pool.buckets))
+
+
+def run_pool_on(s: Scenario, cat: Catalog, pool: Pool, st: RequestStream) -> PoolRun:
+    """Simulate one pool on the requests ``st`` routed to it."""
     c = pool.candidate
     gpu = cat[c.gpu]
     svc = runnable_service(s, gpu, c.precision, c.tp)
-    st = pool_stream(s, replication, pool.buckets)
     prompt, output = llm_tokens(st)
     res = run_llm(
         st.arrival,
@@ -158,6 +164,42 @@ def evaluate_mix(
                 cache[(p, rep)] = run_pool(s, cat, p, rep)
             parts.append(cache[(p, rep)])
         fleet_runs.append(merge_runs(s, parts))
+    summary, checks, feasible, verdict = judge(s, fleet_runs)
+    usd = {p.label(): pool_price(s, cat, p) for p in pools}
+    gpus = sum(p.replicas * p.candidate.tp for p in pools)
+    return MixEvaluation(
+        tuple(pools), summary, checks, feasible, verdict, sum(usd.values()), gpus, usd
+    )
+
+
+def least_work_streams(
+    s: Scenario, cat: Catalog, pools: Sequence[Pool], replication: int
+) -> list[RequestStream]:
+    """Replication ``replication``'s requests split by least-outstanding-work routing, each
+    pool's speed being its replicas times one replica's token capacity at the mean request."""
+    st = stream_for(s, replication)
+    assert isinstance(st, RequestStream)
+    assert st.prompt_tokens is not None and st.output_tokens is not None
+    size = np.asarray(st.prompt_tokens) + np.asarray(st.output_tokens)
+    mp, mo = float(np.mean(st.prompt_tokens)), float(np.mean(st.output_tokens))
+    spt = []
+    for p in pools:
+        c = p.candidate
+        svc = runnable_service(s, cat[c.gpu], c.precision, c.tp)
+        spt.append(1.0 / (p.replicas * svc.throughput_for(mp, mo) * (mp + mo)))
+    route = least_work(st.arrival, size, spt)
+    return [substream(st, route == i) for i in range(len(pools))]
+
+
+def evaluate_least_work(s: Scenario, cat: Catalog, pools: Sequence[Pool]) -> MixEvaluation:
+    """Simulate ``pools`` behind a least-outstanding-work router and judge the merged fleet."""
+    fleet_runs = []
+    for rep in range(s.simulation.replications):
+        streams = least_work_streams(s, cat, pools, rep)
+        parts = [run_pool_on(s, cat, p, x) for p, x in zip(pools, streams, strict=True)]
+        fleet_runs.append(merge_runs(s, parts))
+        if fleet_runs[-1].unstable:
+            break
     summary, checks, feasible, verdict = judge(s, fleet_runs)
     usd = {p.label(): pool_price(s, cat, p) for p in pools}
     gpus = sum(p.replicas * p.candidate.tp for p in pools)

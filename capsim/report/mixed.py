@@ -64,8 +64,14 @@ def format_mix(m: MixPlan) -> str:
             )
         else:
             lines.append(f"     simulated: {p.reason}")
-    best = m.best.best.usd_per_hour if m.best is not None and m.best.best is not None else None
-    lines.append(format_mix_verdict(best, m.single_usd, m.single_label))
+    lw = m.least_work
+    if lw is not None:
+        lines.append(
+            f"  least-outstanding-work routing (work / pool speed) over the same cards: "
+            f"{lw.label()}: ${lw.usd_per_hour:.2f}/h, fleet-wide {fleet_p(lw)} "
+            f"(95% CI over {lw.summary.replications} replications); {lw.verdict}"
+        )
+    lines.append(format_mix_verdict(m.best_usd, m.single_usd, m.single_label))
     return "\n".join(lines)
 
 
@@ -86,7 +92,15 @@ def mix_dict(m: MixPlan) -> dict[str, Any]:
             }
             for p in m.proposals
         ],
-        "best_usd_per_hour": best.usd_per_hour if best else None,
+        "best_usd_per_hour": m.best_usd,
+        "best_size_routed_usd_per_hour": best.usd_per_hour if best else None,
+        "least_work": None
+        if m.least_work is None
+        else {
+            "pools": [x.label() for x in m.least_work.pools],
+            "usd_per_hour": m.least_work.usd_per_hour,
+            "verdict": m.least_work.verdict,
+        },
         "single_usd_per_hour": m.single_usd,
         "saving": m.saving,
     }

@@ -382,6 +382,11 @@ class Mix(Strict):
         min_length=1, description="bucket bounds on prompt + output tokens, increasing"
     )
     proposals: int = Field(3, ge=1, le=10, description="mixes proposed by the MILP and simulated")
+    routing: Literal["size", "least_work"] = Field(
+        "size",
+        description="size: thresholds only; least_work: also the best size mix's card types "
+        "behind a least-outstanding-work router (work normalised by each pool's speed)",
+    )
     utilisation: float = Field(
         0.8, gt=0, le=1, description="share of a replica's optimistic capacity usable at the SLO"
     )
