@@ -158,3 +158,13 @@ def test_least_work_routing_shares_load_by_speed():
     route = least_work(arr, size, [1 / 30_000, 1 / 10_000])  # 30k and 10k tokens/s
     share = size[route == 0].sum() / size.sum()
     assert share == pytest.approx(0.75, abs=0.03)
+
+
+def test_mix_with_shared_prefix_traffic_is_refused():
+    from capsim.load import load_scenario
+    from capsim.spec.scenario import Scenario
+
+    d = load_scenario("scenarios/mixed_fleet.yaml").model_dump()
+    d["traffic"]["system_prompts"] = {"lengths": [500, 800]}
+    with pytest.raises(ValueError, match="shared-prefix"):
+        Scenario.model_validate(d)

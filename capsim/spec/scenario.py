@@ -28,6 +28,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from capsim.spec.autoscaling import PolicySpec, WhatIf
 from capsim.spec.capacity import Capacity
 from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.mix import Mix
 from capsim.spec.models import FixedModel, ModelCard, TransformerModel
 from capsim.spec.precision import MathFormat
 from capsim.strict import Strict
@@ -368,34 +369,6 @@ class Candidates(Strict):
     def _tp(cls, v: list[int]) -> list[int]:
         if not v or any(t not in (1, 2, 4, 8) for t in v):
             raise ValueError("tensor_parallel values must be among 1, 2, 4, 8")
-        return v
-
-
-class Mix(Strict):
-    """Mixed fleets (``capsim plan``): route requests by size to pools of different cards.
-
-    A request whose prompt + output tokens is below ``size_thresholds[0]`` falls in bucket 0,
-    and so on (the routing of Mélange, Griggs et al. 2024, arXiv:2404.14527).
-    """
-
-    size_thresholds: list[int] = Field(
-        min_length=1, description="bucket bounds on prompt + output tokens, increasing"
-    )
-    proposals: int = Field(3, ge=1, le=10, description="mixes proposed by the MILP and simulated")
-    routing: Literal["size", "least_work"] = Field(
-        "size",
-        description="size: thresholds only; least_work: also the best size mix's card types "
-        "behind a least-outstanding-work router (work normalised by each pool's speed)",
-    )
-    utilisation: float = Field(
-        0.8, gt=0, le=1, description="share of a replica's optimistic capacity usable at the SLO"
-    )
-
-    @field_validator("size_thresholds")
-    @classmethod
-    def _increasing(cls, v: list[int]) -> list[int]:
-        if v[0] < 1 or any(b <= a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError("size_thresholds must be positive and strictly increasing")
         return v
 
 
