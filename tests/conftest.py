@@ -52,6 +52,8 @@ def write_scenario(tmp_path: Path):
 #: in pyproject's addopts) to stay under 3 minutes; ``.ci/run`` runs them after it with
 #: ``-m 'slow and not fuzz'``. A node id matches by prefix.
 SLOW = (
+    "tests/test_mixed.py::test_mixed_fleet_scenario_a_mix_wins",  # a mixed plan, ~35 s
+    "tests/test_mixed.py::test_mixed_fleet_no_win_scenario_says_no_mix_wins",  # ~20 s
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_catalog_entries",
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_scenarios",
     "tests/test_calibration_cpu.py::",  # a module fixture measures this CPU for ~27 s

@@ -10,6 +10,7 @@ from capsim.evaluate import check_measurable
 from capsim.load import load_catalog
 from capsim.planning.autoscaled import plan_autoscaled
 from capsim.planning.explain import trace_lines
+from capsim.planning.mixed import plan_mix
 from capsim.planning.parallel import local_executor, run_tasks
 from capsim.planning.static import (
     WAVE,
@@ -99,6 +100,8 @@ def plan(
     result = PlanResult(s, results, best, peak_rate(s), cat)
     if best is not None:
         result.trace = trace_lines(result)
+    if s.mix is not None:  # size-routed pools of different cards, against the best single card
+        result.mixed = plan_mix(s, cat, result, progress=progress)
     if s.autoscaling is not None:  # tune the policy per finalist, against the fixed baseline
         result.autoscaled = plan_autoscaled(
             s, result, cat, jobs=jobs, progress=progress, executor=executor

@@ -73,6 +73,7 @@ class PlanResult:
     catalog: Catalog | None = None
     autoscaled: Any = None  # capsim.planning.autoscaled.AutoscaledPlan when the scenario autoscales
     trace: list[str] = field(default_factory=list)  # where the recommendation's numbers come from
+    mixed: Any = None  # capsim.planning.mixed.MixPlan when the scenario has a mix section
 
     @property
     def feasible(self) -> list[CandidateResult]:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from capsim.evaluate import Evaluation, slo_targets
 from capsim.planning.static import CandidateResult, PlanResult
+from capsim.report.mixed import format_mix, mix_dict
 from capsim.report.tables import MS, _ms, _table
 from capsim.report.whatif import autoscaled_dict, format_autoscaled
 
@@ -102,6 +103,7 @@ def plan_dict(result: PlanResult) -> dict[str, Any]:
         "ranked": [candidate_dict(r) for r in result.feasible],
         "lost": [candidate_dict(r) for r in result.lost],
         **_autoscaled(result),
+        **({"mixed": mix_dict(result.mixed)} if getattr(result, "mixed", None) else {}),
     }
 
 
@@ -192,6 +194,8 @@ def format_plan(result: PlanResult) -> str:
         lines.append("Why the others lost:")
         rows = [[r.candidate.label(), r.status, r.reason] for r in lost]
         lines.append(_table(rows, ["config", "status", "reason"]))
+    if getattr(result, "mixed", None) is not None:
+        lines += ["", format_mix(result.mixed)]
     if getattr(result, "autoscaled", None) is not None:
         lines += ["", format_autoscaled(result.autoscaled, s)]
     return "\n".join(lines)

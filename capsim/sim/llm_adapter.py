@@ -133,16 +133,25 @@ class LLMService:
         Mixed iterations overlap the two, so the sum would over-state the time.
         """
         p, o = token_sample(s)
-        mp, mo = float(np.mean(p)), float(np.mean(o))
+        computed = float(np.mean(prefill_sample(s, self.settings)))  # what caching cannot save
+        return self.throughput_for(float(np.mean(p)), float(np.mean(o)), computed)
+
+    def throughput_for(self, mp: float, mo: float, computed: float | None = None) -> float:
+        """:meth:`max_throughput_rps` for a mean prompt ``mp`` and mean output ``mo`` (tokens),
+        of which ``computed`` prompt tokens are prefilled (default: all; fewer with caching)."""
         st = self.settings
         ctx = mp + mo / 2
-        mp = float(np.mean(prefill_sample(s, st)))  # compute: what caching could not save
+        mp = mp if computed is None else computed
         batch = max(1, min(st.max_num_seqs, self._fit.max_batch_memory_for(int(ctx))))
         step = self._decode_step(batch, ctx)
         table = self.svc.token_table[1:]
         per_token = float(np.min(table / np.arange(1, len(table) + 1)))
         per_req = max((mp + mo) * per_token, mo * step / batch)
         return 1.0 / per_req if per_req > 0 else math.inf
+
+    def idle_ttft_s(self, prompt: int) -> float:
+        """Time to prefill ``prompt`` tokens on an idle replica (seconds)."""
+        return self._prefill_time(max(1, int(prompt)))
 
     def time_scale_s(self, s) -> float:
         """The workload's time scale for overload detection: a mean request alone on an idle

@@ -28,6 +28,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from capsim.spec.autoscaling import PolicySpec, WhatIf
 from capsim.spec.capacity import Capacity
 from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.mix import Mix
 from capsim.spec.models import FixedModel, ModelCard, TransformerModel
 from capsim.spec.precision import MathFormat
 from capsim.strict import Strict
@@ -428,6 +429,7 @@ class Scenario(Strict):
         description="purchase mix of an autoscaled fleet: committed/on-demand base, on-demand "
         "or spot burst, spot interruptions (capsim.spec.capacity); None = all on demand",
     )
+    mix: Mix | None = Field(None, description="mixed fleets: size buckets routed to pools")
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
@@ -454,6 +456,19 @@ class Scenario(Strict):
             raise ValueError(
                 "autoscaling and what-if need open-loop traffic (poisson, renewal or trace): "
                 "closed-loop clients slow down with the fleet instead of queueing for new replicas"
+            )
+        shared = bool(self.traffic.sessions or self.traffic.system_prompts) or bool(
+            getattr(self.traffic.arrivals, "session_column", None)
+        )
+        if self.mix is not None and shared:
+            raise ValueError(
+                "mix (size-routed pools) does not split shared-prefix traffic yet (sessions, "
+                "system_prompts, a trace session_column): remove one or the other"
+            )
+        if self.mix is not None and (not llm or closed):
+            raise ValueError(
+                "mix (size-routed pools) needs a transformer model with open-loop traffic: "
+                "requests are routed by their prompt + output tokens"
             )
         return self
 
