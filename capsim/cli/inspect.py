@@ -21,6 +21,7 @@ from capsim.service.estimate import estimate as run_estimate
 from capsim.spec.catalog import GPU
 from capsim.spec.engine import CPU_PRESETS, DEFAULT_PRESET, LLMEngineSettings
 from capsim.spec.models import _CardFile
+from capsim.spec.precision import KV_CACHE_DTYPES
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import (
     check_traffic,
@@ -81,6 +82,13 @@ from capsim.workload.streams import (
     help="Engine whose per-iteration CPU overhead applies (LLM).",
 )
 @click.option(
+    "--kv-cache-dtype",
+    type=click.Choice(list(KV_CACHE_DTYPES)),
+    default="auto",
+    show_default=True,
+    help="KV-cache storage (LLM), as vLLM's --kv-cache-dtype: auto = the model's 16-bit dtype.",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.argument("more_batches", nargs=-1, type=click.IntRange(1, 65536))
@@ -97,6 +105,7 @@ def estimate(
     output,
     seq_len,
     engine_preset,
+    kv_cache_dtype,
     fmt,
     more_batches,
 ) -> None:
@@ -126,7 +135,7 @@ def estimate(
         prompt=prompt,
         output=output,
         seq_len=seq_len,
-        engine=LLMEngineSettings(preset=engine_preset),
+        engine=LLMEngineSettings(preset=engine_preset, kv_cache_dtype=kv_cache_dtype),
     )
     if fmt == "json":
         emit(to_json(result.to_dict()))

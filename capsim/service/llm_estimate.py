@@ -88,7 +88,8 @@ class LLMEstimate:
             f"memory   {f.reason}",
             f"         per GPU: weights {f.weight_bytes / GIB:.2f} GiB, usable "
             f"{f.usable_bytes / GIB:.2f} GiB, KV cache {f.kv_cache_bytes / GIB:.2f} GiB = "
-            f"{f.kv_tokens:,} tokens ({f.kv_bytes_per_token / 1024:g} KiB/token)",
+            f"{f.kv_tokens:,} tokens ({f.kv_bytes_per_token / 1024:g} KiB/token, KV cache "
+            f"{f.kv_cache_dtype})",
         ]
         if self.prefill_s is None:
             return "\n".join(lines)

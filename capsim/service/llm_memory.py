@@ -8,7 +8,7 @@ from typing import Any
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import TransformerModel
-from capsim.spec.precision import Precision, get_precision
+from capsim.spec.precision import Precision, get_precision, kv_cache_bits, kv_dtype_label
 
 
 def param_count(model: TransformerModel) -> int:
@@ -116,17 +116,20 @@ def weight_bytes_per_gpu(model: TransformerModel, precision: str | Precision, tp
     return layers + tables * embedding_bytes_per_param(p) + norms
 
 
-def kv_bytes_per_token(model: TransformerModel, precision: str | Precision, tp: int = 1) -> float:
+def kv_bytes_per_token(
+    model: TransformerModel, precision: str | Precision, tp: int = 1, kv_cache_dtype: str = "auto"
+) -> float:
     """KV-cache bytes of one token on each GPU: 2 (K and V) x layers x KV heads per GPU x
-    head_dim x KV bytes.
+    head_dim x KV bytes (from ``kv_cache_dtype``, see :func:`~capsim.spec.precision.kv_cache_bits`).
 
     >>> from capsim.load import load_model_card
-    >>> kv_bytes_per_token(load_model_card("llama-3.1-8b"), "fp16")
-    131072.0
+    >>> m = load_model_card("llama-3.1-8b")
+    >>> kv_bytes_per_token(m, "fp16"), kv_bytes_per_token(m, "fp8"), kv_bytes_per_token(m, "fp8", 1, "fp8")
+    (131072.0, 131072.0, 65536.0)
     """
     p = _precision(precision)
     s = Shard.of(model, tp)
-    return 2.0 * model.layers * s.kv_heads * s.head_dim * p.kv_bytes
+    return 2.0 * model.layers * s.kv_heads * s.head_dim * kv_cache_bits(p, kv_cache_dtype) / 8
 
 
 def _precision(precision: str | Precision) -> Precision:
@@ -178,6 +181,7 @@ class MemoryFit:
     gpu: str
     model: str
     precision: str
+    kv_cache_dtype: str
     tp: int
     context: int
     fits: bool
@@ -246,7 +250,8 @@ def memory_fit(
     ctx = int(context or st.max_model_len or model.max_context)
     usable = gpu.usable_memory_bytes * st.gpu_memory_utilization - st.reserved_gib * GIB
     weights = weight_bytes_per_gpu(model, p, tp if tp >= 1 else 1)
-    kv_tok = kv_bytes_per_token(model, p, tp if tp >= 1 else 1)
+    kv_tok = kv_bytes_per_token(model, p, tp if tp >= 1 else 1, st.kv_cache_dtype)
+    kv_label = kv_dtype_label(p, st.kv_cache_dtype)
     kv_cache = max(0.0, usable - weights)
     blocks = int(kv_cache // (kv_tok * st.block_size))
     tokens = blocks * st.block_size
@@ -269,13 +274,15 @@ def memory_fit(
         per_seq = tokens // max(1, -(-ctx // st.block_size) * st.block_size)
         problem = (
             f"fits {where}: weights {weights / GIB:.1f} GiB, KV cache {kv_cache / GIB:.1f} GiB "
-            f"= {tokens:,} tokens ({kv_tok / 1024:g} KiB/token), {per_seq:,} sequences of "
+            f"= {tokens:,} tokens ({kv_tok / 1024:g} KiB/token, KV {kv_label}), {per_seq:,} "
+            "sequences of "
             f"{ctx:,} tokens"
         )
     return MemoryFit(
         gpu=gpu.id,
         model=model.name,
         precision=p.name,
+        kv_cache_dtype=kv_label,
         tp=tp,
         context=ctx,
         fits=fits,

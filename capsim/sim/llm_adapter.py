@@ -163,7 +163,8 @@ class LLMService:
         out = [
             f"memory per GPU: weights {f.weight_bytes / GIB:.2f} GiB, KV cache "
             f"{f.kv_cache_bytes / GIB:.2f} GiB = {f.kv_tokens:,} tokens "
-            f"({f.kv_bytes_per_token / 1024:g} KiB/token, blocks of {st.block_size}); "
+            f"({f.kv_bytes_per_token / 1024:g} KiB/token, KV {f.kv_cache_dtype}, blocks of "
+            f"{st.block_size}); "
             f"usable {f.usable_bytes / GIB:.2f} GiB = {gpu.usable_memory_gib:g} GiB x "
             f"{st.gpu_memory_utilization:g} - {st.reserved_gib:g} GiB reserved",
             f"math: {self.precision.name} GEMMs on {math_units(fmt, gpu.vendor)} at "

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError
 from capsim.errors import InputError
 from capsim.spec.catalog import GPU
 from capsim.spec.models import TransformerModel
+from capsim.spec.precision import KvCacheDtype
 from capsim.strict import Strict
 
 
@@ -135,6 +136,14 @@ class LLMEngineSettings(Strict):
         description=(
             "longest context the engine must hold; None = the model's max_context, as vLLM, "
             "which refuses to start if one such sequence does not fit in the KV cache"
+        ),
+    )
+    kv_cache_dtype: KvCacheDtype = Field(
+        "auto",
+        description=(
+            "KV-cache storage, as vLLM's --kv-cache-dtype: auto = the model's activation dtype "
+            "(16-bit, also for FP8/INT8/INT4 weight-quantized models), fp8 (E4M3/E5M2) or int8 "
+            "(TensorRT-LLM, LMDeploy): 8 bits, half the KV bytes per token"
         ),
     )
     preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
