@@ -15,6 +15,7 @@ from capsim.service.llm_memory import (
     precision_problem,
 )
 from capsim.service.llm_ops import IterationBreakdown, IterationShape, prefill_iterations
+from capsim.service.llm_spec import SpeculativeTimer, speculative_timer
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import TransformerModel
@@ -52,6 +53,10 @@ class LLMEstimate:
     request_latency_s: float | None
     decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
+    speculative: str | None = None  # e.g. "draft llama-3.2-1b, k=4, acceptance 0.6"
+    spec_expected_tokens: float | None = None  # E[tokens] per verify step
+    spec_tpot_s: float | None = None  # seconds per output token at ``batch``, speculating
+    spec_breakeven_batch: int | None = None  # smallest batch where speculation stops paying
 
     @property
     def batch_fits(self) -> bool:
@@ -70,7 +75,7 @@ class LLMEstimate:
 
     def row(self) -> dict[str, Any]:
         """This batch size's line of a per-batch table (seconds)."""
-        return {
+        row = {
             "batch": self.batch,
             "prefill_batch_s": self.prefill_batch_s,
             "decode_step_s": self.decode_step_s,
@@ -78,6 +83,26 @@ class LLMEstimate:
             "request_latency_s": self.request_latency_s,
             "batch_fits": self.batch_fits,
         }
+        if self.speculative is not None:
+            row["spec_tpot_s"] = self.spec_tpot_s
+        return row
+
+    def spec_lines(self) -> list[str]:
+        """Speculative decoding at this batch, and where it stops paying (none if off)."""
+        if self.speculative is None or self.spec_tpot_s is None or not self.decode_step_s:
+            return []
+        gain = self.decode_step_s / self.spec_tpot_s
+        be = self.spec_breakeven_batch
+        where = (
+            f"stops paying at batch {be:,} (TPOT with >= without)"
+            if be is not None
+            else "pays at every batch that fits"
+        )
+        return [
+            f"specdec  {self.speculative}: E = {self.spec_expected_tokens:.2f} tokens per verify "
+            f"step; batch {self.batch}: TPOT {self.spec_tpot_s * 1e3:.2f} ms vs "
+            f"{self.decode_step_s * 1e3:.2f} ms without (x{gain:.2f}); {where}"
+        ]
 
     def to_text(self) -> str:
         """A human summary and the per-operator table of one decode step."""
@@ -104,6 +129,7 @@ class LLMEstimate:
             f"{self.decode_step_s * ms:.2f} ms/step = {self.decode_tokens_per_s:,.0f} tokens/s"
             + ("" if self.batch_fits else f" (but at most {self.max_batch} sequences fit)"),
         ]
+        lines += self.spec_lines()
         if self.max_batch and self.max_batch_step_s and self.max_batch_prefill_s is not None:
             lines.append(
                 f"ceiling  batch {self.max_batch} (largest at {self.prompt + self.output:,} "
@@ -151,10 +177,17 @@ class LLMEstimates:
         ms = 1e3
         lines = e.to_text().splitlines()
         head = lines[:3]
+        spec = e.speculative is not None
         rows = [
             f"         {x.batch:>6}  {_known(x.prefill_batch_s) * ms:>12.2f}  "
             f"{_known(x.decode_step_s) * ms:>14.2f}"
             f"  {x.decode_tokens_per_s:>12,.0f}  {x.request_latency_s:>9.3f}"
+            + (
+                f"  {_known(x.spec_tpot_s) * ms:>11.2f}  "
+                f"x{_known(x.decode_step_s) / _known(x.spec_tpot_s):.2f}"
+                if spec
+                else ""
+            )
             + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
             for x in self.estimates
         ]
@@ -164,11 +197,12 @@ class LLMEstimates:
             f"batches  decode at context {e.decode_context:,}; prefill of all the batch's "
             f"prompts; request = prefill + {e.output} decode steps",
             f"         {'batch':>6}  {'prefill ms':>12}  {'decode ms/step':>14}  "
-            f"{'tokens/s':>12}  {'request s':>9}",
+            f"{'tokens/s':>12}  {'request s':>9}"
+            + (f"  {'spec ms/tok':>11}  gain" if spec else ""),
             *rows,
         ]
         tail = lines[3:]
-        start = next(i for i, x in enumerate(tail) if x.startswith("ceiling"))
+        start = next(i for i, x in enumerate(tail) if x.startswith(("specdec", "ceiling")))
         end = next(i for i, x in enumerate(tail) if x.startswith("request"))
         return "\n".join(head + body + tail[start:end] + tail[end + 1 :])
 
@@ -225,6 +259,7 @@ def estimate_llm(
         )  # fmt: skip
         return LLMEstimate(**base, **none, prefill_iterations=0)
     svc = LLMServiceModel(gpu, model, p, tp, st, timer)
+    spec = speculative_timer(svc, gpu, p, tp, timer)
     one = prefill_iterations(1, prompt, st)
     prefill_s = _prefill_time(svc, one)
     prefill_batch_s = _prefill_time(svc, prefill_iterations(batch, prompt, st))
@@ -248,6 +283,39 @@ def estimate_llm(
         prefill_breakdown=svc.breakdown(
             prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])
         ),
+        **_spec_fields(spec, svc, batch, ctx, max(top, batch)),
+    )
+
+
+def _spec_fields(
+    spec: SpeculativeTimer | None, svc: LLMServiceModel, batch: int, ctx: int, most: int
+) -> dict[str, Any]:
+    """The speculative columns of an estimate: TPOT at ``batch`` and the first batch (up to
+    ``most``) where speculating is no faster than decoding one token per step."""
+    if spec is None:
+        return {}
+    sp = spec.spec
+    what = f"draft {sp.draft_model.name}" if sp.kind == "draft" else sp.kind  # type: ignore[union-attr]
+
+    def loses(b: int) -> bool:
+        return spec.tpot_s(b, ctx) >= _decode_step(svc, b, ctx)
+
+    # the loss grows with the batch: double until it loses, then bisect
+    hi = 1
+    while hi < most and not loses(hi):
+        hi = min(most, 2 * hi)
+    breakeven = None
+    if loses(hi):
+        lo = hi // 2 + 1 if hi > 1 else 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if loses(mid) else (mid + 1, hi)
+        breakeven = hi
+    return dict(
+        speculative=f"{what}, k={sp.k}, acceptance {sp.acceptance}",
+        spec_expected_tokens=spec.expected,
+        spec_tpot_s=spec.tpot_s(batch, ctx),
+        spec_breakeven_batch=breakeven,
     )
 
 

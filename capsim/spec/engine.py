@@ -10,6 +10,7 @@ from capsim.errors import InputError
 from capsim.spec.catalog import GPU
 from capsim.spec.models import TransformerModel
 from capsim.spec.precision import KvCacheDtype
+from capsim.spec.speculative import Speculative
 from capsim.strict import Strict
 
 
@@ -146,6 +147,13 @@ class LLMEngineSettings(Strict):
             "(TensorRT-LLM, LMDeploy): 8 bits, half the KV bytes per token"
         ),
     )
+    speculative: Speculative | None = Field(
+        None,
+        description=(
+            "speculative decoding: {kind: draft | eagle | ngram, k, acceptance (one rate or k "
+            "by position), draft_model (kind draft)}; off when unset"
+        ),
+    )
     preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
         DEFAULT_PRESET,
         description=(
@@ -215,7 +223,7 @@ class LLMEngineSettings(Strict):
         # the card's defaults are not the user's settings: resolving again for another card
         # gives that card's defaults
         return type(self).model_construct(
-            _fields_set=set(self.model_fields_set), **{**self.model_dump(), **update}
+            _fields_set=set(self.model_fields_set), **{**dict(self), **update}
         )
 
 
@@ -255,6 +263,15 @@ def engine_settings(
             f"({st.max_num_seqs}), as vLLM requires",
             where="fleet.batching.engine.max_num_batched_tokens",
         )
+    spec = st.speculative
+    if model is not None and spec is not None and spec.kind == "draft":
+        draft = spec.draft_model
+        if not isinstance(draft, str) and draft.vocab_size != model.vocab_size:
+            raise InputError(
+                f"draft model {draft.name} has a vocabulary of {draft.vocab_size:,} tokens, "
+                f"{model.name} {model.vocab_size:,}: a draft must share the target's tokenizer",
+                where="fleet.batching.engine.speculative.draft_model",
+            )
     if model is not None:
         mml = st.max_model_len or model.max_context
         if mml > model.max_context:
