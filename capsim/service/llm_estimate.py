@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capsim.service.comm import OpTimer
@@ -57,6 +57,7 @@ class LLMEstimate:
     spec_expected_tokens: float | None = None  # E[tokens] per verify step
     spec_tpot_s: float | None = None  # seconds per output token at ``batch``, speculating
     spec_breakeven_batch: int | None = None  # smallest batch where speculation stops paying
+    spec_max_tokens_per_s: float | None = None  # the ceiling's output rate, speculating
 
     @property
     def batch_fits(self) -> bool:
@@ -98,11 +99,18 @@ class LLMEstimate:
             if be is not None
             else "pays at every batch that fits"
         )
-        return [
+        lines = [
             f"specdec  {self.speculative}: E = {self.spec_expected_tokens:.2f} tokens per verify "
             f"step; batch {self.batch}: TPOT {self.spec_tpot_s * 1e3:.2f} ms vs "
             f"{self.decode_step_s * 1e3:.2f} ms without (x{gain:.2f}); {where}"
         ]
+        if self.spec_max_tokens_per_s is not None and self.max_tokens_per_s:
+            lines.append(
+                f"         at the ceiling (batch {self.max_batch}): "
+                f"{self.spec_max_tokens_per_s:,.0f} output tokens/s speculating vs "
+                f"{self.max_tokens_per_s:,.0f} without"
+            )
+        return lines
 
     def to_text(self) -> str:
         """A human summary and the per-operator table of one decode step."""
@@ -267,7 +275,7 @@ def estimate_llm(
     top = fit.max_batch
     top_step = _decode_step(svc, top, ctx) if top else None
     top_prefill = _prefill_time(svc, prefill_iterations(top, prompt, st)) if top else None
-    return LLMEstimate(
+    e = LLMEstimate(
         **base,
         prefill_s=prefill_s,
         prefill_iterations=len(one),
@@ -285,6 +293,11 @@ def estimate_llm(
         ),
         **_spec_fields(spec, svc, batch, ctx, max(top, batch)),
     )
+    if spec is not None and top and e.spec_tpot_s is not None:
+        pre = _prefill_time(spec, prefill_iterations(top, prompt, st))  # + the draft's prefill
+        ceiling = _ceiling(top, output, spec.tpot_s(top, ctx), pre)
+        e = replace(e, spec_max_tokens_per_s=ceiling)
+    return e
 
 
 def _spec_fields(
@@ -333,7 +346,9 @@ def _ceiling(top: int, output: int, step: float | None, prefill: float | None) -
     return top * output / ((prefill or 0.0) + output * step)
 
 
-def _prefill_time(svc: LLMServiceModel, iterations: list[list[tuple[int, int, bool]]]) -> float:
+def _prefill_time(
+    svc: LLMServiceModel | SpeculativeTimer, iterations: list[list[tuple[int, int, bool]]]
+) -> float:
     total = 0.0
     for it in iterations:
         shape = IterationShape.of([(c, b) for c, b, _ in it], num_logits=sum(e for *_, e in it))
