@@ -203,6 +203,27 @@ def _resolve_model(data: dict, base: Path, file: Path) -> None:
             raise InputError(str(exc), file=file, where="sequence_length") from None
 
 
+def _resolve_draft(data: dict, base: Path, file: Path) -> None:
+    """``fleet.batching.engine.speculative.draft_model`` by name -> the card (a transformer)."""
+    try:
+        spec = data["fleet"]["batching"]["engine"]["speculative"]
+    except (KeyError, TypeError):
+        return
+    if not isinstance(spec, dict) or spec.get("kind") != "draft":
+        return
+    name = spec.get("draft_model")
+    if not isinstance(name, str):
+        return  # a card inline, or missing: the schema checks it
+    where = "fleet.batching.engine.speculative.draft_model"
+    try:
+        card = load_model_card(name, base)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0]), file=file, where=where) from None
+    if not isinstance(card, TransformerModel):
+        raise InputError(f"'{name}' is not a transformer card", file=file, where=where)
+    spec["draft_model"] = card.model_dump()
+
+
 def _resolve_file(data: dict, base: Path, file: Path, section: str, kind: str, key: str) -> None:
     """Make ``traffic.<section>.<key>`` (a CSV path, when ``kind`` matches) absolute and check it."""
     traffic = data.get("traffic")
@@ -270,6 +291,7 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
         raise InputError("a scenario must be a mapping of fields", file=file)
     base = file.parent
     _resolve_model(data, base, file)
+    _resolve_draft(data, base, file)
     _resolve_file(data, base, file, "arrivals", "trace", "path")
     _resolve_file(data, base, file, "tokens", "empirical", "trace")
     scenario = parse_model(Scenario, data, file=file)

@@ -107,7 +107,10 @@ def test_param_count_exact_for_llama_3_1_8b():
 def test_kv_bytes_per_token():
     m8 = load_model_card("llama-3.1-8b")
     assert kv_bytes_per_token(m8, "fp16") == 2 * 32 * 8 * 128 * 2 == 131072
-    assert kv_bytes_per_token(m8, "fp8") == 65536
+    # fp8 weights keep a 16-bit KV cache unless kv_cache_dtype says fp8 (vLLM's auto)
+    assert kv_bytes_per_token(m8, "fp8") == 131072
+    assert kv_bytes_per_token(m8, "fp8", 1, "fp8") == kv_bytes_per_token(m8, "fp16", 1, "int8")
+    assert kv_bytes_per_token(m8, "fp16", 1, "fp8") == 65536
     assert kv_bytes_per_token(m8, "fp16", tp=2) == 65536  # 4 KV heads per GPU
     # tp=16 > 8 KV heads: each GPU keeps one (replicated) -> same as tp=8
     m70 = load_model_card("llama-3.1-70b")
@@ -315,10 +318,10 @@ def test_estimate_llm(h100, t4):
     assert e.fit.fits and e.math_format == "fp8" and e.decode_context == 1024 + 128
     assert 0 < e.prefill_s < e.prefill_batch_s < 32 * e.prefill_s
     assert e.decode_tokens_per_s == pytest.approx(32 / e.decode_step_s)
-    # vLLM V1 on an 80 GB H100 allows 1024 sequences; the KV cache holds 1,011,328 tokens,
-    # so 790 sequences of 1,280 tokens
-    assert e.fit.kv_tokens == 1_011_328 and e.fit.max_num_seqs == 1024
-    assert e.max_batch == 1_011_328 // 1280 and e.max_tokens_per_s > e.decode_tokens_per_s
+    # vLLM V1 on an 80 GB H100 allows 1024 sequences; the 16-bit KV cache (fp8 weights,
+    # kv_cache_dtype auto) holds 505,664 tokens, so 395 sequences of 1,280 tokens
+    assert e.fit.kv_tokens == 505_664 and e.fit.max_num_seqs == 1024
+    assert e.max_batch == 505_664 // 1280 and e.max_tokens_per_s > e.decode_tokens_per_s
     assert e.decode_breakdown.total_s == pytest.approx(e.decode_step_s, rel=1e-12)
     text = e.to_text()
     assert "tokens/s" in text and "mlp_up" in text and e.batch_fits

@@ -98,6 +98,7 @@ def llm_throughput(row: pd.Series) -> float:
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
         "--output", str(int(row.output_tokens)), "--engine", _engine(row),
+        "--kv-cache-dtype", _kv_cache_dtype(row),
     )  # fmt: skip
     return _number(out, "max_tokens_per_s")
 
@@ -114,13 +115,27 @@ def _engine(row: pd.Series) -> str:
     return "vllm-v1"
 
 
+def _kv_cache_dtype(row: pd.Series) -> str:
+    """The KV cache the row's run stored: ``fp8`` for TensorRT-LLM at fp8 (its FP8 rows run
+    NVIDIA's ModelOpt checkpoints, huggingface.co/collections/nvidia/model-optimizer-
+    66aa84f7966b3150262481a4, whose FP8 exports declare ``"kv_cache_quant_algo": "FP8"`` in
+    hf_quant_config.json, which the engine applies; before capsim had ``kv_cache_dtype`` its
+    ``fp8`` precision implied this); else ``auto`` (the model's 16-bit dtype).
+
+    >>> _kv_cache_dtype(pd.Series(dict(engine="TensorRT-LLM v0.5", precision="fp8")))
+    'fp8'
+    """
+    eng = str(row.get("engine", "")).lower()
+    return "fp8" if "tensorrt" in eng and str(row.precision) == "fp8" else "auto"
+
+
 def _llm(row: pd.Series, batch: int) -> dict:
     """``capsim estimate`` of an LLM row at ``batch`` sequences."""
     return estimate(
         "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
         "--tp", str(int(row.tp)), "--prompt", str(int(row.prompt_tokens)),
         "--output", str(int(row.output_tokens)), "--batch", str(batch),
-        "--engine", _engine(row),
+        "--engine", _engine(row), "--kv-cache-dtype", _kv_cache_dtype(row),
     )  # fmt: skip
 
 

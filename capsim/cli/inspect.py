@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import BaseModel
@@ -19,8 +20,9 @@ from capsim.load import load_model_card, load_scenario
 from capsim.report.output import to_json
 from capsim.service.estimate import estimate as run_estimate
 from capsim.spec.catalog import GPU
-from capsim.spec.engine import CPU_PRESETS, DEFAULT_PRESET, LLMEngineSettings
+from capsim.spec.engine import CPU_PRESETS, DEFAULT_PRESET, LLMEngineSettings, engine_settings
 from capsim.spec.models import _CardFile
+from capsim.spec.precision import KV_CACHE_DTYPES
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import (
     check_traffic,
@@ -32,6 +34,50 @@ from capsim.workload.streams import (
 
 
 # --------------------------------------------------------------------------- estimate
+def _engine(
+    preset: str,
+    kv_cache_dtype: str,
+    kind: str | None,
+    k: int,
+    acceptance_text: str | None,
+    draft: str | None,
+) -> LLMEngineSettings:
+    """The engine settings ``capsim estimate`` options describe (errors name the option).
+
+    >>> _engine("vllm-v1", "auto", "ngram", 2, "0.8,0.5", None).speculative.acceptance
+    [0.8, 0.5]
+    """
+    try:
+        acceptance = [float(x) for x in (acceptance_text or "").split(",") if x.strip()]
+    except ValueError:
+        raise InputError(
+            f"'{acceptance_text}': expected rates like 0.7 or 0.8,0.6,0.5",
+            where="--spec-acceptance",
+        ) from None
+    settings: dict[str, Any] = {"preset": preset, "kv_cache_dtype": kv_cache_dtype}
+    if kind is None:
+        if draft is not None or acceptance:
+            raise InputError("give --spec-kind to speculate", where="--spec-kind")
+        return engine_settings(settings)
+    if not acceptance:
+        raise InputError("speculative decoding needs --spec-acceptance", where="--spec-acceptance")
+    spec: dict[str, object] = {
+        "kind": kind,
+        "k": k,
+        "acceptance": acceptance[0] if len(acceptance) == 1 else list(acceptance),
+    }
+    if kind == "draft":
+        if draft is None:
+            raise InputError("--spec-kind draft needs --draft-model", where="--draft-model")
+        try:
+            spec["draft_model"] = load_model_card(draft, Path.cwd())
+        except KeyError as exc:
+            raise InputError(str(exc.args[0]), where="--draft-model") from None
+    elif draft is not None:
+        raise InputError("--draft-model goes with --spec-kind draft", where="--draft-model")
+    return engine_settings({**settings, "speculative": spec})
+
+
 @click.command()
 @click.option("--gpu", required=True, help="Catalog id, e.g. h100-sxm.")
 @click.option(
@@ -81,6 +127,27 @@ from capsim.workload.streams import (
     help="Engine whose per-iteration CPU overhead applies (LLM).",
 )
 @click.option(
+    "--kv-cache-dtype",
+    type=click.Choice(list(KV_CACHE_DTYPES)),
+    default="auto",
+    show_default=True,
+    help="KV-cache storage (LLM), as vLLM's --kv-cache-dtype: auto = the model's 16-bit dtype.",
+)
+@click.option(
+    "--spec-kind",
+    type=click.Choice(["draft", "eagle", "ngram"]),
+    default=None,
+    help="Speculative decoding (LLM): also show TPOT with it, per batch, and where it stops paying.",
+)
+@click.option("--spec-k", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="Tokens proposed per verify step.")  # fmt: skip
+@click.option(
+    "--spec-acceptance",
+    default=None,
+    help="Acceptance rate: one (0.7), or k by position, comma-separated (0.8,0.6,0.5,0.4).",
+)
+@click.option("--draft-model", default=None, help="Draft model card (with --spec-kind draft).")
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.argument("more_batches", nargs=-1, type=click.IntRange(1, 65536))
@@ -97,6 +164,11 @@ def estimate(
     output,
     seq_len,
     engine_preset,
+    kv_cache_dtype,
+    spec_kind,
+    spec_k,
+    spec_acceptance,
+    draft_model,
     fmt,
     more_batches,
 ) -> None:
@@ -126,7 +198,9 @@ def estimate(
         prompt=prompt,
         output=output,
         seq_len=seq_len,
-        engine=LLMEngineSettings(preset=engine_preset),
+        engine=_engine(
+            engine_preset, kv_cache_dtype, spec_kind, spec_k, spec_acceptance, draft_model
+        ),
     )
     if fmt == "json":
         emit(to_json(result.to_dict()))

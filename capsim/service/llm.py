@@ -76,7 +76,7 @@ from capsim.service.roofline import OpCost, OpTime
 from capsim.spec.catalog import GPU
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import TransformerModel
-from capsim.spec.precision import Precision
+from capsim.spec.precision import Precision, kv_cache_bits
 
 
 def _calibrated_timer(gpu: GPU) -> OpTimer | None:
@@ -122,6 +122,8 @@ class LLMServiceModel:
         if problem:
             raise ValueError(problem)
         self.shard = Shard.of(model, tp)
+        #: bytes of one stored KV element (``settings.kv_cache_dtype``): KV writes and reads
+        self.kv_bytes = kv_cache_bits(self.precision, self.settings.kv_cache_dtype) / 8
         self.formats = _formats(gpu, self.precision)
         self._vectorized = self.timer is default_op_timer
         self._table_times = getattr(self.timer, "table_times", None)  # vectorised custom timer
@@ -226,10 +228,10 @@ class LLMServiceModel:
                 per_row_b = float(op.bytes) - float(base.bytes)
                 flops += op.count * (float(base.flops) * iterations + per_row_f * rows)
                 nbytes += op.count * (float(base.bytes) * iterations + per_row_b * rows)
-        s, p = self.shard, self.precision
+        s = self.shard
         d = s.head_dim
         flops += s.layers * 4.0 * s.q_heads * d * (decode_context + prefill_work)
-        nbytes += s.layers * 2.0 * s.kv_heads * d * p.kv_bytes * (decode_context + prefill_kv)
+        nbytes += s.layers * 2.0 * s.kv_heads * d * self.kv_bytes * (decode_context + prefill_kv)
         return flops, nbytes
 
     # -- the explicit breakdown --------------------------------------------------------------
@@ -274,7 +276,7 @@ class LLMServiceModel:
         """Operators whose cost depends only on the number of new tokens ``t``."""
         s, p, f = self.shard, self.precision, self.formats
         w, a, o = p.weight_bytes, p.act_bytes, stream_bytes(p)
-        kvb, d, h, L = p.kv_bytes, s.head_dim, s.hidden, s.layers
+        kvb, d, h, L = self.kv_bytes, s.head_dim, s.hidden, s.layers
         qk = (s.q_heads + s.kv_heads) * d
         ops = [
             _Op("embed", 1, 0.0, 2.0 * t * h * o, f.gemm),
@@ -313,14 +315,14 @@ class LLMServiceModel:
         s, p = self.shard, self.precision
         o, d = stream_bytes(p), s.head_dim
         flops = 4.0 * s.q_heads * d * work
-        nbytes = 2.0 * n_pre * s.q_heads * d * o + 2.0 * s.kv_heads * d * p.kv_bytes * kv
+        nbytes = 2.0 * n_pre * s.q_heads * d * o + 2.0 * s.kv_heads * d * self.kv_bytes * kv
         return _Op("attn_prefill", s.layers, flops, nbytes, self.formats.attn)
 
     def _attn_decode_op(self, n_dec: float, ctx: float) -> _Op:
         s, p = self.shard, self.precision
         o, d = stream_bytes(p), s.head_dim
         flops = 4.0 * s.q_heads * d * ctx
-        nbytes = 2.0 * n_dec * s.q_heads * d * o + 2.0 * s.kv_heads * d * p.kv_bytes * ctx
+        nbytes = 2.0 * n_dec * s.q_heads * d * o + 2.0 * s.kv_heads * d * self.kv_bytes * ctx
         return _Op("attn_decode", s.layers, flops, nbytes, self.formats.attn)
 
     def _attention_ops(
@@ -425,6 +427,6 @@ class LLMServiceModel:
         d, o = s.head_dim, stream_bytes(p)
         flop_per_work = 4.0 * s.q_heads * d / peak
         q_bytes = 2.0 * s.q_heads * d * o / bw
-        kv_bytes = 2.0 * s.kv_heads * d * p.kv_bytes / bw
+        kv_bytes = 2.0 * s.kv_heads * d * self.kv_bytes / bw
         overhead = gpu.kernel_overhead_us * 1e-6
         return (flop_per_work, q_bytes, kv_bytes, overhead, s.layers)

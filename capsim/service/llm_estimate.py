@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capsim.service.comm import OpTimer
@@ -15,6 +15,7 @@ from capsim.service.llm_memory import (
     precision_problem,
 )
 from capsim.service.llm_ops import IterationBreakdown, IterationShape, prefill_iterations
+from capsim.service.llm_spec import SpeculativeTimer, speculative_timer
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import TransformerModel
@@ -52,6 +53,11 @@ class LLMEstimate:
     request_latency_s: float | None
     decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
+    speculative: str | None = None  # e.g. "draft llama-3.2-1b, k=4, acceptance 0.6"
+    spec_expected_tokens: float | None = None  # E[tokens] per verify step
+    spec_tpot_s: float | None = None  # seconds per output token at ``batch``, speculating
+    spec_breakeven_batch: int | None = None  # smallest batch where speculation stops paying
+    spec_max_tokens_per_s: float | None = None  # the ceiling's output rate, speculating
 
     @property
     def batch_fits(self) -> bool:
@@ -70,7 +76,7 @@ class LLMEstimate:
 
     def row(self) -> dict[str, Any]:
         """This batch size's line of a per-batch table (seconds)."""
-        return {
+        row = {
             "batch": self.batch,
             "prefill_batch_s": self.prefill_batch_s,
             "decode_step_s": self.decode_step_s,
@@ -78,6 +84,33 @@ class LLMEstimate:
             "request_latency_s": self.request_latency_s,
             "batch_fits": self.batch_fits,
         }
+        if self.speculative is not None:
+            row["spec_tpot_s"] = self.spec_tpot_s
+        return row
+
+    def spec_lines(self) -> list[str]:
+        """Speculative decoding at this batch, and where it stops paying (none if off)."""
+        if self.speculative is None or self.spec_tpot_s is None or not self.decode_step_s:
+            return []
+        gain = self.decode_step_s / self.spec_tpot_s
+        be = self.spec_breakeven_batch
+        where = (
+            f"stops paying at batch {be:,} (TPOT with >= without)"
+            if be is not None
+            else "pays at every batch that fits"
+        )
+        lines = [
+            f"specdec  {self.speculative}: E = {self.spec_expected_tokens:.2f} tokens per verify "
+            f"step; batch {self.batch}: TPOT {self.spec_tpot_s * 1e3:.2f} ms vs "
+            f"{self.decode_step_s * 1e3:.2f} ms without (x{gain:.2f}); {where}"
+        ]
+        if self.spec_max_tokens_per_s is not None and self.max_tokens_per_s:
+            lines.append(
+                f"         at the ceiling (batch {self.max_batch}): "
+                f"{self.spec_max_tokens_per_s:,.0f} output tokens/s speculating vs "
+                f"{self.max_tokens_per_s:,.0f} without"
+            )
+        return lines
 
     def to_text(self) -> str:
         """A human summary and the per-operator table of one decode step."""
@@ -88,7 +121,8 @@ class LLMEstimate:
             f"memory   {f.reason}",
             f"         per GPU: weights {f.weight_bytes / GIB:.2f} GiB, usable "
             f"{f.usable_bytes / GIB:.2f} GiB, KV cache {f.kv_cache_bytes / GIB:.2f} GiB = "
-            f"{f.kv_tokens:,} tokens ({f.kv_bytes_per_token / 1024:g} KiB/token)",
+            f"{f.kv_tokens:,} tokens ({f.kv_bytes_per_token / 1024:g} KiB/token, KV cache "
+            f"{f.kv_cache_dtype})",
         ]
         if self.prefill_s is None:
             return "\n".join(lines)
@@ -103,6 +137,7 @@ class LLMEstimate:
             f"{self.decode_step_s * ms:.2f} ms/step = {self.decode_tokens_per_s:,.0f} tokens/s"
             + ("" if self.batch_fits else f" (but at most {self.max_batch} sequences fit)"),
         ]
+        lines += self.spec_lines()
         if self.max_batch and self.max_batch_step_s and self.max_batch_prefill_s is not None:
             lines.append(
                 f"ceiling  batch {self.max_batch} (largest at {self.prompt + self.output:,} "
@@ -150,10 +185,17 @@ class LLMEstimates:
         ms = 1e3
         lines = e.to_text().splitlines()
         head = lines[:3]
+        spec = e.speculative is not None
         rows = [
             f"         {x.batch:>6}  {_known(x.prefill_batch_s) * ms:>12.2f}  "
             f"{_known(x.decode_step_s) * ms:>14.2f}"
             f"  {x.decode_tokens_per_s:>12,.0f}  {x.request_latency_s:>9.3f}"
+            + (
+                f"  {_known(x.spec_tpot_s) * ms:>11.2f}  "
+                f"x{_known(x.decode_step_s) / _known(x.spec_tpot_s):.2f}"
+                if spec
+                else ""
+            )
             + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
             for x in self.estimates
         ]
@@ -163,11 +205,12 @@ class LLMEstimates:
             f"batches  decode at context {e.decode_context:,}; prefill of all the batch's "
             f"prompts; request = prefill + {e.output} decode steps",
             f"         {'batch':>6}  {'prefill ms':>12}  {'decode ms/step':>14}  "
-            f"{'tokens/s':>12}  {'request s':>9}",
+            f"{'tokens/s':>12}  {'request s':>9}"
+            + (f"  {'spec ms/tok':>11}  gain" if spec else ""),
             *rows,
         ]
         tail = lines[3:]
-        start = next(i for i, x in enumerate(tail) if x.startswith("ceiling"))
+        start = next(i for i, x in enumerate(tail) if x.startswith(("specdec", "ceiling")))
         end = next(i for i, x in enumerate(tail) if x.startswith("request"))
         return "\n".join(head + body + tail[start:end] + tail[end + 1 :])
 
@@ -224,6 +267,7 @@ def estimate_llm(
         )  # fmt: skip
         return LLMEstimate(**base, **none, prefill_iterations=0)
     svc = LLMServiceModel(gpu, model, p, tp, st, timer)
+    spec = speculative_timer(svc, gpu, p, tp, timer)
     one = prefill_iterations(1, prompt, st)
     prefill_s = _prefill_time(svc, one)
     prefill_batch_s = _prefill_time(svc, prefill_iterations(batch, prompt, st))
@@ -231,7 +275,7 @@ def estimate_llm(
     top = fit.max_batch
     top_step = _decode_step(svc, top, ctx) if top else None
     top_prefill = _prefill_time(svc, prefill_iterations(top, prompt, st)) if top else None
-    return LLMEstimate(
+    e = LLMEstimate(
         **base,
         prefill_s=prefill_s,
         prefill_iterations=len(one),
@@ -247,6 +291,44 @@ def estimate_llm(
         prefill_breakdown=svc.breakdown(
             prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])
         ),
+        **_spec_fields(spec, svc, batch, ctx, max(top, batch)),
+    )
+    if spec is not None and top and e.spec_tpot_s is not None:
+        pre = _prefill_time(spec, prefill_iterations(top, prompt, st))  # + the draft's prefill
+        ceiling = _ceiling(top, output, spec.tpot_s(top, ctx), pre)
+        e = replace(e, spec_max_tokens_per_s=ceiling)
+    return e
+
+
+def _spec_fields(
+    spec: SpeculativeTimer | None, svc: LLMServiceModel, batch: int, ctx: int, most: int
+) -> dict[str, Any]:
+    """The speculative columns of an estimate: TPOT at ``batch`` and the first batch (up to
+    ``most``) where speculating is no faster than decoding one token per step."""
+    if spec is None:
+        return {}
+    sp = spec.spec
+    what = f"draft {sp.draft_model.name}" if sp.kind == "draft" else sp.kind  # type: ignore[union-attr]
+
+    def loses(b: int) -> bool:
+        return spec.tpot_s(b, ctx) >= _decode_step(svc, b, ctx)
+
+    # the loss grows with the batch: double until it loses, then bisect
+    hi = 1
+    while hi < most and not loses(hi):
+        hi = min(most, 2 * hi)
+    breakeven = None
+    if loses(hi):
+        lo = hi // 2 + 1 if hi > 1 else 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if loses(mid) else (mid + 1, hi)
+        breakeven = hi
+    return dict(
+        speculative=f"{what}, k={sp.k}, acceptance {sp.acceptance}",
+        spec_expected_tokens=spec.expected,
+        spec_tpot_s=spec.tpot_s(batch, ctx),
+        spec_breakeven_batch=breakeven,
     )
 
 
@@ -264,7 +346,9 @@ def _ceiling(top: int, output: int, step: float | None, prefill: float | None) -
     return top * output / ((prefill or 0.0) + output * step)
 
 
-def _prefill_time(svc: LLMServiceModel, iterations: list[list[tuple[int, int, bool]]]) -> float:
+def _prefill_time(
+    svc: LLMServiceModel | SpeculativeTimer, iterations: list[list[tuple[int, int, bool]]]
+) -> float:
     total = 0.0
     for it in iterations:
         shape = IterationShape.of([(c, b) for c, b, _ in it], num_logits=sum(e for *_, e in it))

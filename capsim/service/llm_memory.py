@@ -8,7 +8,7 @@ from typing import Any
 from capsim.spec.catalog import GIB, GPU
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import TransformerModel
-from capsim.spec.precision import Precision, get_precision
+from capsim.spec.precision import Precision, get_precision, kv_cache_bits, kv_dtype_label
 
 
 def param_count(model: TransformerModel) -> int:
@@ -116,17 +116,61 @@ def weight_bytes_per_gpu(model: TransformerModel, precision: str | Precision, tp
     return layers + tables * embedding_bytes_per_param(p) + norms
 
 
-def kv_bytes_per_token(model: TransformerModel, precision: str | Precision, tp: int = 1) -> float:
+def kv_bytes_per_token(
+    model: TransformerModel, precision: str | Precision, tp: int = 1, kv_cache_dtype: str = "auto"
+) -> float:
     """KV-cache bytes of one token on each GPU: 2 (K and V) x layers x KV heads per GPU x
-    head_dim x KV bytes.
+    head_dim x KV bytes (from ``kv_cache_dtype``, see :func:`~capsim.spec.precision.kv_cache_bits`).
 
     >>> from capsim.load import load_model_card
-    >>> kv_bytes_per_token(load_model_card("llama-3.1-8b"), "fp16")
-    131072.0
+    >>> m = load_model_card("llama-3.1-8b")
+    >>> kv_bytes_per_token(m, "fp16"), kv_bytes_per_token(m, "fp8"), kv_bytes_per_token(m, "fp8", 1, "fp8")
+    (131072.0, 131072.0, 65536.0)
     """
     p = _precision(precision)
     s = Shard.of(model, tp)
-    return 2.0 * model.layers * s.kv_heads * s.head_dim * p.kv_bytes
+    return 2.0 * model.layers * s.kv_heads * s.head_dim * kv_cache_bits(p, kv_cache_dtype) / 8
+
+
+def draft_card(spec: Any) -> TransformerModel:
+    """The draft model card of a ``kind: draft`` speculative setting (resolved by the loader)."""
+    card = spec.draft_model
+    if not isinstance(card, TransformerModel):
+        raise ValueError(
+            f"draft model {card!r} is not resolved to a card: load the scenario with "
+            "load_scenario (or pass the card itself)"
+        )
+    return card
+
+
+def speculative_memory(
+    model: TransformerModel, precision: str | Precision, tp: int, settings: LLMEngineSettings
+) -> tuple[float, float]:
+    """(weight bytes, KV bytes per token) on each GPU that speculative decoding adds: a draft
+    model's weights and KV cache (same precision, KV dtype and ``tp``; vLLM keeps both models'
+    KV in one block pool), an EAGLE head's one decoder layer (+ its 2h x h input projection) and
+    one layer of KV, nothing for n-gram lookup.
+
+    >>> from capsim.load import load_model_card
+    >>> st = LLMEngineSettings(speculative={"kind": "eagle", "k": 3, "acceptance": 0.7})
+    >>> w, kv = speculative_memory(load_model_card("llama-3.1-8b"), "fp16", 1, st)
+    >>> round(w / 2**20), kv                 # 218 M + 33.6 M parameters x 2 B; 131072 / 32
+    (480, 4096.0)
+    """
+    spec = settings.speculative
+    p = _precision(precision)
+    if spec is None or spec.kind == "ngram":
+        return 0.0, 0.0
+    if spec.kind == "draft":
+        draft = draft_card(spec)
+        return (
+            weight_bytes_per_gpu(draft, p, tp),
+            kv_bytes_per_token(draft, p, tp, settings.kv_cache_dtype),
+        )
+    s = Shard.of(model, tp)
+    head = (s.layer_params() + 2 * s.hidden * s.hidden // tp) * p.weight_bytes
+    kv = kv_bytes_per_token(model, p, tp, settings.kv_cache_dtype) / model.layers
+    return head + 2 * s.hidden * 2.0, kv
 
 
 def _precision(precision: str | Precision) -> Precision:
@@ -178,6 +222,7 @@ class MemoryFit:
     gpu: str
     model: str
     precision: str
+    kv_cache_dtype: str
     tp: int
     context: int
     fits: bool
@@ -245,8 +290,10 @@ def memory_fit(
     p = _precision(precision)
     ctx = int(context or st.max_model_len or model.max_context)
     usable = gpu.usable_memory_bytes * st.gpu_memory_utilization - st.reserved_gib * GIB
-    weights = weight_bytes_per_gpu(model, p, tp if tp >= 1 else 1)
-    kv_tok = kv_bytes_per_token(model, p, tp if tp >= 1 else 1)
+    spec_w, spec_kv = speculative_memory(model, p, tp if tp >= 1 else 1, st)
+    weights = weight_bytes_per_gpu(model, p, tp if tp >= 1 else 1) + spec_w
+    kv_tok = kv_bytes_per_token(model, p, tp if tp >= 1 else 1, st.kv_cache_dtype) + spec_kv
+    kv_label = kv_dtype_label(p, st.kv_cache_dtype)
     kv_cache = max(0.0, usable - weights)
     blocks = int(kv_cache // (kv_tok * st.block_size))
     tokens = blocks * st.block_size
@@ -269,13 +316,15 @@ def memory_fit(
         per_seq = tokens // max(1, -(-ctx // st.block_size) * st.block_size)
         problem = (
             f"fits {where}: weights {weights / GIB:.1f} GiB, KV cache {kv_cache / GIB:.1f} GiB "
-            f"= {tokens:,} tokens ({kv_tok / 1024:g} KiB/token), {per_seq:,} sequences of "
+            f"= {tokens:,} tokens ({kv_tok / 1024:g} KiB/token, KV {kv_label}), {per_seq:,} "
+            "sequences of "
             f"{ctx:,} tokens"
         )
     return MemoryFit(
         gpu=gpu.id,
         model=model.name,
         precision=p.name,
+        kv_cache_dtype=kv_label,
         tp=tp,
         context=ctx,
         fits=fits,

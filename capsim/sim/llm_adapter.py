@@ -14,6 +14,7 @@ from capsim.service.fixed import Unsupported
 from capsim.service.llm import LLMServiceModel
 from capsim.service.llm_memory import MemoryFit, parallelism_problem, precision_problem
 from capsim.service.llm_ops import prefill_work
+from capsim.service.llm_spec import speculative_timer
 from capsim.sim.llm_closed import run_llm_closed
 from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_measure import measure
@@ -82,6 +83,12 @@ class LLMService:
         self.gpu, self.model, self.tp, self.settings = gpu, model, tp, st
         self.svc = LLMServiceModel(gpu, model, precision, tp, st)
         self.iteration_time = self.svc.iteration_time  # the engine's timer (bound: no wrapper)
+        try:
+            self.spec = speculative_timer(self.svc, gpu, precision, tp)
+        except ValueError as exc:  # the draft model cannot run here (tp split, precision)
+            raise Unsupported(f"speculative draft model: {exc}") from None
+        if self.spec is not None:  # each iteration is 1 / E of a verify step (llm_spec)
+            self.iteration_time = self.spec.iteration_time
         self.precision = self.svc.precision
         self.math_format = self.svc.formats.gemm
         self.max_model_len = int(st.max_model_len or model.max_context)
@@ -95,7 +102,7 @@ class LLMService:
         """A decode-only iteration of ``d`` sequences at total context C takes
         max(a1 + b1 C, a2 + b2 C) with the roofline timer (None for custom timers)."""
         attn = self.svc._attn
-        if attn is None:
+        if attn is None or self.spec is not None:
             return None
         per_flop, per_q, per_kv, _ko, layers = attn
         a2 = self.svc.iteration_time(d, d, 0.0, 0.0, d)
@@ -110,7 +117,8 @@ class LLMService:
         return self._fit if context is None else self.svc.memory_fit(context)
 
     def _decode_step(self, batch: int, context: float) -> float:
-        return self.svc.iteration_time(batch, batch, batch * context, 0.0, batch)
+        """Seconds per output token of ``batch`` sequences (speculative: in expectation)."""
+        return self.iteration_time(batch, batch, batch * context, 0.0, batch)
 
     def _prefill_time(self, prompt: int) -> float:
         """Idle replica: the iterations that prefill one prompt (chunks of the budget)."""
@@ -119,7 +127,7 @@ class LLMService:
         while done < prompt:
             c = min(prompt - done, budget) if self.settings.chunked_prefill else prompt
             last = done + c == prompt
-            t += self.svc.iteration_time(c, 0, 0, prefill_work(c, done), int(last), done + c)
+            t += self.iteration_time(c, 0, 0, prefill_work(c, done), int(last), done + c)
             done += c
         return t
 
@@ -194,7 +202,8 @@ class LLMService:
         out = [
             f"memory per GPU: weights {f.weight_bytes / GIB:.2f} GiB, KV cache "
             f"{f.kv_cache_bytes / GIB:.2f} GiB = {f.kv_tokens:,} tokens "
-            f"({f.kv_bytes_per_token / 1024:g} KiB/token, blocks of {st.block_size}); "
+            f"({f.kv_bytes_per_token / 1024:g} KiB/token, KV {f.kv_cache_dtype}, blocks of "
+            f"{st.block_size}); "
             f"usable {f.usable_bytes / GIB:.2f} GiB = {gpu.usable_memory_gib:g} GiB x "
             f"{st.gpu_memory_utilization:g} - {st.reserved_gib:g} GiB reserved",
             f"math: {self.precision.name} GEMMs on {math_units(fmt, gpu.vendor)} at "
@@ -215,6 +224,13 @@ class LLMService:
             "max_model_len "
             f"{self.max_model_len:,}",
         ]
+        if self.spec is not None:
+            sp = self.spec.spec
+            what = f"draft {sp.draft_model.name}" if sp.kind == "draft" else sp.kind  # type: ignore[union-attr]
+            out.append(
+                f"speculative decoding: {what}, k={sp.k}, acceptance {sp.acceptance}: "
+                f"E = {self.spec.expected:.2f} tokens per verify step (TPOT in expectation)"
+            )
         if s is not None:
             p, o = token_sample(s)
             mp, mo = int(np.mean(p)), int(np.mean(o))

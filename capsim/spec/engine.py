@@ -9,6 +9,8 @@ from pydantic import Field, ValidationError
 from capsim.errors import InputError
 from capsim.spec.catalog import GPU
 from capsim.spec.models import TransformerModel
+from capsim.spec.precision import KvCacheDtype
+from capsim.spec.speculative import Speculative
 from capsim.strict import Strict
 
 
@@ -146,6 +148,21 @@ class LLMEngineSettings(Strict):
             "which refuses to start if one such sequence does not fit in the KV cache"
         ),
     )
+    kv_cache_dtype: KvCacheDtype = Field(
+        "auto",
+        description=(
+            "KV-cache storage, as vLLM's --kv-cache-dtype: auto = the model's activation dtype "
+            "(16-bit, also for FP8/INT8/INT4 weight-quantized models), fp8 (E4M3/E5M2) or int8 "
+            "(TensorRT-LLM, LMDeploy): 8 bits, half the KV bytes per token"
+        ),
+    )
+    speculative: Speculative | None = Field(
+        None,
+        description=(
+            "speculative decoding: {kind: draft | eagle | ngram, k, acceptance (one rate or k "
+            "by position), draft_model (kind draft)}; off when unset"
+        ),
+    )
     preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
         DEFAULT_PRESET,
         description=(
@@ -215,7 +232,7 @@ class LLMEngineSettings(Strict):
         # the card's defaults are not the user's settings: resolving again for another card
         # gives that card's defaults
         return type(self).model_construct(
-            _fields_set=set(self.model_fields_set), **{**self.model_dump(), **update}
+            _fields_set=set(self.model_fields_set), **{**dict(self), **update}
         )
 
 
@@ -255,6 +272,15 @@ def engine_settings(
             f"({st.max_num_seqs}), as vLLM requires",
             where="fleet.batching.engine.max_num_batched_tokens",
         )
+    spec = st.speculative
+    if model is not None and spec is not None and spec.kind == "draft":
+        draft = spec.draft_model
+        if not isinstance(draft, str) and draft.vocab_size != model.vocab_size:
+            raise InputError(
+                f"draft model {draft.name} has a vocabulary of {draft.vocab_size:,} tokens, "
+                f"{model.name} {model.vocab_size:,}: a draft must share the target's tokenizer",
+                where="fleet.batching.engine.speculative.draft_model",
+            )
     if model is not None:
         mml = st.max_model_len or model.max_context
         if mml > model.max_context:

@@ -1,7 +1,9 @@
 """Numeric precisions: what is stored, and what the math runs on.
 
-A precision names a *storage* format for weights, activations and the KV cache (which decides
-memory traffic and footprint) and the tensor-core format the math runs on. The math format must
+A precision names a *storage* format for weights and activations (which decides memory traffic
+and footprint) and the tensor-core format the math runs on. The KV cache is stored apart: in the
+model's activation dtype unless the engine's ``kv_cache_dtype`` says otherwise (see
+:func:`kv_cache_bits`), as vLLM's ``--kv-cache-dtype`` does. The math format must
 be one the card supports in hardware; when a precision lists several acceptable math formats, the
 first one the card has is used. For example ``int4`` is W4A16 (AWQ/GPTQ style): weights move at
 4 bits, the math runs on FP16 tensor cores (BF16 if the card lacks FP16).
@@ -38,7 +40,9 @@ def is_math_format(name: str) -> TypeGuard[MathFormat]:
 
 @dataclass(frozen=True)
 class Precision:
-    """Storage bits of weights / activations / KV cache and acceptable math formats (in order)."""
+    """Storage bits of weights / activations, acceptable math formats (in order) and ``kv_bits``:
+    the KV cache under ``kv_cache_dtype: auto`` (the model's activation dtype: 16 bits for
+    FP8/INT8/INT4 weight-quantized models, as vLLM's ``auto`` stores it)."""
 
     name: str
     weight_bits: int
@@ -75,7 +79,7 @@ PRECISIONS: dict[str, Precision] = {
         Precision("fp16", 16, 16, 16, ("fp16",), "FP16 weights, activations and KV cache"),
         Precision("bf16", 16, 16, 16, ("bf16",), "BF16 weights, activations and KV cache"),
         Precision(
-            "fp8", 8, 8, 8, ("fp8",), "FP8 (E4M3) weights, activations and KV cache, FP8 math"
+            "fp8", 8, 8, 16, ("fp8",), "FP8 (E4M3) weights and activations, FP8 math, 16-bit KV"
         ),
         Precision(
             "int8", 8, 8, 16, ("int8",), "W8A8 (SmoothQuant style), INT8 math, FP16 KV cache"
@@ -85,6 +89,40 @@ PRECISIONS: dict[str, Precision] = {
         ),
     )
 }
+
+
+#: ``kv_cache_dtype`` values: ``auto`` (the model's activation dtype), or a quantized KV cache
+KvCacheDtype = Literal["auto", "fp8", "int8"]
+KV_CACHE_DTYPES: tuple[KvCacheDtype, ...] = get_args(KvCacheDtype)
+
+
+def kv_cache_bits(precision: Precision, kv_cache_dtype: str = "auto") -> int:
+    """Bits of one stored KV element: the precision's activation-dtype KV under ``auto``
+    (vLLM: "if 'auto', will use model data type"), 8 for ``fp8`` (E4M3/E5M2) and ``int8``.
+
+    >>> kv_cache_bits(PRECISIONS["fp8"]), kv_cache_bits(PRECISIONS["fp8"], "fp8")
+    (16, 8)
+    >>> kv_cache_bits(PRECISIONS["bf16"], "int8"), kv_cache_bits(PRECISIONS["fp32"])
+    (8, 32)
+    """
+    if kv_cache_dtype == "auto":
+        return precision.kv_bits
+    if kv_cache_dtype in ("fp8", "int8"):
+        return 8
+    raise ValueError(
+        f"unknown kv_cache_dtype {kv_cache_dtype!r}; accepted: {', '.join(KV_CACHE_DTYPES)}"
+    )
+
+
+def kv_dtype_label(precision: Precision, kv_cache_dtype: str = "auto") -> str:
+    """The KV cache's storage in words: ``fp8``, ``int8``, or ``auto (16-bit)``.
+
+    >>> kv_dtype_label(PRECISIONS["fp8"]), kv_dtype_label(PRECISIONS["fp16"], "fp8")
+    ('auto (16-bit)', 'fp8')
+    """
+    if kv_cache_dtype == "auto":
+        return f"auto ({precision.kv_bits}-bit)"
+    return kv_cache_dtype
 
 
 def math_units(fmt: str | None, vendor: str = "nvidia") -> str:
