@@ -124,7 +124,7 @@ class CalibratedTimer:
 
     def __call__(self, gpu: GPU, cost: OpCost, ctx) -> OpTime:
         if ctx.op in COMM_OPS:
-            return comm_op_time(gpu, ctx.op, cost.bytes, ctx.tp)
+            return comm_op_time(gpu, ctx.op, cost.bytes, ctx.ranks)
         tm = self.evaluate(
             ctx.op, cost.flops, cost.bytes, cost.math_format, cost.kernels, ctx.n, ctx.k, ctx.tp,
             np.array([float(ctx.num_tokens)]),
