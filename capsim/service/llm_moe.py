@@ -64,7 +64,7 @@ def moe_summary(s: Shard, batch: int, top: int) -> str:
 
     >>> from capsim.load import load_model_card
     >>> moe_summary(Shard.of(load_model_card("qwen3-30b-a3b"), 1), 1, 256)[:60]
-    'experts  decode reads 8.0 of 128 experts per MoE layer at bat'
+    'experts  decode reads 8.0 of 128 experts per MoE layer at ba'
     """
     if not s.moe_layers:
         return ""

@@ -3,13 +3,16 @@ per-GPU share of expert work under expert parallelism.
 
 Routing model. Expert ``i`` (of ``E``, ranked by popularity) has popularity ``p_i`` proportional
 to ``1 / (i + 1) ** s`` (Zipf, exponent ``s`` = the card's ``routing_skew``; ``s = 0`` is
-uniform). Each token picks ``k`` distinct experts; the formulas approximate the chance that a
-token picks expert ``i`` by ``q_i = min(1, k p_i)`` and treat tokens as independent, so over a
-step of ``n`` tokens
+uniform). Each token picks ``k`` distinct experts with chances proportional to ``p_i``. The
+chance ``q_i`` that a token's top-k includes expert ``i`` is approximated by
+``q_i = 1 - exp(-lambda p_i)`` with ``lambda`` set so that ``sum_i q_i = k`` (the usual
+approximation of inclusion in weighted sampling without replacement); tokens are independent,
+so over a step of ``n`` tokens
 
     E[distinct experts] = sum_i 1 - (1 - q_i) ** n,
 
-which for uniform routing is exact: ``E x (1 - (1 - k / E) ** n)``. With ``ep`` expert-parallel
+which for uniform routing (``q_i = k / E``) is exact: ``E x (1 - (1 - k / E) ** n)``.
+tests/test_moe.py checks it against a seeded Monte Carlo of Gumbel top-k routing. With ``ep`` expert-parallel
 ranks the experts are dealt round robin by popularity (expert ``i`` on rank ``i mod ep``) and a
 step lasts as long as its busiest rank: the distinct experts and the routed token copies of the
 rank with the largest sum.
@@ -38,12 +41,25 @@ def expert_popularity(experts: int, skew: float = 0.0) -> np.ndarray:
 
 
 def pick_probability(experts: int, k: int, skew: float = 0.0) -> np.ndarray:
-    """Approximate chance that one token routes to each expert: ``min(1, k p_i)``.
+    """Approximate chance that one token's top-k includes each expert: ``1 - exp(-lambda p_i)``
+    with ``sum = k`` (``k / E`` each under uniform routing).
 
     >>> pick_probability(8, 2).tolist()
     [0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25]
+    >>> q = pick_probability(128, 8, 1.0)
+    >>> round(float(q.sum()), 9), round(float(q[0]), 3) < 1.0
+    (8.0, True)
     """
-    return np.minimum(1.0, k * expert_popularity(experts, skew))
+    if skew == 0.0 or k >= experts:
+        return np.full(experts, min(1.0, k / experts))
+    p = expert_popularity(experts, skew)
+    lo, hi = 0.0, float(k)
+    while (1.0 - np.exp(-hi * p)).sum() < k:
+        hi *= 2.0
+    for _ in range(100):  # bisection to double precision
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (1.0 - np.exp(-mid * p)).sum() < k else (lo, mid)
+    return 1.0 - np.exp(-hi * p)
 
 
 def _rank_of(experts: int, ranks: int) -> np.ndarray:
