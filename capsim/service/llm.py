@@ -87,6 +87,28 @@ def _calibrated_timer(gpu: GPU) -> OpTimer | None:
     return timer_for(gpu)
 
 
+def _expert_step_mix(
+    iterations: float, tokens: float, logits: float, prefill: float
+) -> list[tuple[float, float]]:
+    """(iterations, tokens per iteration) of a run's two kinds of step, for the expert reads,
+    which are concave in the tokens of a step: every iteration decodes the mean batch
+    (decode tokens / iterations); one iteration per started prompt (at most all of them)
+    adds its prompt's tokens. ``prefill``: prompt tokens computed; started prompts are the
+    logits rows beyond the decode tokens.
+
+    >>> _expert_step_mix(100.0, 3000.0, 2010.0, 1000.0)
+    [(90.0, 20.0), (10.0, 120.0)]
+    """
+    if iterations <= 0:
+        return []
+    decode = max(tokens - prefill, 0.0)
+    started = min(iterations, max(logits - decode, 0.0))
+    dec = decode / iterations
+    if started <= 0 or prefill <= 0:
+        return [(iterations, tokens / iterations)]
+    return [(iterations - started, dec), (started, dec + prefill / started)]
+
+
 class LLMServiceModel:
     """Iteration times and memory of one replica: ``model`` at ``precision`` on ``tp`` GPUs.
 
@@ -231,11 +253,10 @@ class LLMServiceModel:
                 if op.name in COMM_OPS:
                     continue
                 if op.name in EXPERT_READ_OPS:  # reads grow with distinct experts, not rows
-                    if iterations > 0:
-                        mean = ops_of(rows / iterations)
-                        per_it = next(x for x in mean if x.name == op.name)
-                        flops += op.count * float(per_it.flops) * iterations
-                        nbytes += op.count * float(per_it.bytes) * iterations
+                    for n_it, per in _expert_step_mix(iterations, rows, logits, prefill_kv):
+                        x = next(x for x in ops_of(per) if x.name == op.name)
+                        flops += op.count * float(x.flops) * n_it
+                        nbytes += op.count * float(x.bytes) * n_it
                     continue
                 base = zero[op.name]
                 per_row_f = float(op.flops) - float(base.flops)
