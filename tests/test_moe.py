@@ -133,3 +133,27 @@ def test_ep_problems():
     assert "dense" in parallelism_problem(gpu, load_model_card("llama-3.1-8b"), 2, 2)
     assert "divide tp" in parallelism_problem(gpu, load_model_card("mixtral-8x7b"), 2, 4)
     assert parallelism_problem(gpu, load_model_card("mixtral-8x7b"), 8, 8) is None
+
+
+def test_planner_searches_tp_by_ep():
+    from capsim.load import load_scenario
+    from capsim.planning.static import candidates
+
+    s = load_scenario("scenarios/moe.yaml")
+    pairs = {(c.gpu, c.tp, c.ep) for c in candidates(s)}
+    # ep divides tp: (1,1), (2,1), (2,2), (4,1), (4,2), (4,4) on each card
+    assert {(t, e) for g, t, e in pairs if g == "l4"} == {
+        (1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (4, 4)
+    }  # fmt: skip
+    dense = s.model_copy(update={"model": load_model_card("llama-3.1-8b")})
+    assert {c.ep for c in candidates(dense)} == {1}
+
+
+def test_expert_parallel_service_fits_and_labels():
+    from capsim.evaluate import Config, make_service
+    from capsim.load import load_scenario
+
+    s = load_scenario("scenarios/moe.yaml")
+    svc = make_service(s, load_catalog()["l4"], "fp8", 4, 4)
+    assert svc.memory_fit().fits
+    assert Config("l4", "fp8", 2, 4, 4).label() == "2 x l4 fp8 tp4 ep4"

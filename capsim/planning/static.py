@@ -36,6 +36,7 @@ from capsim.evaluate import (
 from capsim.load import load_catalog
 from capsim.service.fixed import Unsupported
 from capsim.spec.catalog import Catalog
+from capsim.spec.models import TransformerModel
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import peak_rate
 
@@ -89,7 +90,8 @@ class PlanResult:
 
 def candidates(s: Scenario) -> list[Candidate]:
     c = s.candidates
-    eps = c.expert_parallel if s.is_llm and s.model.is_moe else [1]
+    moe = isinstance(s.model, TransformerModel) and s.model.is_moe
+    eps = c.expert_parallel if moe else [1]
     return [
         Candidate(g, p, t, e)
         for g in c.gpus

@@ -358,6 +358,12 @@ class Scenario(Strict):
                 "candidates.tensor_parallel applies to transformer models only (one replica of a "
                 "fixed-shape model is one GPU)"
             )
+        moe = isinstance(self.model, TransformerModel) and self.model.is_moe
+        if not moe and self.candidates.expert_parallel != [1]:
+            raise ValueError(
+                "candidates.expert_parallel applies to mixture-of-experts models only (the card "
+                "gives no experts)"
+            )
         if not llm and self.slo.latency_ms is None:
             raise ValueError("slo.latency_ms is required for fixed-shape models")
         if self.simulation.max_replications < self.simulation.replications:
