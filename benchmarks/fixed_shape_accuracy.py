@@ -3,8 +3,11 @@
 Reads the accuracy suite's public measurements (``benchmarks/accuracy/measurements.csv``: one row
 per MLPerf result, each with its source URL and a ``split`` of ``fit`` or ``test``) and predicts
 every ``resnet50_offline`` / ``bert_offline`` row as ``capsim estimate`` does: the best throughput
-of the card at the row's precision over batches 1..256 that fit in memory (encoder cards at their
-default sequence length, 384 for BERT = MLPerf's SQuAD setting).
+of the card at the row's precision over batches 1..256 that fit in memory. BERT rows are costed
+at 177 tokens per sample (``capsim estimate --seq-len 177``), the mean real length of MLPerf's
+SQuAD v1.1 samples (padded to 384; the MLPerf harness drops the padding):
+``accuracy/schema.py`` ``SQUAD_V11_MEAN_TOKENS`` gives the source. Hopper BERT rows declared fp16
+are costed in FP8, as NVIDIA's harness runs them (``schema.FP8_HIGH_ACCURACY_GPUS``).
 
 The one free constant of the per-layer model, the convolution efficiency factor
 (``capsim.service.layers.FAMILY_FACTORS['conv']``), is fitted here on the ``fit`` rows of
@@ -28,23 +31,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from capsim.load import load_catalog, load_model_card
-from capsim.service import layers
-from capsim.service.fixed import FixedServiceModel
+HERE = Path(__file__).resolve().parent / "accuracy"
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from schema import effective_seq_len, run_precision  # noqa: E402
+
+from capsim.load import load_catalog, load_model_card  # noqa: E402
+from capsim.service import layers  # noqa: E402
+from capsim.service.fixed import FixedServiceModel  # noqa: E402
 
 GROUPS = ("resnet50_offline", "bert_offline")
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GRID = np.round(np.arange(0.50, 1.201, 0.05), 2)
-DEFAULT = Path(__file__).resolve().parent / "accuracy" / "measurements.csv"
+DEFAULT = HERE / "measurements.csv"
 
 
 @functools.cache
-def best_throughput(gpu: str, model: str, precision: str, conv: float) -> float:
-    """Best requests/s over BATCHES that fit, with the conv factor set to ``conv``."""
+def best_throughput(
+    gpu: str, model: str, precision: str, conv: float, seq: int | None = None
+) -> float:
+    """Best requests/s over BATCHES that fit, with the conv factor set to ``conv``, at ``seq``
+    tokens per sample (None: the card's own sequence length)."""
     old = layers.FAMILY_FACTORS["conv"]
     layers.FAMILY_FACTORS["conv"] = conv
     try:
-        svc = FixedServiceModel(load_catalog()[gpu], load_model_card(model), precision)
+        card = load_model_card(model).at_sequence_length(seq)
+        svc = FixedServiceModel(load_catalog()[gpu], card, precision)
         fit = svc.memory_fit(max(BATCHES)).max_batch
         return max(svc.batch(b).throughput for b in BATCHES if b <= max(fit, 1))
     finally:
@@ -54,7 +67,14 @@ def best_throughput(gpu: str, model: str, precision: str, conv: float) -> float:
 def predict(df: pd.DataFrame, conv: float) -> pd.DataFrame:
     out = df.copy()
     out["predicted"] = [
-        best_throughput(r.gpu, r.model, r.precision, conv) for r in df.itertuples(index=False)
+        best_throughput(
+            r.gpu,
+            r.model,
+            run_precision(r.group, r.gpu, r.precision),
+            conv,
+            effective_seq_len(r.group, r.seq_len),
+        )
+        for r in df.itertuples(index=False)
     ]
     out["err"] = out["predicted"] / out["value"] - 1
     return out

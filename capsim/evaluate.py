@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from capsim.analysis.capacity import price_provider
 from capsim.analysis.cost import Price, batch_energy_j, idle_energy_j, price_per_gpu_hour
 from capsim.analysis.metrics import RunMetrics, Summary, series_metrics, summarise, warmup_cut
 from capsim.analysis.stats import CI, decide
@@ -390,7 +391,7 @@ def theory_for(s: Scenario, svc, replicas: int) -> TheoryValue | None:
 
 
 def _priced(s, gpu, config, summary, checks, rej, feasible, verdict) -> Evaluation:
-    price = price_per_gpu_hour(gpu, s.candidates.price_provider)
+    price = price_per_gpu_hour(gpu, price_provider(s))
     usd_h = price.usd_per_hour * config.gpus
     thr = summary.scalars["throughput_rps"].mean
     energy = summary.scalars["energy_j"].mean

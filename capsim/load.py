@@ -278,7 +278,10 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     if scenario.is_llm:
         check_llm(scenario, cat, file=str(file))
     if isinstance(scenario.traffic.tokens, EmpiricalTokens):
-        token_pairs(scenario.traffic.tokens)  # read now: validate reads what simulate reads
+        try:  # read now: validate reads what simulate reads
+            token_pairs(scenario.traffic.tokens)
+        except InputError as exc:  # the trace's own message, placed in the scenario
+            raise InputError(str(exc), file=file, where="traffic.tokens") from None
     check_traffic(scenario, file=str(file))
     return scenario
 

@@ -71,6 +71,8 @@ SLOW = (
     "tests/test_sim_oracles.py::test_replication_interval_for_p99_covers_the_true_value",
     "tests/test_autoscale_whatif.py::test_plan_tunes_the_policy_against_the_fixed_baseline",
     "tests/test_cli.py::test_plan_is_the_same_in_parallel_and_serial",
+    "tests/test_sessions.py::test_plan_compares_prefix_caching_from_the_cli",
+    "tests/test_spot.py::test_whatif_reports_cost_by_tier_interruptions_and_requeues",
 )
 
 

@@ -106,3 +106,27 @@ def test_score_rejects_bad_measurement_files(tmp_path: Path, capsys) -> None:
     assert "missing column(s) model, precision, value" in capsys.readouterr().err
     assert score.main(["--data", str(tmp_path / "absent.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_bert_rows_are_costed_at_the_squad_mean_length_and_run_precision(monkeypatch) -> None:
+    """MLPerf BERT rows go to ``capsim estimate`` with ``--seq-len 177`` (the SQuAD v1.1 mean:
+    384 tokens less the 54% padding the cited paper measures) and Hopper "fp16" rows in fp8."""
+    import pandas as pd
+
+    assert round(384 * (1 - 0.54)) == schema.SQUAD_V11_MEAN_TOKENS
+    score = _module("score")
+    calls: list[tuple[str, ...]] = []
+
+    def fake_estimate(*args: str) -> dict:
+        calls.append(args)
+        return {"batches": [{"throughput_rps": 1.0, "fits": True}]}
+
+    monkeypatch.setattr(score, "estimate", fake_estimate)
+    row = dict(group="bert_offline", gpu="h100-sxm", model="bert-large", precision="fp16")
+    score.best_fixed_throughput(pd.Series({**row, "seq_len": 384}))
+    score.best_fixed_throughput(pd.Series({**row, "group": "resnet50_offline", "seq_len": ""}))
+    first, second = calls
+    assert first[first.index("--seq-len") + 1] == "177"
+    assert first[first.index("--precision") + 1] == "fp8"
+    assert "--seq-len" not in second and second[second.index("--precision") + 1] == "fp16"
+    assert "eff=177" in score.settings(pd.Series({**row, "seq_len": 384}))

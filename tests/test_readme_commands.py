@@ -12,7 +12,7 @@ points at a private copy of the catalog, so a ``calibrate fit`` never touches th
 Fast overrides (the only differences from the commands as written), so the test fits in about
 a minute and a half of CI on 2 cores:
 
-- ``scenarios/*_autoscaled.yaml`` are copies with ``traffic.horizon_s: 1800`` and 2
+- ``scenarios/*_autoscaled.yaml`` and ``scenarios/spot.yaml`` are copies with ``traffic.horizon_s: 1800`` and 2
   replications: ``capsim whatif`` and ``capsim plan`` run their day in real time, which takes
   minutes (benchmarks/README.md); every other scenario is the shipped file.
 - A command that writes no file (plan, simulate, whatif, estimate, validate without ``--out``)
@@ -74,7 +74,7 @@ HELP_SKIPS = {
 }
 # commands that only read the shipped files and print (run once per session, output reused)
 PURE = ("plan", "simulate", "whatif", "estimate", "validate")
-FAST_SCENARIOS = ("embedding_autoscaled.yaml", "chatbot_autoscaled.yaml")
+FAST_SCENARIOS = ("embedding_autoscaled.yaml", "chatbot_autoscaled.yaml", "spot.yaml")
 CPU_RUN = (
     "capsim calibrate run --out meas/ --backend numpy --quick --precisions fp32 "
     "--budget-seconds 20 --threads 1"

@@ -10,7 +10,11 @@ Predictors, one small function per group (see ``PREDICTORS``):
 
 - ``resnet50_*``, ``bert_*`` (MLPerf Offline/Server, per accelerator): best ``throughput_rps``
   over batches 1..256 among batches that fit (``capsim estimate --model M --gpu G --precision P
-  --batch 1 2 4 ... 256``).
+  --batch 1 2 4 ... 256``). BERT rows add ``--seq-len 177``: MLPerf's BERT harness runs each
+  SQuAD v1.1 sample at its real length, whose mean is 177 of the padded 384 tokens
+  (``schema.SQUAD_V11_MEAN_TOKENS``, sourced there); the per-row table shows it as ``eff=177``.
+  Hopper BERT "fp16" rows are costed in FP8 (``--precision fp8``, shown as ``ran=fp8``): NVIDIA's
+  harness runs their matmuls in FP8 (``schema.FP8_HIGH_ACCURACY_GPUS``, sourced there).
 - ``llm_throughput`` (output tokens/s of one TP group at a fixed ISL/OSL): ``max_tokens_per_s``
   of ``capsim estimate --tp T --prompt ISL --output OSL``.
 - ``llm_prefill`` (first-token latency): ``prefill_s`` of the same command at batch 1,
@@ -44,12 +48,17 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
-from capsim.cli import main as capsim_cli
-from capsim.load import load_catalog
-from capsim.service.comm import collective_seconds
-from capsim.spec.catalog import Catalog
-
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from schema import effective_seq_len, run_precision  # noqa: E402
+
+from capsim.cli import main as capsim_cli  # noqa: E402
+from capsim.load import load_catalog  # noqa: E402
+from capsim.service.comm import collective_seconds  # noqa: E402
+from capsim.spec.catalog import Catalog  # noqa: E402
+
 DEFAULT_CSV = HERE / "measurements.csv"
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -69,10 +78,13 @@ def estimate(*args: str) -> dict:
 
 
 def best_fixed_throughput(row: pd.Series) -> float:
-    """Best samples/s over batches 1..256 (fitting batches only) for a fixed-shape model."""
+    """Best samples/s over batches 1..256 (fitting batches only) for a fixed-shape model, at the
+    row's effective sequence length where it has one (:func:`schema.effective_seq_len`)."""
+    seq = effective_seq_len(str(row.group), row.get("seq_len", ""))
+    prec = run_precision(str(row.group), str(row.gpu), str(row.precision))
     out = estimate(
-        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", str(row.precision),
-        "--batch", *[str(b) for b in BATCHES],
+        "--model", str(row.model), "--gpu", str(row.gpu), "--precision", prec,
+        "--batch", *[str(b) for b in BATCHES], *(["--seq-len", str(seq)] if seq else []),
     )  # fmt: skip
     fits = [b["throughput_rps"] for b in out["batches"] if b.get("fits", True)]
     if not fits:
@@ -218,7 +230,8 @@ def _predict_rows(df: pd.DataFrame) -> list[tuple[object, float, str]]:
 #: Columns that decide which ``capsim estimate`` call a row needs: rows with equal values
 #: go to the same worker, so each call runs once.
 _CALL_KEY = [
-    "model", "gpu", "precision", "tp", "prompt_tokens", "output_tokens", "batch", "engine",
+    "model", "gpu", "precision", "seq_len", "tp", "prompt_tokens", "output_tokens", "batch",
+    "engine",
 ]  # fmt: skip
 
 
@@ -296,6 +309,13 @@ def settings(row: pd.Series) -> str:
         v = row.get(col)
         if pd.notna(v) and str(v) != "":
             parts.append(f"{label}={int(float(v))}")
+            if col == "seq_len" and (eff := effective_seq_len(str(row.get("group", "")), v)):
+                parts.append(f"eff={eff}")
+    ran = run_precision(
+        str(row.get("group", "")), str(row.get("gpu", "")), str(row.get("precision"))
+    )
+    if ran != str(row.get("precision")):
+        parts.append(f"ran={ran}")
     return " ".join(parts)
 
 

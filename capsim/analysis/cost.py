@@ -43,6 +43,37 @@ def price_per_gpu_hour(gpu: GPU, provider: str | None = None) -> Price:
     return Price(chosen.usd_per_hour, chosen.provider, chosen.instance)
 
 
+def _option(gpu: GPU, provider: str | None) -> PriceOption:
+    if provider is None:
+        return gpu.price
+    for o in (gpu.price, *gpu.price.alternatives):
+        if o.provider == provider:
+            return o
+    have = ", ".join(o.provider for o in (gpu.price, *gpu.price.alternatives))
+    raise ValueError(f"no {provider} price for {gpu.id}; the catalog has: {have}")
+
+
+def tier_price(gpu: GPU, provider: str | None, tier: str) -> Price:
+    """The price per GPU-hour of one purchase tier (on_demand, committed_1y, committed_3y,
+    spot) at ``provider`` (None: the card's default provider).
+
+    Raises ``ValueError`` ("no spot price for X at Y") where the catalog has no public figure.
+
+    >>> from capsim.load import load_catalog
+    >>> tier_price(load_catalog()["h100-sxm"], "gcp", "spot").usd_per_hour
+    6.571
+    """
+    o = _option(gpu, provider)
+    usd = o.tier_usd_per_hour(tier)
+    if usd is None:
+        name = tier.replace("_", " ").replace("1y", "1-year").replace("3y", "3-year")
+        raise ValueError(
+            f"no {name} price for {gpu.id} at {o.provider} in the catalog "
+            f"(give one with its source, or choose another provider or tier)"
+        )
+    return Price(usd, o.provider, o.instance)
+
+
 def batch_energy_j(
     gpu: GPU, durations: np.ndarray, power_fractions: np.ndarray, gpus_per_replica: int = 1
 ) -> float:

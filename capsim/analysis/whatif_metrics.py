@@ -25,12 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capsim.analysis.capacity import capacity_prices, spot_scalars, tier_costs
 from capsim.analysis.cost import (
     batch_energy_j,
     idle_energy_j,
     llm_busy_energy_j,
     price_per_gpu_hour,
 )
+from capsim.analysis.prefix import prefix_cache_scalars
 from capsim.analysis.stats import PERCENTILES
 from capsim.spec.catalog import GPU
 
@@ -191,6 +193,17 @@ def _fleet(
     """Cost, energy and replica scalars, and replicas by state per window."""
     price = price_per_gpu_hour(gpu, s.candidates.price_provider).usd_per_hour
     replica_s = float(lc.billed_seconds(horizon).sum())
+    tiers: dict[str, float] = {}
+    if s.capacity is not None:  # base + burst at their tiers' prices
+        base_s = getattr(lc, "base", 0) * horizon
+        tiers = tier_costs(
+            capacity_prices(gpu, s.capacity, s.candidates.price_provider),
+            base_s=base_s,
+            burst_s=max(replica_s - base_s, 0.0),
+            tp=tp,
+        )
+        cost = tiers["cost_base_usd"] + tiers["cost_burst_usd"]
+        price = cost / (replica_s * tp / HOUR) if replica_s > 0 else price  # the blended rate
     prov_s = float(lc.provisioning_seconds(horizon).sum())
     serving_s = max(replica_s - prov_s, 0.0)
     e_idle = idle_energy_j(gpu, max(serving_s - busy_s, 0.0), tp)
@@ -218,6 +231,7 @@ def _fleet(
         "energy_busy_kwh": e_busy / 3.6e6,
         "energy_idle_kwh": e_idle / 3.6e6,
         "energy_provisioning_kwh": e_prov / 3.6e6,
+        **tiers,
     }
     return scalars, occ
 
@@ -324,6 +338,8 @@ def measure_batched(
     pf = svc.power_fractions(s.fleet.max_batch)
     e_busy = batch_energy_j(gpu, bdur[in_h], pf[bsize[in_h]], tp)
     extra = {"mean_batch": float(bsize.mean()) if len(bsize) else 0.0}
+    if s.capacity is not None:
+        extra.update(spot_scalars(lc, fleet))
     return _assemble(
         label,
         replication,
@@ -392,6 +408,10 @@ def measure_llm(
         "usd_per_1m_tokens": cost / all_tok * 1e6 if all_tok else math.nan,
         "preemptions": float(res.preemptions.sum()),
     }
+    if getattr(res, "prefix_caching", False):
+        extra.update(prefix_cache_scalars(res, np.flatnonzero(served_mask)))
+    if s.capacity is not None:
+        extra.update(spot_scalars(lc, fleet))
     return _assemble(
         label,
         replication,

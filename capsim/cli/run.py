@@ -24,7 +24,9 @@ from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
 from capsim.planning.executors import open_executor, parse_executor
+from capsim.planning.prefix import compare_prefix_caching as compare_prefix_caching_plans
 from capsim.report.files import write_evaluation, write_plan
+from capsim.report.prefix import caching_dict, format_caching
 from capsim.report.text import (
     evaluation_dict,
     format_evaluation,
@@ -45,6 +47,12 @@ from capsim.workload.streams import check_traffic
     type=click.Path(file_okay=False, path_type=Path),
     help="Write CSV/JSON and PNG plots here.",
 )
+@click.option(
+    "--compare-prefix-caching",
+    is_flag=True,
+    help="Also plan with enable_prefix_caching off and say what caching saved (LLM traffic "
+    "with sessions or system prompts).",
+)
 @jobs_option
 @executor_option
 @quiet_option
@@ -60,6 +68,7 @@ def plan(
     executor: str,
     quiet: bool,
     seed: int | None,
+    compare_prefix_caching: bool = False,
 ) -> None:
     """Find the cheapest configuration meeting the scenario's SLO, and why the others lost.
 
@@ -73,6 +82,20 @@ def plan(
     check_traffic(s, file=str(scenario), jobs=jobs)  # memory for the parallel jobs
     check_measurable(s, file=str(scenario))
     with open_executor(executor) as ex:
+        if compare_prefix_caching:
+            cmp = compare_prefix_caching_plans(
+                s, cat, jobs=jobs, progress=progress_printer(quiet), executor=ex
+            )
+            show_result(
+                cmp.on,
+                fmt,
+                out,
+                as_dict=lambda r: {**plan_dict(r), "prefix_caching": caching_dict(cmp)},
+                as_text=lambda r: f"{format_plan(r)}\n\n{format_caching(cmp)}",
+                as_frame=plan_frame,
+                write=write_plan,
+            )
+            return
         result = run_plan(s, cat, jobs=jobs, progress=progress_printer(quiet), executor=ex)
     show_result(
         result,

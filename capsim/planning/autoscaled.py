@@ -37,6 +37,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from capsim.analysis.capacity import capacity_prices
 from capsim.errors import InputError
 from capsim.evaluate import make_service
 from capsim.planning.parallel import run_tasks
@@ -347,6 +348,15 @@ def plan_autoscaled(
     horizon = sim_horizon(real_time(s))[0]
     finalists = static.feasible[:top]
     notes = []
+    if s.capacity is not None:  # a finalist with no price for the capacity's tiers: left out
+        priced = []
+        for r in finalists:
+            try:
+                capacity_prices(catalog[r.candidate.gpu], s.capacity, s.candidates.price_provider)
+                priced.append(r)
+            except InputError as exc:
+                notes.append(f"{r.candidate.gpu} not autoscaled: {exc.message}")
+        finalists = priced
     try:
         check_traffic(real_time(s))
     except InputError as exc:  # the static plan stands; the day in real time does not fit

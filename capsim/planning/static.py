@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from capsim.analysis.capacity import price_provider
 from capsim.analysis.cost import price_per_gpu_hour
 from capsim.evaluate import (
     Config,
@@ -248,5 +249,5 @@ def lower_bound_cost(
     if slow:
         return math.inf, 0, CandidateResult(cand, "infeasible", slow)
     lb = replica_lower_bound(s, svc, peak_rate(s))
-    price = price_per_gpu_hour(cat[cand.gpu], s.candidates.price_provider).usd_per_hour
+    price = price_per_gpu_hour(cat[cand.gpu], price_provider(s)).usd_per_hour
     return price * lb * cand.tp, lb, None

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capsim.analysis.capacity import capacity_prices, price_provider
 from capsim.analysis.cost import price_per_gpu_hour
 from capsim.analysis.stats import CI, t_interval
 from capsim.analysis.whatif_metrics import AutoscaledRun
@@ -46,6 +47,17 @@ from capsim.spec.catalog import Catalog
 from capsim.spec.precision import PRECISIONS
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import check_traffic, real_time, sim_horizon
+
+#: what-if columns of a fleet with ``capacity:`` (cost by tier, spot interruptions)
+CAPACITY_KEYS = (
+    "cost_base_usd",
+    "cost_burst_usd",
+    "on_demand_cost_usd",
+    "saving_vs_on_demand_usd",
+    "interruptions",
+    "requeued",
+    "missed_notices",
+)
 
 
 # =========================================================================== summaries
@@ -205,7 +217,7 @@ class WhatIfResult:
     def frame(self) -> pd.DataFrame:
         """One row per policy (means, with the CI of the SLO percentile and of the cost)."""
         rows = []
-        pct = self.scenario.slo.percentile
+        pct, s = self.scenario.slo.percentile, self.scenario
         for p in self.policies:
             cost = p.ci("cost_usd")
             row: dict[str, Any] = {
@@ -246,6 +258,8 @@ class WhatIfResult:
                 "saving_share": p.saving_share if p.saving_share is not None else math.nan,
                 "replications": len(p.runs),
             }
+            if s.capacity is not None:
+                row |= {k: p.ci(k).mean for k in CAPACITY_KEYS}
             if "usd_per_1m_output_tokens" in p.runs[0].scalars:
                 row["usd_per_1m_output_tokens"] = p.ci("usd_per_1m_output_tokens").mean
             rows.append(row)
@@ -421,6 +435,7 @@ def whatif(
         )
     e = ep or (s.whatif.ep if s.whatif else 1)
     runnable_service(s, cat[g], p, t, e)  # Unsupported: the card lacks the precision, or no fit
+    tiers = capacity_prices(cat[g], s.capacity, s.candidates.price_provider)  # InputError
     specs = list(policies) if policies is not None else policies_for(s)
     if not specs:
         raise InputError("no policies to compare", where="whatif.policies")
@@ -470,6 +485,14 @@ def whatif(
             r.saving = t_interval(diff, s.simulation.confidence)
             bc = b.ci("cost_usd").mean
             r.saving_share = r.saving.mean / bc if bc > 0 else None
-    price = price_per_gpu_hour(cat[g], s.candidates.price_provider).usd_per_hour
+    price = price_per_gpu_hour(cat[g], price_provider(s)).usd_per_hour
+    notes = [why]
+    if s.capacity is not None:
+        price = tiers.on_demand_usd
+        notes.append(
+            f"prices at {tiers.provider} per GPU-h: on demand ${tiers.on_demand_usd:g}, base "
+            f"({tiers.base_tier}) ${tiers.base_usd:g}, burst ({tiers.burst_tier}) "
+            f"${tiers.burst_usd:g}"
+        )
     horizon = sim_horizon(real_time(s))[0]
-    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price, [why], e)
+    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price, notes, e)

@@ -10,6 +10,7 @@ import numpy as np
 from capsim.analysis.whatif_metrics import AutoscaledRun, measure_batched, measure_llm
 from capsim.evaluate import memory_fit, replica_capacity_rps, slo_targets, stream_for
 from capsim.sim.batched_fleet import BatchedFleet, Jitter
+from capsim.sim.interruptions import CapacityPlan
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
 from capsim.sim.llm_adapter import llm_tokens
 from capsim.sim.llm_fleet import ScalableLLMFleet
@@ -135,6 +136,9 @@ def run_policy(
         ),
         max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         abort_on_unstable=abort_on_unstable,
+        capacity=CapacityPlan.of(s.capacity, s.simulation.seed, replication).compressed(
+            compression
+        ),
     )
     targets = dict(slo_targets(s))
     kw = {"label": spec.label, "replication": replication, "tp": tp, "window_s": window_s}
@@ -157,6 +161,10 @@ EXTENSIVE = (
     "energy_idle_kwh",
     "energy_provisioning_kwh",
     "violation_s",
+    "cost_base_usd",
+    "cost_burst_usd",
+    "on_demand_cost_usd",
+    "saving_vs_on_demand_usd",
 )
 
 
@@ -172,6 +180,8 @@ def screen_setup(s: Scenario, spec, compression: float) -> tuple[Scenario, objec
     sc = compressed_day(s, compression)
     if sc is None:
         raise ValueError("only rate-based arrivals can be compressed")
+    if sc.capacity is not None:  # spot interruptions and notices on the same clock
+        sc = sc.model_copy(update={"capacity": scale_times(sc.capacity, compression)})
     return sc, scale_times(spec, compression), scale_times(cs, compression)
 
 
@@ -200,6 +210,9 @@ def _llm_fleet(s: Scenario, svc, stream) -> ScalableLLMFleet:
     """The engine's own overload check is off: waiting through a cold start is not overload;
     the lifecycle judges (a wait over ``max_wait_s`` with no replica starting)."""
     prompt, output = llm_tokens(stream)
+    chains = None
+    if stream.prefixes is not None and svc.settings.enable_prefix_caching:
+        chains = stream.prefixes.chains(prompt, output, svc.settings.block_size)
     return ScalableLLMFleet(
         stream.arrival,
         prompt,
@@ -208,4 +221,5 @@ def _llm_fleet(s: Scenario, svc, stream) -> ScalableLLMFleet:
         svc.limits,
         router=s.fleet.router,
         max_queue_length=s.fleet.max_queue_length,
+        chains=chains,
     )

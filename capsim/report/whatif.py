@@ -151,6 +151,7 @@ def format_whatif(r: WhatIfResult) -> str:
             f"{p.verdict}"
         )
         lines.append(extra)
+    lines += capacity_lines(r)
     base = r.baseline
     winners = [p for p in r.policies if p.meets_slo and p.name != base and p.saving is not None]
     if base and winners:
@@ -372,6 +373,46 @@ def autoscaled_dict(ap) -> dict[str, Any]:
     }
 
 
+def _capacity_head(cap) -> str:
+    n = cap.base.replicas
+    base = f"{n} base replica{'s' * (n > 1)} ({cap.base.tier}) + " if n else ""
+    it = cap.interruptions
+    how = (
+        f"{it.rate_per_hour:g} interruptions per spot replica-hour"
+        if it is not None and it.kind == "poisson"
+        else f"{len(it.times_s)} traced interruptions"
+        if it is not None
+        else "no interruptions"
+    )
+    notice = f", {cap.notice_s:g} s notice" if it is not None else ""
+    prov = f" at {cap.provider}" if cap.provider else ""
+    return f"Capacity{prov}: {base}{cap.burst.replace('_', '-')} burst; {how}{notice}"
+
+
+def capacity_line(name: str, ci) -> str:
+    """One policy's cost by tier and what interruptions did (``ci(key)`` gives a CI)."""
+    od = ci("on_demand_cost_usd").mean
+    sav = ci("saving_vs_on_demand_usd").mean
+    share = f" ({sav / od:.0%})" if od > 0 else ""
+    return (
+        f"  {name}: base ${ci('cost_base_usd').mean:.2f} + burst "
+        f"${ci('cost_burst_usd').mean:.2f}; {ci('interruptions').mean:.1f} interruptions, "
+        f"{ci('requeued').mean:.1f} requests re-queued; attainment "
+        f"{ci('attainment').mean:.2%}; all on demand ${od:.2f}, saving ${sav:.2f}{share}"
+    )
+
+
+def capacity_lines(r: WhatIfResult) -> list[str]:
+    """The what-if's capacity section (none without ``capacity:``): per policy, cost by tier,
+    interruptions, re-queued requests, SLO attainment, and the saving against on demand."""
+    cap = r.scenario.capacity
+    if cap is None:
+        return []
+    out = ["", _capacity_head(cap) + " (means over replications):"]
+    out += [capacity_line(p.name, p.ci) for p in r.policies]
+    return out
+
+
 def format_autoscaled(ap, scenario) -> str:
     """The autoscaled section of ``capsim plan``: tuned policy vs the fixed peak fleet."""
     pct = scenario.slo.percentile
@@ -440,6 +481,11 @@ def format_autoscaled(ap, scenario) -> str:
             f"${rec.best.cost:.2f} per {h:g} h vs ${rec.baseline_usd:.2f} for "
             f"{rec.peak_replicas} fixed replicas (saving {rec.saving_share:.0%})"
         )
+    tuned = rec if rec is not None else next((c for c in ap.candidates if c.best), None)
+    if tuned is not None and scenario.capacity is not None:
+        which = "the recommendation" if rec is not None else "the first tuned candidate"
+        lines.append(f"{_capacity_head(scenario.capacity)}; {which}:")
+        lines.append(capacity_line(tuned.label(), tuned.best.result.ci))
     for n in ap.notes:
         lines.append(f"note: {n}")
     return "\n".join(lines)

@@ -176,6 +176,8 @@ class BatchedFleet(FleetReadout):
         self._adm_seen = 0
         self._adm_sum = 0.0
         self.stopped = False
+        self.requeued = 0  # requests re-queued by spot interruptions (none here: see below)
+        self.notice_overruns = 0  # batches still running when their replica was reclaimed
         # vector mode (no queue limit): position in the greedy schedule, or -1 in loop mode
         self._sched: tuple | None = None
         self._k = -1
@@ -211,6 +213,21 @@ class BatchedFleet(FleetReadout):
         r = self.ids.pop()
         on_released(r, max(end, now))
         return r
+
+    def interrupt_replica(
+        self, fid: int, now: float, deadline: float, on_released: Callable[[int, float], None]
+    ) -> int | None:
+        """A spot notice: the replica drains like a retired one (replicas are interchangeable,
+        so the id released may be another). A batch lasts milliseconds to seconds, far below a
+        30 s or 2 min notice, so nothing is re-queued; a batch still running at ``deadline``
+        is counted in ``notice_overruns`` (and kept: not re-run)."""
+
+        def cb(r: int, when: float) -> None:
+            if when > deadline:
+                self.notice_overruns += 1
+            on_released(r, when)
+
+        return self.retire_replica(now, cb)
 
     def stop(self) -> None:
         """Give up: no more batches start (an overloaded run that is aborted)."""

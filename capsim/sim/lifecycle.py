@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import simpy
 
+from capsim.sim.interruptions import CapacityPlan, SpotMixin
 from capsim.sim.policies import Observation, Policy
 from capsim.spec.autoscaling import ColdStart
 from capsim.workload.streams import seed_children
@@ -117,6 +118,8 @@ class ReplicaRecord:
     drain: float = math.nan  # when it stopped taking work
     released: float = math.nan  # nan: still held at the end
     cancelled: bool = False
+    base: bool = False  # one of the capacity plan's base replicas (never interrupted)
+    notice: float = math.nan  # when a spot interruption notice came
 
 
 @dataclass
@@ -132,6 +135,18 @@ class LifecycleResult:
     end_time: float
     unstable: bool = False
     unstable_reason: str = ""
+    notice: np.ndarray | None = None  # per replica: interruption notice time (nan: none)
+    base: int = 0  # base replicas held over the whole horizon
+    missed_notices: int = 0  # trace notices that found no ready spot replica
+
+    @property
+    def interruptions(self) -> int:
+        return 0 if self.notice is None else int(np.count_nonzero(~np.isnan(self.notice)))
+
+    def burst_seconds(self, until: float | None = None) -> float:
+        """Replica-seconds above the base (the base is held over all of ``[0, until]``)."""
+        h = self.horizon if until is None else until
+        return max(float(self.billed_seconds(h).sum()) - self.base * h, 0.0)
 
     def billed_seconds(self, until: float | None = None) -> np.ndarray:
         """Per replica: seconds from request to release, within ``[0, until]``."""
@@ -161,7 +176,7 @@ class LifecycleResult:
 
 
 # --------------------------------------------------------------------------- the autoscaler
-class Lifecycle:
+class Lifecycle(SpotMixin):
     """The autoscaler process and the replicas it manages (one run)."""
 
     def __init__(
@@ -176,6 +191,7 @@ class Lifecycle:
         max_wait_s: float = math.inf,
         abort_on_unstable: bool = False,
         tail_s: float = 3600.0,
+        capacity: CapacityPlan | None = None,
     ):
         self.env, self.fleet, self.policy = env, fleet, policy
         self.cold_start = cold_start
@@ -189,6 +205,10 @@ class Lifecycle:
         self._ready_int = 0.0  # ∫ ready replicas dt
         self._ready_t = 0.0
         self.unstable_reason = ""
+        self.cap = capacity if capacity is not None else CapacityPlan()
+        self.finished = False
+        self.end_t = 0.0
+        self.missed = 0
         self.ticks: dict[str, list[float]] = {
             k: []
             for k in (
@@ -203,11 +223,13 @@ class Lifecycle:
                 "utilization",
             )
         }
-        for _ in range(initial):
-            rec = ReplicaRecord(requested=0.0, ready=0.0)
+        for k in range(max(initial, self.cap.base)):
+            rec = ReplicaRecord(requested=0.0, ready=0.0, base=k < self.cap.base)
             self.records.append(rec)
             self._join(rec, 0.0)
         env.process(self._run())
+        if self.cap.spot and self.cap.trace:
+            env.process(self._trace())
 
     # -- replica transitions ----------------------------------------------------------------
     def _ready_change(self, t: float, delta: int) -> None:
@@ -220,6 +242,9 @@ class Lifecycle:
         self._ready_change(t, +1)
         rec.ready = t
         self.rec_of[self.fleet.add_replica(t)] = rec
+        if self.cap.spot and not rec.base and self.cap.rate_per_s > 0:
+            ev = self.env.timeout(self.cap.time_to_notice())
+            ev.callbacks.append(lambda _e: self._notice(rec))
 
     def _request(self, t: float) -> None:
         rec = ReplicaRecord(requested=t)
@@ -245,13 +270,15 @@ class Lifecycle:
         rec.released = when
 
     def _retire(self, t: float) -> None:
-        fid = self.fleet.retire_replica(t, self._on_released)
+        fid = self.fleet.retire_replica(t, self._keep_base(self._on_released))
         rec = self.rec_of.get(fid) if fid is not None else None
         if rec is not None:  # the release time is not known yet: draining until the engine says
+            self._pass_base(rec)
             rec.drain = t
             self.draining.append(rec)
 
     def reconcile(self, desired: int, t: float) -> None:
+        desired = max(desired, self.cap.base)
         current = self.ready_count + len(self.provisioning)
         for _ in range(desired - current):
             self._request(t)
@@ -321,16 +348,22 @@ class Lifecycle:
                     )
                 if self.abort_on_unstable:
                     fleet.stop()
+                    self._finish(t)
                     return
             if t >= self.horizon:
                 if smp.queue == 0 and smp.in_service == 0:
+                    self._finish(t)
                     return
                 if t >= self.horizon + self.tail_s:
                     if not self.unstable_reason:
                         self.unstable_reason = (
                             f"{smp.queue} requests still queued {self.tail_s:g}s after the end"
                         )
+                    self._finish(t)
                     return
+
+    def _finish(self, t: float) -> None:
+        self.finished, self.end_t = True, t
 
     def result(self) -> LifecycleResult:
         recs = self.records
@@ -345,9 +378,13 @@ class Lifecycle:
             released=col("released"),
             ticks={k: np.asarray(v, dtype=float) for k, v in self.ticks.items()},
             horizon=self.horizon,
-            end_time=self.env.now,
+            # pending spot notices may tick on after the run: its end is when the autoscaler stopped
+            end_time=self.end_t if self.cap.interrupts else self.env.now,
             unstable=bool(self.unstable_reason),
             unstable_reason=self.unstable_reason,
+            notice=col("notice"),
+            base=self.cap.base,
+            missed_notices=self.missed,
         )
 
 
@@ -360,6 +397,7 @@ def run_lifecycle(
     initial: int,
     max_wait_s: float = math.inf,
     abort_on_unstable: bool = False,
+    capacity: CapacityPlan | None = None,
 ) -> LifecycleResult:
     """Run ``fleet`` under ``policy`` over ``[0, horizon]`` (then until the queue is empty)."""
     env = simpy.Environment()
@@ -372,6 +410,7 @@ def run_lifecycle(
         initial=initial,
         max_wait_s=max_wait_s,
         abort_on_unstable=abort_on_unstable,
+        capacity=capacity,
     )
     env.run()
     fleet.sync(math.inf)

@@ -46,6 +46,27 @@ def token_sample(s) -> tuple[np.ndarray, np.ndarray]:
     return _token_sample(s.model_dump_json())
 
 
+@functools.lru_cache(maxsize=16)
+def _prefill_sample(key: str, bs: int) -> np.ndarray:
+    s = Scenario.model_validate_json(key)
+    st = make_stream(s, 0)
+    p, o = token_sample(s)
+    pre = getattr(st, "prefixes", None)
+    if pre is None or len(p) != len(st):
+        return p
+    return pre.uncached_prompts(p, o, bs)
+
+
+def prefill_sample(s, st: LLMEngineSettings) -> np.ndarray:
+    """Prompt tokens each request of replication 0 must at least compute: the whole prompt,
+    or with prefix caching on shared-prefix traffic its part past what the cache could hold
+    (optimistic: for capacity bounds and the idle-replica TTFT check, which must not rule out
+    a configuration that caching makes feasible)."""
+    if not st.enable_prefix_caching:
+        return token_sample(s)[0]
+    return _prefill_sample(s.model_dump_json(), st.block_size)
+
+
 class LLMService:
     """One replica's service model for the planner and the engine (see :func:`make_llm_service`)."""
 
@@ -121,6 +142,7 @@ class LLMService:
         mp, mo = float(np.mean(p)), float(np.mean(o))
         st = self.settings
         ctx = mp + mo / 2
+        mp = float(np.mean(prefill_sample(s, st)))  # compute: what caching could not save
         batch = max(1, min(st.max_num_seqs, self._fit.max_batch_memory_for(int(ctx))))
         step = self._decode_step(batch, ctx)
         table = self.svc.token_table[1:]
@@ -139,7 +161,7 @@ class LLMService:
         """Why even an idle replica misses the TTFT or TPOT target (None if it does not)."""
         p, o = token_sample(s)
         q = s.slo.percentile
-        pq = int(np.percentile(p, q))
+        pq = int(np.percentile(prefill_sample(s, self.settings), q))
         ms = 1e3
         if s.slo.ttft_ms is not None:
             t = self._prefill_time(pq)
@@ -256,6 +278,9 @@ def run_llm_replication(
         )
         return measure(s, gpu, svc.tp, res, stream.horizon)
     prompt, output = llm_tokens(stream)
+    chains = None
+    if stream.prefixes is not None and svc.settings.enable_prefix_caching:
+        chains = stream.prefixes.chains(prompt, output, svc.settings.block_size)
     res = run_llm(
         stream.arrival,
         prompt,
@@ -267,5 +292,6 @@ def run_llm_replication(
         max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
         max_queue_length=s.fleet.max_queue_length,
         horizon=stream.horizon,
+        chains=chains,
     )
     return measure(s, gpu, svc.tp, res, stream.horizon, svc.svc.work_per_gpu, svc.svc.formats.gemm)

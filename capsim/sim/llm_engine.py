@@ -59,12 +59,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import simpy
 
 from capsim.sim.llm_replica import ReplicaOps
+from capsim.sim.llm_result import as_chains, check_chains, run_result
 from capsim.sim.llm_types import (
     ROUTER_ALIASES,
     ROUTERS,
@@ -78,6 +80,7 @@ from capsim.sim.llm_types import (
     _sum_max_lines,
 )
 from capsim.sim.overload import WaitGrowth
+from capsim.workload.prefixes import Chain
 
 #: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
 #: max(a1 + b1 C, a2 + b2 C) seconds
@@ -101,6 +104,7 @@ class LLMFleet(ReplicaOps):
         max_queue_length: int | None,
         fuse: bool,
         static: bool = False,
+        chains: Sequence[Chain | list[int] | None] | None = None,
     ):
         self.env = env
         self.timer = timer
@@ -124,6 +128,12 @@ class LLMFleet(ReplicaOps):
         self.rep = [-1] * n
         self.npre = [0] * n
         self.rejected = [False] * n
+        # prefix caching: request i's full KV blocks along its sequence carry keys ch[i]
+        self.pc = bool(limits.prefix_caching and chains is not None)
+        self.ch: list[Chain | None] = as_chains(chains) if self.pc and chains else [None] * n
+        self.pooled = [0] * n  # leading blocks of ch[i] that request i holds in the cache
+        self.hit = [0] * n  # prompt tokens hit at the first admission
+        self.saved = 0  # prompt tokens hit, all admissions
         bs = limits.block_size
         self.bs = bs
         self.V = [[(-(r + m)) % bs for m in range(bs)] for r in range(bs)]
@@ -212,10 +222,11 @@ class LLMFleet(ReplicaOps):
                     return
             elif rp.idx in self.growth:
                 self.growth[rp.idx].calm()
-        bs, it, total = self.bs, rp.it, self.total
+        bs, it, total0 = self.bs, rp.it, self.total
         computed, target = self.computed, self.target
         preempted = False
         while True:
+            total = total0 + rp.share  # need counts shared cached blocks once per holder
             D = rp.D
             need = (rp.sum_u + D * it + rp.corr[it % bs]) // bs if D else 0
             left = self.budget - D
@@ -236,17 +247,31 @@ class LLMFleet(ReplicaOps):
             preempted = True
         # admission, FCFS, while budget, sequences and KV blocks allow
         if not preempted and waiting:
-            running = rp.running
+            running, pc, ch = rp.running, self.pc, self.ch
             while waiting and left > 0 and len(running) < self.max_seqs:
                 i = waiting[0]
-                c = target[i] - computed[i]
+                h = a = 0
+                chain = ch[i] if pc else None
+                if chain is not None:  # the longest cached prefix (one token computed)
+                    h, a = rp.cache.lookup(chain, min((target[i] - 1) // bs, chain.n))
+                base = h * bs
+                c = target[i] - base
                 if c > left:
                     if not self.chunked:
                         break
                     c = left
-                nb = -(-c // bs)
-                if need + nb > total:
+                nb = -(-(base + c) // bs)
+                if need + nb > total + a:
                     break
+                if chain is not None and h:
+                    rp.cache.pin(chain, h)
+                    self.pooled[i] = h
+                    rp.share += a
+                    total += a
+                    computed[i] = base
+                    self.saved += base
+                    if self.adm[i] != self.adm[i]:
+                        self.hit[i] = base
                 waiting.popleft()
                 running[i] = None
                 rp.prefilling.append(i)
@@ -341,6 +366,15 @@ class LLMFleet(ReplicaOps):
                 used = (need + (rp.sum_u + D * x + rp.corr[x % bs]) // bs) / 2.0
             else:
                 used = need
+        if self.pc:  # evict cached free blocks (LRU first) to make room for what runs now
+            end = need  # the blocks in use at the end of the step
+            if k > 1:  # a decode run: its sequences grow by k - 1 tokens
+                x, su, corr = it + k - 1, rp.sum_u, rp.corr
+                end += (su + D * x + corr[x % bs]) // bs - (su + D * it + corr[it % bs]) // bs
+            room = total0 - end + rp.share
+            if rp.cache.free > room:
+                rp.cache.trim(room)
+            used -= rp.share
         rp.chunks = chunks
         rp.seg_t0 = now
         rp.seg_k = k
@@ -372,9 +406,16 @@ class LLMFleet(ReplicaOps):
         rp.it = it
         if rp.chunks:
             computed, target, g, first = self.computed, self.target, self.g, self.first
+            pc, ch, pooled = self.pc, self.ch, self.pooled
             for i, c in rp.chunks:
                 computed[i] += c
                 self.prefill_tokens += c
+                if pc and ch[i] is not None:  # its new full blocks join the cache
+                    chain = ch[i]
+                    hi = min(computed[i] // self.bs, chain.n)
+                    if hi > pooled[i]:
+                        rp.share += rp.cache.pool(chain, pooled[i], hi)
+                        pooled[i] = hi
                 if computed[i] == target[i]:
                     self.tokens_generated += 1  # the prefill's last token samples one
                     rp.prefilling.remove(i)
@@ -426,6 +467,7 @@ def run_llm(
     horizon: float | None = None,
     fuse: bool = True,
     static_routing: bool = True,
+    chains: Sequence[Chain | list[int] | None] | None = None,
 ) -> LLMRunResult:
     """Simulate ``replicas`` continuous-batching replicas on one request stream.
 
@@ -433,6 +475,11 @@ def run_llm(
     fused runs give the same times). With round robin or one replica the routing is known in
     advance and each replica takes its arrivals itself (``static_routing``, faster; the same
     results as routing at each arrival, which ``static_routing=False`` forces).
+
+    ``chains`` (prefix caching, with ``limits.prefix_caching``): per request, the chain of
+    the full KV blocks along its prompt + output (at least ``(prompt + output) // block_size``
+    blocks; a :class:`~capsim.workload.prefixes.Chain`, or a list of block keys), or None for
+    a request that shares nothing.
     """
     if replicas < 1:
         raise ValueError("replicas must be >= 1")
@@ -440,54 +487,14 @@ def run_llm(
         raise ValueError("arrival, prompt and output need the same length")
     if len(prompt) and (np.min(prompt) < 1 or np.min(output) < 1):
         raise ValueError("prompt and output lengths must be >= 1 token")
+    if chains is not None:
+        check_chains(chains, prompt, output, limits.block_size)
     env = simpy.Environment()
     fleet = LLMFleet(
         env, arrival, prompt, output, timer, limits, replicas, router, max_wait_s,
-        max_queue_length, fuse, static_routing,
+        max_queue_length, fuse, static_routing, chains,
     )  # fmt: skip
     fleet.start()
     env.run()
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
     return run_result(fleet, arrival, prompt, output, h)
-
-
-def run_result(
-    fleet: LLMFleet, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, horizon: float
-) -> LLMRunResult:
-    """The per-request arrays and per-replica totals of a finished run of ``fleet``.
-
-    A run that ended with requests neither served nor rejected is unstable: the engine could
-    not schedule them (a safety net; the settings checks should make it impossible).
-    """
-    limits, env, h = fleet.limits, fleet.env, horizon
-    finish, rejected = np.asarray(fleet.fin), np.asarray(fleet.rejected, dtype=bool)
-    stuck = int(np.count_nonzero(np.isnan(finish) & ~rejected))
-    if stuck and not fleet.unstable_reason:
-        fleet.unstable_reason = (
-            f"{stuck} requests were never served: the engine could not schedule them"
-        )
-    return LLMRunResult(
-        arrival=np.asarray(arrival, dtype=float),
-        prompt=np.asarray(prompt),
-        output=np.asarray(output),
-        admitted=np.asarray(fleet.adm),
-        first_token=np.asarray(fleet.first),
-        finish=finish,
-        replica=np.asarray(fleet.rep, dtype=np.int32),
-        rejected=rejected,
-        preemptions=np.asarray(fleet.npre, dtype=np.int32),
-        horizon=h,
-        end_time=float(env.now),
-        replicas=len(fleet.reps),
-        busy_prefill_s=np.array([r.busy_pre for r in fleet.reps]),
-        busy_decode_s=np.array([r.busy_dec for r in fleet.reps]),
-        iterations=fleet.iterations,
-        seq_iterations=fleet.seq_iterations,
-        events=fleet.events,
-        tokens_generated=fleet.tokens_generated,
-        prefill_tokens=fleet.prefill_tokens,
-        kv_blocks=limits.kv_blocks,
-        kv_series={r.idx: (r.kv_t, r.kv_u) for r in fleet.reps},
-        unstable=bool(fleet.unstable_reason),
-        unstable_reason=fleet.unstable_reason,
-    )

@@ -9,6 +9,7 @@ import numpy as np
 
 from capsim.analysis.cost import idle_energy_j, llm_busy_energy_j
 from capsim.analysis.metrics import RunMetrics, series_metrics, warmup_cut
+from capsim.analysis.prefix import prefix_cache_scalars
 from capsim.sim.llm_types import LLMRunResult
 from capsim.spec.catalog import GPU
 from capsim.spec.scenario import Trace
@@ -126,6 +127,8 @@ def measure(
         "span_s": span,
         "warmup_deleted": float(cut),
     }
+    if res.prefix_caching:
+        scalars.update(prefix_cache_scalars(res, keep))
     if work is not None:
         scalars.update(hardware_use(res, gpu, work, math_format, max(res.end_time, horizon)))
     series = {"time_s": t_bins, "kv_utilisation": util}

@@ -30,6 +30,7 @@ class ReplicaOps:
     bs: Any
     budget: Any
     chunked: Any
+    ch: Any
     computed: Any
     done: Any
     endit: Any
@@ -40,6 +41,8 @@ class ReplicaOps:
     max_queue: Any
     n: Any
     next_arrival: Any
+    pc: Any
+    pooled: Any
     npre: Any
     plan: Any
     rejected: Any
@@ -85,7 +88,18 @@ class ReplicaOps:
             rp.corr = [a - b for a, b in zip(rp.corr, v, strict=True)]
         self.endit[i] = -1
 
+    def _release(self, rp: _Replica, i: int, tokens: int) -> None:
+        """Prefix caching: request i, holding ``tokens`` in its KV blocks, frees them into
+        its replica's cache (full blocks stay cached until evicted)."""
+        chain = self.ch[i]
+        if chain is not None:
+            full = min(tokens // self.bs, chain.n)
+            rp.share += rp.cache.release(chain, self.pooled[i], full)
+            self.pooled[i] = 0
+
     def _finish(self, rp: _Replica, i: int, now: float) -> None:
+        if self.pc:
+            self._release(rp, i, self.P[i] + self.O[i] - 1)
         self.fin[i] = now
         del rp.running[i]
         rp.n_out -= 1
@@ -96,8 +110,12 @@ class ReplicaOps:
         if self.endit[i] >= 0:  # decoding: tokens generated so far from its context
             self.g[i] = self.u[i] + rp.it - self.P[i]
             self._remove_decode(rp, i)
+            held = self.P[i] + self.g[i] - 1
         else:
             rp.prefilling.remove(i)
+            held = self.computed[i]
+        if self.pc:
+            self._release(rp, i, held)
         self.target[i] = self.P[i] + self.g[i]
         self.computed[i] = 0
         self.npre[i] += 1

@@ -11,6 +11,7 @@ import numpy as np
 import simpy
 
 from capsim.service.llm_memory import MemoryFit
+from capsim.sim.prefix_cache import PrefixCache
 from capsim.spec.engine import LLMEngineSettings
 
 UNLIMITED = 1 << 60
@@ -60,6 +61,7 @@ class EngineLimits:
     max_num_seqs: int | None = None
     chunked_prefill: bool = True
     max_model_len: int | None = None
+    prefix_caching: bool = False  # reuse cached KV blocks of requests that carry a hash chain
 
     @classmethod
     def of(cls, fit: MemoryFit, st: LLMEngineSettings, max_model_len: int) -> EngineLimits:
@@ -70,6 +72,7 @@ class EngineLimits:
             max_num_seqs=st.max_num_seqs,
             chunked_prefill=st.chunked_prefill,
             max_model_len=max_model_len,
+            prefix_caching=st.enable_prefix_caching,
         )
 
 
@@ -100,6 +103,10 @@ class LLMRunResult:
     kv_series: dict[int, tuple[list[float], list[float]]] = field(repr=False, default_factory=dict)
     unstable: bool = False
     unstable_reason: str = ""
+    prefix_caching: bool = False  # on, and the requests carried hash chains
+    cached_tokens: np.ndarray | None = None  # per request: prompt tokens hit at first admission
+    prefill_saved: int = 0  # prompt tokens not computed thanks to hits (re-admissions included)
+    cache_evictions: int = 0  # cached free blocks evicted to make room
 
     @property
     def served(self) -> np.ndarray:
@@ -192,6 +199,7 @@ class _Replica:
         "idx", "waiting", "running", "prefilling", "chunks", "D", "sum_u", "corr", "heap",
         "it", "busy", "seg_t0", "seg_k", "seg_lines", "seg_cum", "seg_decode", "gen",
         "n_out", "tok_out", "busy_pre", "busy_dec", "kv_t", "kv_u", "active", "own", "pos",
+        "cache", "share",
     )  # fmt: skip
 
     def __init__(self, idx: int, bs: int):
@@ -221,3 +229,5 @@ class _Replica:
         self.active = True  # takes new requests (False once retired)
         self.own: list[int] = []  # static routing: this replica's requests, in arrival order
         self.pos = 0  # static routing: the next of them to arrive
+        self.cache = PrefixCache()  # prefix caching: this replica's cached KV blocks
+        self.share = 0  # blocks counted twice in sum ceil(tokens / bs): shared cached blocks

@@ -355,10 +355,15 @@ def _scaled(v: Any, factor: float) -> Any:
         out = {}
         for k, x in v.items():
             num = isinstance(x, int | float) and not isinstance(x, bool)
-            if num and k == "gb_per_s":  # a bandwidth: faster by the factor
+            times = k.endswith("_s") or k == "seconds"
+            if num and (k == "gb_per_s" or k.endswith("_per_hour")):  # bandwidth, event rate
                 out[k] = x * factor
-            elif num and (k.endswith("_s") or k == "seconds"):
+            elif num and times:
                 out[k] = x / factor
+            elif (
+                times and isinstance(x, list | tuple) and all(isinstance(v, int | float) for v in x)
+            ):
+                out[k] = [v / factor for v in x]
             else:
                 out[k] = _scaled(x, factor)
         return out
@@ -368,9 +373,9 @@ def _scaled(v: Any, factor: float) -> Any:
 
 
 def scale_times(model: Any, factor: float) -> Any:
-    """``model`` (a policy or cold-start spec) on a clock ``factor`` times faster: every duration
-    (fields ``*_s`` and ``seconds``) divided by ``factor``, the weight-load bandwidth multiplied.
-    Rates and counts stay as they are. Raises ``ValueError`` where a scaled value leaves the
+    """``model`` (a policy, cold-start or capacity spec) on a clock ``factor`` times faster: every
+    duration and time (fields ``*_s`` and ``seconds``) divided by ``factor``, the weight-load
+    bandwidth and event rates (``*_per_hour``) multiplied. Request rates and counts stay. Raises ``ValueError`` where a scaled value leaves the
     field's range (e.g. a KPA stable window under 6 s).
 
     >>> h = HPASpec(kind="hpa", target=60, cold_start={"warmup": 40})

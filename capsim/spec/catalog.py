@@ -114,11 +114,49 @@ class Power(Strict):
         return self
 
 
+#: Purchase tiers a price can be given for (``on_demand`` is ``usd_per_hour``).
+TIERS = ("on_demand", "committed_1y", "committed_3y", "spot")
+
+
 class PriceOption(Strict):
+    """One provider's price per GPU-hour: on demand, and optionally committed (1- and 3-year
+    terms) and spot. A tier with no public figure is left out (``None``): the code then says
+    so rather than guess. Tier prices need ``source`` (a URL) and ``as_of`` (the date read)."""
+
     provider: str
     usd_per_hour: float = Field(ge=0, description="per GPU, on demand (0: already paid for)")
+    committed_1y_usd_per_hour: float | None = Field(None, ge=0, description="1-year commitment")
+    committed_3y_usd_per_hour: float | None = Field(None, ge=0, description="3-year commitment")
+    spot_usd_per_hour: float | None = Field(None, ge=0, description="spot / preemptible")
+    source: str | None = Field(None, description="URL of the public price page")
+    as_of: str | None = Field(
+        None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="date the prices were read"
+    )
     instance: str | None = None
     note: str | None = None
+
+    @model_validator(mode="after")
+    def _tier_sources(self) -> PriceOption:
+        tiers = (self.committed_1y_usd_per_hour, self.committed_3y_usd_per_hour,
+                 self.spot_usd_per_hour)  # fmt: skip
+        if any(t is not None for t in tiers) and (self.source is None or self.as_of is None):
+            raise ValueError(
+                "committed and spot prices need `source` (the price page URL) and `as_of` "
+                "(YYYY-MM-DD, when it was read)"
+            )
+        return self
+
+    def tier_usd_per_hour(self, tier: str) -> float | None:
+        """The price of one tier (``TIERS``), None where the catalog has none.
+
+        >>> PriceOption(provider="x", usd_per_hour=2.0).tier_usd_per_hour("on_demand")
+        2.0
+        """
+        if tier == "on_demand":
+            return self.usd_per_hour
+        if tier not in TIERS:
+            raise ValueError(f"unknown price tier {tier!r}; accepted: {', '.join(TIERS)}")
+        return getattr(self, f"{tier}_usd_per_hour")
 
 
 class Pricing(PriceOption):

@@ -129,6 +129,15 @@ class LLMEngineSettings(Strict):
     chunked_prefill: bool = Field(
         True, description="split long prompts into chunks that share iterations (vLLM V1: on)"
     )
+    enable_prefix_caching: bool = Field(
+        True,
+        description=(
+            "reuse the cached KV blocks of a shared prompt prefix (vLLM's automatic prefix "
+            "caching; on by default in vLLM V1). Only traffic with shared prefixes "
+            "(traffic.sessions, traffic.system_prompts, a trace's session column) can hit; other "
+            "requests behave as with caching off"
+        ),
+    )
     max_model_len: int | None = Field(
         None,
         gt=0,

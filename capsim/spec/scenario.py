@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from capsim.spec.autoscaling import PolicySpec, WhatIf
+from capsim.spec.capacity import Capacity
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.models import FixedModel, ModelCard, TransformerModel
 from capsim.spec.precision import MathFormat
@@ -114,6 +115,13 @@ class Trace(Strict):
     timestamp_format: Literal["auto", "seconds", "datetime"] = "auto"
     prompt_tokens_column: str | None = None
     output_tokens_column: str | None = None
+    session_column: str | None = Field(
+        None,
+        description=(
+            "conversation/session id: rows with one id are turns of one conversation, each "
+            "prompt starting with the previous turn's prompt and output (prefix caching)"
+        ),
+    )
     speedup: float = Field(1.0, gt=0)
     rate_scale: float = Field(1.0, gt=0)
     start_s: float = Field(0.0, ge=0, description="skip this much of the trace")
@@ -178,12 +186,93 @@ Tokens = Annotated[
 ]
 
 
+class Turns(Strict):
+    """Turns per session: ``fixed`` (``mean`` turns each) or ``geometric`` (1, 2, ... with mean
+    ``mean``, as when each turn is the last with probability 1 / mean); at most ``max``."""
+
+    kind: Literal["fixed", "geometric"] = "geometric"
+    mean: float = Field(ge=1, description="mean turns per session (fixed: the number)")
+    max: int = Field(64, ge=1, description="most turns in one session")
+
+    @model_validator(mode="after")
+    def _whole(self) -> Turns:
+        if self.kind == "fixed" and self.mean != int(self.mean):
+            raise ValueError(f"fixed turns need a whole number (got mean {self.mean:g})")
+        if self.mean > self.max:
+            raise ValueError(f"mean turns {self.mean:g} is above max {self.max}")
+        return self
+
+
+class MessageLengths(Strict):
+    """Tokens of the new user message of each turn (lognormal, clipped to [1, max])."""
+
+    median: float = Field(gt=0)
+    sigma: float = Field(0.0, ge=0)
+    max: int = Field(4096, gt=0)
+
+
+class Sessions(Strict):
+    """Multi-turn sessions: ``traffic.arrivals`` gives the sessions' start times. Turn n's
+    prompt is the system prompt (if any), the previous turns' messages and outputs, and a new
+    message; its output follows ``traffic.tokens``. A session ends after its turns, or before
+    a turn whose prompt would exceed ``traffic.tokens.prompt_max``."""
+
+    turns: Turns
+    think_time_s: float = Field(
+        ge=0, description="mean time from one turn's send to the next (open loop)"
+    )
+    think: Literal["exponential", "fixed"] = "exponential"
+    message: MessageLengths
+
+
+class SystemPrompts(Strict):
+    """K shared system prompts of the given lengths; prompt k is picked with probability
+    proportional to 1 / k^zipf_exponent (k = 1 the most popular)."""
+
+    lengths: list[int] = Field(min_length=1, description="tokens of each system prompt")
+    zipf_exponent: float = Field(1.0, ge=0, description="popularity law (0: uniform)")
+
+    @field_validator("lengths")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("system prompt lengths must be >= 1 token")
+        return v
+
+
 class Traffic(Strict):
     arrivals: Arrivals
     horizon_s: float | None = Field(
         None, gt=0, description="span of traffic to simulate (default: 1 h, or the trace span)"
     )
     tokens: Tokens | None = None
+    sessions: Sessions | None = Field(
+        None, description="multi-turn sessions (arrivals are session starts)"
+    )
+    system_prompts: SystemPrompts | None = Field(
+        None, description="shared system prompts put in front of every prompt"
+    )
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> Traffic:
+        if self.sessions is not None or self.system_prompts is not None:
+            what = "traffic.sessions" if self.sessions is not None else "traffic.system_prompts"
+            if isinstance(self.arrivals, ClosedArrivals):
+                raise ValueError(
+                    f"{what} needs open-loop arrivals (poisson, renewal or trace); closed-loop "
+                    "clients already send their next request after the previous one"
+                )
+            if isinstance(self.arrivals, Trace) and self.arrivals.session_column is not None:
+                raise ValueError(
+                    f"{what} with a trace's session_column: the trace's rows already say which "
+                    "requests share a conversation; use one or the other"
+                )
+            if self.sessions is not None and self.tokens is None:
+                raise ValueError(
+                    "traffic.sessions needs traffic.tokens: the output length of each turn "
+                    "follows its output_median / output_sigma (or an empirical trace's outputs)"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- SLO, fleet
@@ -345,6 +434,11 @@ class Scenario(Strict):
         None, description="autoscaling policy (and cold start) used by plan and whatif"
     )
     whatif: WhatIf | None = Field(None, description="policy variants for capsim whatif")
+    capacity: Capacity | None = Field(
+        None,
+        description="purchase mix of an autoscaled fleet: committed/on-demand base, on-demand "
+        "or spot burst, spot interruptions (capsim.spec.capacity); None = all on demand",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
@@ -363,6 +457,10 @@ class Scenario(Strict):
             raise ValueError(
                 "candidates.expert_parallel applies to mixture-of-experts models only (the card "
                 "gives no experts)"
+            )
+        if not llm and (self.traffic.sessions or self.traffic.system_prompts):
+            raise ValueError(
+                "traffic.sessions and traffic.system_prompts are for transformer (LLM) models"
             )
         if not llm and self.slo.latency_ms is None:
             raise ValueError("slo.latency_ms is required for fixed-shape models")

@@ -12,6 +12,7 @@ from capsim.spec.scenario import (
     Poisson,
     Renewal,
 )
+from capsim.workload.prefixes import SharedPrefixes
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class RequestStream:
     prompt_tokens: np.ndarray | None = None
     output_tokens: np.ndarray | None = None
     time_scale: float = 1.0  # simulated seconds per real second (< 1 when compressed)
+    prefixes: SharedPrefixes | None = None  # shared prefixes (sessions, system prompts)
 
     def __len__(self) -> int:
         return len(self.arrival)

@@ -38,6 +38,7 @@ from capsim.spec.scenario import (
 )
 from capsim.workload.arrivals import RequestStream, arrival_times, rate_multiplier
 from capsim.workload.closed_loop import ClosedStream
+from capsim.workload.sessions import mean_turns, session_traffic, with_system_prompts
 from capsim.workload.tokens import token_lengths
 from capsim.workload.traces import read_trace, trace_peak_rate, trace_span, trace_stream
 
@@ -133,13 +134,21 @@ def expected_requests(s: Scenario) -> tuple[float, float]:
         return a.concurrency * h / a.think_time_s, a.concurrency / a.think_time_s
     if isinstance(a, Trace):
         n = float(np.count_nonzero(read_trace(a).times >= a.start_s)) * a.rate_scale
+        n *= turns_per_arrival(s)
         n *= min(1.0, h / trace_span(a)) if trace_span(a) > 0 else 1.0
         return n, n / h if h > 0 else 0.0
     real = real_horizon(s)
     grid = _rate_grid(a, real)
     m = rate_multiplier(a, grid)
     mean = float(a.rate_rps * np.trapezoid(m, grid) / real) if real > 0 else 0.0
+    mean *= turns_per_arrival(s)
     return mean * h, mean
+
+
+def turns_per_arrival(s: Scenario) -> float:
+    """Requests per arrival: the mean turns of a session with ``traffic.sessions``, else 1
+    (an upper estimate: the horizon and ``prompt_max`` cut some sessions short)."""
+    return mean_turns(s.traffic.sessions) if s.traffic.sessions is not None else 1.0
 
 
 def memory_limit_requests(s: Scenario, jobs: int = 1) -> tuple[int, str]:
@@ -168,6 +177,9 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
     n, _ = expected_requests(s)
     mem = n * bytes_per_request(s) * max(jobs, 1)
     rate = LLM_REQUESTS_PER_CPU_S if s.is_llm else BATCHED_REQUESTS_PER_CPU_S
+    tr = s.traffic
+    if s.is_llm and (tr.sessions is not None or tr.system_prompts is not None):
+        rate = LLM_PREFIX_REQUESTS_PER_CPU_S
     return (
         f"~{n:,.0f} requests per replication, ~{mem / 2**20:,.0f} MiB at most "
         f"({max(jobs, 1)} job{'s' if jobs > 1 else ''}), {s.simulation.replications} to "
@@ -180,6 +192,8 @@ def run_cost_text(s: Scenario, jobs: int = 1) -> str:
 #: benchmarks/README.md (batched engine: 0.6-3.6 M/s; continuous-batching LLM engine: 53-70 k/s).
 BATCHED_REQUESTS_PER_CPU_S = 500_000.0
 LLM_REQUESTS_PER_CPU_S = 50_000.0
+#: The LLM engine with prefix caching on shared-prefix traffic: 26-32 k/s (benchmarks/README.md).
+LLM_PREFIX_REQUESTS_PER_CPU_S = 25_000.0
 
 
 def _duration(seconds: float) -> str:
@@ -255,9 +269,28 @@ def make_stream(s: Scenario, replication: int) -> RequestStream | ClosedStream:
         stream = RequestStream(
             arrival_times(a, horizon, rng, time_scale=scale), horizon, time_scale=scale
         )
-    if s.traffic.tokens is not None and stream.prompt_tokens is None:
-        p, o = token_lengths(s.traffic.tokens, len(stream), np.random.default_rng(size_seq))
+    tr = s.traffic
+    if tr.sessions is not None and tr.tokens is not None:  # arrivals are session starts
+        ses = tr.sessions.model_copy(update={"think_time_s": tr.sessions.think_time_s * scale})
+        t = session_traffic(
+            ses, stream.arrival, tr.tokens, tr.system_prompts, horizon,
+            np.random.default_rng(size_seq),
+        )  # fmt: skip
+        return RequestStream(
+            t.arrival, stream.horizon, t.prompt, t.output, stream.time_scale, t.prefixes
+        )
+    if tr.tokens is not None and stream.prompt_tokens is None:
+        p, o = token_lengths(tr.tokens, len(stream), np.random.default_rng(size_seq))
         stream = RequestStream(stream.arrival, stream.horizon, p, o, stream.time_scale)
+    if tr.system_prompts is not None and stream.prompt_tokens is not None:
+        assert stream.output_tokens is not None  # token columns come in pairs
+        rng_sys = np.random.default_rng(size_seq.spawn(1)[0])
+        p, pre = with_system_prompts(
+            tr.system_prompts, stream.prompt_tokens, stream.output_tokens, rng_sys
+        )
+        stream = RequestStream(
+            stream.arrival, stream.horizon, p, stream.output_tokens, stream.time_scale, pre
+        )
     return stream
 
 
@@ -274,10 +307,10 @@ def peak_rate(s: Scenario) -> float:
     if isinstance(a, Trace):
         data = read_trace(a)
         t = data.times[data.times >= a.start_s] / a.speedup
-        return trace_peak_rate(t) * a.rate_scale
+        return trace_peak_rate(t) * a.rate_scale * turns_per_arrival(s)
     h = real_horizon(s)
     grid = np.linspace(0, h, 20001)
-    return float(a.rate_rps * rate_multiplier(a, grid).max())
+    return float(a.rate_rps * rate_multiplier(a, grid).max()) * turns_per_arrival(s)
 
 
 def compressed_day(s: Scenario, factor: float) -> Scenario | None:

@@ -15,6 +15,7 @@ from capsim.spec.scenario import (
     Trace,
 )
 from capsim.workload.arrivals import RequestStream
+from capsim.workload.prefixes import SharedPrefixes
 
 
 # --------------------------------------------------------------------------- traces
@@ -23,6 +24,7 @@ class TraceData:
     times: np.ndarray  # seconds from the first row, sorted
     prompt: np.ndarray | None
     output: np.ndarray | None
+    session: np.ndarray | None = None  # per row: session number (0, 1, ...), from its id column
 
 
 #: Most tokens one request may carry (prompt or output); real contexts are far below.
@@ -170,7 +172,13 @@ def read_csv_text(path: str, what: str) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=8)
 def _read_trace_cached(
-    path: str, mtime: float, ts_col: str, fmt: str, p_col: str | None, o_col: str | None
+    path: str,
+    mtime: float,
+    ts_col: str,
+    fmt: str,
+    p_col: str | None,
+    o_col: str | None,
+    s_col: str | None = None,
 ) -> TraceData:
     df = read_csv_text(path, "trace")
     if ts_col not in df.columns:
@@ -180,12 +188,21 @@ def _read_trace_cached(
     t = _parse_times(df[ts_col], fmt, path, ts_col)
     prompt = _token_column(df, p_col, path)
     output = _token_column(df, o_col, path)
+    session = None
+    if s_col is not None:
+        if s_col not in df.columns:
+            raise InputError(
+                f"no session column '{s_col}'; columns are: {columns_text(df.columns)}",
+                file=path,
+            )
+        session = pd.factorize(df[s_col])[0].astype(np.int64)
     order = np.argsort(t, kind="stable")
     t = t[order] - t[order][0]
     return TraceData(
         t,
         prompt[order] if prompt is not None else None,
         output[order] if output is not None else None,
+        session[order] if session is not None else None,
     )
 
 
@@ -200,6 +217,7 @@ def read_trace(spec: Trace) -> TraceData:
         spec.timestamp_format,
         spec.prompt_tokens_column,
         spec.output_tokens_column,
+        spec.session_column,
     )
 
 
@@ -217,29 +235,41 @@ def trace_stream(spec: Trace, horizon: float, rng: np.random.Generator) -> Reque
     output = data.output[keep] if data.output is not None else None
     span = float(t[-1]) if len(t) else 0.0
     idx = np.arange(len(t))
+    copy = np.zeros(len(t), dtype=np.int64)  # which overlaid copy (rate_scale > 1)
     if spec.rate_scale != 1.0 and len(t):
         whole, frac = divmod(spec.rate_scale, 1.0)
-        parts_t, parts_i = [], []
-        for copy in range(int(whole)):
-            shift = 0.0 if copy == 0 else rng.uniform(0, span)
+        parts_t, parts_i, parts_c = [], [], []
+        for c in range(int(whole)):
+            shift = 0.0 if c == 0 else rng.uniform(0, span)
             parts_t.append((t + shift) % max(span, 1e-9))
             parts_i.append(idx)
+            parts_c.append(np.full(len(t), c))
         if frac > 0:
             sel = rng.random(len(t)) < frac
             shift = rng.uniform(0, span) if whole >= 1 else 0.0
             parts_t.append((t[sel] + shift) % max(span, 1e-9))
             parts_i.append(idx[sel])
+            parts_c.append(np.full(int(sel.sum()), int(whole)))
         t = np.concatenate(parts_t)
         idx = np.concatenate(parts_i)
+        copy = np.concatenate(parts_c)
         order = np.argsort(t, kind="stable")
-        t, idx = t[order], idx[order]
+        t, idx, copy = t[order], idx[order], copy[order]
     inside = t <= horizon  # the horizon defaults to the span: the last request is at it
-    t, idx = t[inside], idx[inside]
+    t, idx, copy = t[inside], idx[inside], copy[inside]
+    prefixes = None
+    if data.session is not None:  # a copy's sessions are other conversations
+        sess = data.session[keep]
+        n_sess = int(sess.max()) + 1 if len(sess) else 0
+        stream = sess[idx] + copy * n_sess
+        ns = int(stream.max()) + 1 if len(stream) else 0
+        prefixes = SharedPrefixes(stream, np.full(ns, -1), np.zeros(ns, dtype=np.int64))
     return RequestStream(
         t,
         horizon,
         prompt[idx] if prompt is not None else None,
         output[idx] if output is not None else None,
+        prefixes=prefixes,
     )
 
 
