@@ -50,6 +50,7 @@ class Config:
     precision: str
     replicas: int = 1
     tp: int = 1
+    ep: int = 1  # expert parallelism inside the tp GPUs (MoE models)
 
     @property
     def gpus(self) -> int:
@@ -57,6 +58,7 @@ class Config:
 
     def label(self) -> str:
         tp = f" tp{self.tp}" if self.tp > 1 else ""
+        tp += f" ep{self.ep}" if self.ep > 1 else ""
         return f"{self.replicas} x {self.gpu} {self.precision}{tp}"
 
 
@@ -105,10 +107,10 @@ def slo_targets(s: Scenario) -> list[tuple[str, float]]:
 
 
 # --------------------------------------------------------------------------- service models
-def make_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1):
+def make_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1, ep: int = 1):
     """The service-time model for this scenario's model on ``gpu`` (raises Unsupported)."""
     if s.is_llm:
-        return make_llm_service(s, gpu, precision, tp)
+        return make_llm_service(s, gpu, precision, tp, ep)
     if tp != 1:
         raise Unsupported("tensor parallelism applies to transformer models only")
     return FixedServiceModel(
@@ -126,13 +128,13 @@ def replica_capacity_rps(s: Scenario, svc) -> float:
     return svc.max_throughput_rps(s)
 
 
-def runnable_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1):
+def runnable_service(s: Scenario, gpu: GPU, precision: str, tp: int = 1, ep: int = 1):
     """:func:`make_service`, refusing (Unsupported) a configuration that does not fit in
     memory — what ``simulate`` and ``whatif`` are asked to run must be able to run."""
-    svc = make_service(s, gpu, precision, tp)
+    svc = make_service(s, gpu, precision, tp, ep)
     fit = memory_fit(s, svc)
     if not fit.fits:
-        tps = f" tp{tp}" if tp > 1 else ""
+        tps = (f" tp{tp}" if tp > 1 else "") + (f" ep{ep}" if ep > 1 else "")
         raise Unsupported(f"{gpu.id} {precision}{tps} does not fit: {fit.reason}")
     return svc
 
@@ -341,7 +343,7 @@ def simulate(
     cat = catalog if catalog is not None else load_catalog()
     check_measurable(s)
     gpu = cat[config.gpu]
-    svc = runnable_service(s, gpu, config.precision, config.tp)
+    svc = runnable_service(s, gpu, config.precision, config.tp, config.ep)
     sim = s.simulation
     n0 = 1 if deterministic_traffic(s) else (replications or sim.replications)
     n_max = (

@@ -99,6 +99,12 @@ def _engine(
     "--tp", type=click.Choice(["1", "2", "4", "8"]), default="1", help="Tensor parallelism (LLM)."
 )
 @click.option(
+    "--ep",
+    type=click.Choice(["1", "2", "4", "8"]),
+    default="1",
+    help="Expert parallelism inside the tp GPUs (MoE cards; must divide --tp).",
+)
+@click.option(
     "--prompt",
     type=click.IntRange(1, 10**6),
     default=1024,
@@ -160,6 +166,7 @@ def estimate(
     precision,
     batches,
     tp,
+    ep,
     prompt,
     output,
     seq_len,
@@ -195,6 +202,7 @@ def estimate(
         precision,
         sizes,
         tp=int(tp),
+        ep=int(ep),
         prompt=prompt,
         output=output,
         seq_len=seq_len,

@@ -118,6 +118,12 @@ def plan(
     "--tp", type=click.Choice(["1", "2", "4", "8"]), default="1", help="Tensor parallelism (LLM)."
 )
 @click.option(
+    "--ep",
+    type=click.Choice(["1", "2", "4", "8"]),
+    default="1",
+    help="Expert parallelism inside the tp GPUs (MoE models; must divide --tp).",
+)
+@click.option(
     "--replications", type=click.IntRange(1, 1000), default=None, help="Override the scenario."
 )
 @click.option(
@@ -127,7 +133,7 @@ def plan(
 @seed_option
 @click.pass_context
 @handle_errors
-def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out, seed) -> None:
+def simulate(ctx, scenario, gpu, precision, replicas, tp, ep, replications, fmt, out, seed) -> None:
     """Simulate one configuration and print its full metrics.
 
     \b
@@ -147,7 +153,10 @@ def simulate(ctx, scenario, gpu, precision, replicas, tp, replications, fmt, out
     if replications == 1 and s.simulation.replications > 1:
         replications = 2  # an interval needs two
     ev = run_sim(
-        s, Config(gpu, precision, replicas, int(tp)), catalog=cat, replications=replications
+        s,
+        Config(gpu, precision, replicas, int(tp), int(ep)),
+        catalog=cat,
+        replications=replications,
     )
     show_result(
         ev, fmt, out, as_dict=evaluation_dict, as_text=format_evaluation, write=write_evaluation

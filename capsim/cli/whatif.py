@@ -71,6 +71,12 @@ def parse_policy(text: str) -> Any:
 @click.option("--precision", help="Precision (default: whatif.precision, or the only one).")
 @click.option("--tp", type=click.IntRange(1, 8), default=None, help="Tensor parallelism.")
 @click.option(
+    "--ep",
+    type=click.IntRange(1, 8),
+    default=None,
+    help="Expert parallelism inside the tp GPUs (MoE models).",
+)
+@click.option(
     "--policy",
     "policies",
     multiple=True,
@@ -110,6 +116,7 @@ def whatif(
     gpu: str | None,
     precision: str | None,
     tp: int | None,
+    ep: int | None,
     policies: tuple[str, ...],
     replications: int | None,
     window_s: float | None,
@@ -147,6 +154,7 @@ def whatif(
             gpu=gpu,
             precision=precision,
             tp=tp,
+            ep=ep,
             replications=replications,
             window_s=window_s,
             baseline=baseline,

@@ -37,6 +37,7 @@ from capsim.evaluate import (
 from capsim.load import load_catalog
 from capsim.service.fixed import Unsupported
 from capsim.spec.catalog import Catalog
+from capsim.spec.models import TransformerModel
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import peak_rate
 
@@ -46,9 +47,11 @@ class Candidate:
     gpu: str
     precision: str
     tp: int = 1
+    ep: int = 1
 
     def label(self) -> str:
-        return f"{self.gpu} {self.precision}" + (f" tp{self.tp}" if self.tp > 1 else "")
+        tp = (f" tp{self.tp}" if self.tp > 1 else "") + (f" ep{self.ep}" if self.ep > 1 else "")
+        return f"{self.gpu} {self.precision}{tp}"
 
 
 @dataclass
@@ -89,14 +92,23 @@ class PlanResult:
 
 def candidates(s: Scenario) -> list[Candidate]:
     c = s.candidates
-    return [Candidate(g, p, t) for g in c.gpus for p in c.precisions for t in c.tensor_parallel]
+    moe = isinstance(s.model, TransformerModel) and s.model.is_moe
+    eps = c.expert_parallel if moe else [1]
+    return [
+        Candidate(g, p, t, e)
+        for g in c.gpus
+        for p in c.precisions
+        for t in c.tensor_parallel
+        for e in eps
+        if t % e == 0  # tp x ep search: ep splits the experts among the tp GPUs
+    ]
 
 
 def _screen(s: Scenario, cat: Catalog, cand: Candidate) -> tuple[CandidateResult | None, object]:
     """Static checks: precision support, memory fit, single-request latency."""
     gpu = cat[cand.gpu]
     try:
-        svc = make_service(s, gpu, cand.precision, cand.tp)
+        svc = make_service(s, gpu, cand.precision, cand.tp, cand.ep)
     except Unsupported as exc:
         return CandidateResult(cand, "dropped", f"precision unsupported: {exc}"), None
     fit = memory_fit(s, svc)
@@ -144,7 +156,7 @@ def search_candidate(
 
     def ev(n: int) -> Evaluation:
         if n not in cache:
-            cfg = Config(cand.gpu, cand.precision, n, cand.tp)
+            cfg = Config(cand.gpu, cand.precision, n, cand.tp, cand.ep)
             if progress:
                 progress(f"{cand.label()}: {n} replicas")
             cache[n] = simulate(s, cfg, catalog=cat)

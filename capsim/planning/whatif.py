@@ -206,6 +206,7 @@ class WhatIfResult:
     replications: int
     price_usd_per_gpu_hour: float
     notes: list[str] = field(default_factory=list)
+    ep: int = 1
 
     def __getitem__(self, name: str) -> PolicyResult:
         for p in self.policies:
@@ -341,9 +342,11 @@ def resolve_config(
     return g, p, t
 
 
-def peak_fixed_replicas(s: Scenario, cat: Catalog, gpu: str, precision: str, tp: int) -> int:
+def peak_fixed_replicas(
+    s: Scenario, cat: Catalog, gpu: str, precision: str, tp: int, ep: int = 1
+) -> int:
     """The static planner's replica count for this configuration (sized for the peak)."""
-    r = search_candidate(s, Candidate(gpu, precision, tp), cat)
+    r = search_candidate(s, Candidate(gpu, precision, tp, ep), cat)
     if r.best is None:
         raise InputError(
             f"cannot size a fixed fleet of {gpu} {precision} for the peak: {r.reason}",
@@ -393,8 +396,8 @@ def evaluate_policy(
 
 
 def _job(args) -> AutoscaledRun:
-    s, cat, gpu, precision, tp, spec, rep, fixed_n, window_s = args
-    svc = make_service(s, cat[gpu], precision, tp)
+    s, cat, gpu, precision, tp, spec, rep, fixed_n, window_s, ep = args
+    svc = make_service(s, cat[gpu], precision, tp, ep)
     return run_policy(s, cat[gpu], svc, spec, rep, tp=tp, fixed_replicas=fixed_n, window_s=window_s)
 
 
@@ -406,6 +409,7 @@ def whatif(
     gpu: str | None = None,
     precision: str | None = None,
     tp: int | None = None,
+    ep: int | None = None,
     replications: int | None = None,
     window_s: float | None = None,
     baseline: str | None = None,
@@ -429,7 +433,8 @@ def whatif(
             f"unknown precision '{p}'; accepted: {', '.join(PRECISIONS)}",
             **({"param": "precision"} if precision else {"where": "whatif.precision"}),
         )
-    runnable_service(s, cat[g], p, t)  # Unsupported: the card lacks the precision, or no fit
+    e = ep or (s.whatif.ep if s.whatif else 1)
+    runnable_service(s, cat[g], p, t, e)  # Unsupported: the card lacks the precision, or no fit
     tiers = capacity_prices(cat[g], s.capacity, s.candidates.price_provider)  # InputError
     specs = list(policies) if policies is not None else policies_for(s)
     if not specs:
@@ -449,8 +454,8 @@ def whatif(
     if any(isinstance(sp, FixedSpec) and sp.replicas == "peak" for sp in specs):
         if progress:
             progress(f"sizing a fixed {g} {p} fleet for the peak (static plan)")
-        fixed_n = peak_fixed_replicas(s, cat, g, p, t)
-    tasks = [(s, cat, g, p, t, sp, rep, fixed_n, win) for rep in range(reps) for sp in specs]
+        fixed_n = peak_fixed_replicas(s, cat, g, p, t, e)
+    tasks = [(s, cat, g, p, t, sp, rep, fixed_n, win, e) for rep in range(reps) for sp in specs]
 
     def done(i: int, n: int, r: AutoscaledRun) -> None:
         if progress:
@@ -490,4 +495,4 @@ def whatif(
             f"${tiers.burst_usd:g}"
         )
     horizon = sim_horizon(real_time(s))[0]
-    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price, notes)
+    return WhatIfResult(s, g, p, t, results, base, horizon, win, reps, price, notes, e)

@@ -83,7 +83,7 @@ def format_whatif(r: WhatIfResult) -> str:
     s = r.scenario
     pct = s.slo.percentile
     targets = r.policies[0].targets
-    tp = f" tp{r.tp}" if r.tp > 1 else ""
+    tp = (f" tp{r.tp}" if r.tp > 1 else "") + (f" ep{r.ep}" if r.ep > 1 else "")
     lines = [
         f"capsim whatif: {s.name} on {r.gpu} {r.precision}{tp} (${r.price_usd_per_gpu_hour:g}/GPU-h); "
         f"SLO {slo_text(targets, pct)}; {r.horizon_s / 3600:g} h in real time, "
@@ -188,7 +188,12 @@ def whatif_dict(r: WhatIfResult) -> dict[str, Any]:
     pct = s.slo.percentile
     out: dict[str, Any] = {
         "scenario": s.name,
-        "config": {"gpu": r.gpu, "precision": r.precision, "tp": r.tp},
+        "config": {
+            "gpu": r.gpu,
+            "precision": r.precision,
+            "tp": r.tp,
+            **({"ep": r.ep} if r.ep > 1 else {}),
+        },
         "price_usd_per_gpu_hour": r.price_usd_per_gpu_hour,
         "slo": s.slo.model_dump(),
         "horizon_s": r.horizon_s,

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capsim.service.comm import COMM_OPS as COMM_OPS_ALL
 from capsim.service.comm import collective_seconds, comm_op_time
 from capsim.service.roofline import OpCost, OpTime, roofline_op_time
 from capsim.spec.calibration import Calibration, EfficiencyCurve, OpTable
@@ -58,7 +59,7 @@ _SOURCES = (MEASURED, FITTED, ROOFLINE)
 #: capsim operator -> names of tables whose measurements may be scaled to it.
 ALIASES: dict[str, tuple[str, ...]] = {"rope_kv_write": ("rope_kv_write", "rope")}
 ATTENTION_OPS = frozenset({"attn_prefill", "attn_decode"})
-COMM_OPS = frozenset({"all_reduce", "logits_gather"})
+COMM_OPS = COMM_OPS_ALL  # collectives are timed by the link model, never by tables
 #: the non-overhead part of a measured time is at least this share of it when scaling
 _MIN_BODY = 0.3
 #: twin formats for curve transfer (same width, same tensor cores)
@@ -124,7 +125,7 @@ class CalibratedTimer:
 
     def __call__(self, gpu: GPU, cost: OpCost, ctx) -> OpTime:
         if ctx.op in COMM_OPS:
-            return comm_op_time(gpu, ctx.op, cost.bytes, ctx.tp)
+            return comm_op_time(gpu, ctx.op, cost.bytes, ctx.ranks)
         tm = self.evaluate(
             ctx.op, cost.flops, cost.bytes, cost.math_format, cost.kernels, ctx.n, ctx.k, ctx.tp,
             np.array([float(ctx.num_tokens)]),

@@ -24,6 +24,14 @@ OP_NAMES = (
     "mlp_up",
     "mlp_act",
     "mlp_down",
+    "router",
+    "expert_up",
+    "expert_act",
+    "expert_down",
+    "shared_up",
+    "shared_act",
+    "shared_down",
+    "all_to_all",
     "all_reduce",
     "lm_head",
     "logits_gather",
@@ -31,7 +39,7 @@ OP_NAMES = (
 )
 
 
-COMM_OPS = frozenset({"all_reduce", "logits_gather"})
+COMM_OPS = frozenset({"all_reduce", "logits_gather", "all_to_all"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,12 @@ class OpContext:
     num_seqs: int = 0
     kv_tokens: float = 0.0
     attn_work: float = 0.0
+    ep: int = 1
+
+    @property
+    def ranks(self) -> int:
+        """GPUs a collective of this operator spans: ``ep`` for the expert all-to-all, else ``tp``."""
+        return self.ep if self.op == "all_to_all" else self.tp
 
 
 #: An op timer: the time of one call of one operator on one GPU (of a ``tp``-way replica).
@@ -68,7 +82,9 @@ def collective_seconds(ic: Interconnect, op: str, nbytes, ranks: int):
     ``bandwidth x efficiency``. Wider than a node (``ranks > max_gpus`` with a ``network``):
     hierarchical -- reduce inside each node over the GPU link while the node's NICs carry
     2(N-1)/N x n / g per GPU between the N nodes of g GPUs (whichever is slower), with the
-    network's alpha and its hops. One rank costs nothing.
+    network's alpha and its hops. An ``all_to_all`` (MoE dispatch or combine of ``nbytes`` per
+    GPU) is one alpha and one hop plus the (p-1)/p share that leaves the GPU. One rank costs
+    nothing.
 
     >>> from capsim.spec.catalog import Interconnect
     >>> ic = Interconnect(kind="nvlink", bandwidth_gb_s=450, latency_us=10, efficiency=0.8)
@@ -78,9 +94,13 @@ def collective_seconds(ic: Interconnect, op: str, nbytes, ranks: int):
     18.44
     >>> collective_seconds(ic, "all_reduce", 1e6, 1)
     0.0
+    >>> round(collective_seconds(ic, "all_to_all", 1e6, 4) * 1e6, 3)  # 10 + 0.6 + 0.75e6/360e3
+    12.683
     """
     if ranks <= 1:
         return 0.0 * nbytes
+    if op == "all_to_all":
+        return all_to_all_seconds(ic, nbytes, ranks)
     ar = op == "all_reduce"
     steps = (2.0 if ar else 1.0) * (ranks - 1)
     link = ic.bandwidth_gb_s * 1e9 * ic.efficiency
@@ -96,6 +116,28 @@ def collective_seconds(ic: Interconnect, op: str, nbytes, ranks: int):
     return net.latency_us * 1e-6 + hops * 1e-6 + np.maximum(inside, across)
 
 
+def all_to_all_seconds(ic: Interconnect, nbytes, ranks: int):
+    """Time of one all-to-all in which each of ``ranks`` GPUs holds ``nbytes`` and sends the
+    (ranks-1)/ranks of it bound for the others: alpha + one hop + bytes at the link's
+    ``bandwidth x efficiency`` (pairwise transfers run concurrently; across nodes the
+    network's bandwidth and alpha).
+
+    >>> from capsim.spec.catalog import Interconnect
+    >>> ic = Interconnect(kind="nvlink", bandwidth_gb_s=450, latency_us=10, efficiency=0.8)
+    >>> round(all_to_all_seconds(ic, 3.6e6, 2) * 1e6, 3)  # 10 + 0.6 + 1.8e6 / 360e3
+    15.6
+    """
+    if ranks <= 1:
+        return 0.0 * nbytes
+    sent = (ranks - 1) / ranks * nbytes
+    net = ic.network
+    if ranks > ic.max_gpus and net is not None:
+        bw = net.bandwidth_gb_s * 1e9 * net.efficiency
+        return net.latency_us * 1e-6 + net.hop_latency_us * 1e-6 + sent / bw
+    link = ic.bandwidth_gb_s * 1e9 * ic.efficiency
+    return ic.latency_us * 1e-6 + ic.hop_us * 1e-6 + sent / link
+
+
 def comm_op_time(gpu: GPU, op: str, nbytes: float, tp: int) -> OpTime:
     """:func:`collective_seconds` of one TP collective as an :class:`OpTime`.
 
@@ -109,12 +151,12 @@ def comm_op_time(gpu: GPU, op: str, nbytes: float, tp: int) -> OpTime:
     latency = float(collective_seconds(ic, op, 0.0, tp))
     return OpTime(
         op, total, 0.0, total - latency, latency, "overhead" if latency > total / 2 else "memory",
-        f"ring {op} over {ic.kind}: alpha {ic.latency_us:g} us + {ic.hop_us:g} us/step",
+        f"{'pairwise' if op == 'all_to_all' else 'ring'} {op} over {ic.kind}: alpha {ic.latency_us:g} us + {ic.hop_us:g} us/step",
     )  # fmt: skip
 
 
 def default_op_timer(gpu: GPU, cost: OpCost, ctx: OpContext) -> OpTime:
     """Roofline for compute and memory operators, alpha-beta ring collectives for communication."""
     if ctx.op in COMM_OPS:
-        return comm_op_time(gpu, ctx.op, cost.bytes, ctx.tp)
+        return comm_op_time(gpu, ctx.op, cost.bytes, ctx.ranks)
     return roofline_op_time(gpu, cost)

@@ -163,6 +163,7 @@ def estimate(
     batches: list[int],
     *,
     tp: int = 1,
+    ep: int = 1,
     prompt: int = 1024,
     output: int = 256,
     seq_len: int | None = None,
@@ -180,6 +181,8 @@ def estimate(
     if isinstance(model, FixedModel):
         if tp != 1:
             raise InputError("tensor parallelism applies to transformer models only", param="tp")
+        if ep != 1:
+            raise InputError("expert parallelism applies to MoE transformer cards", param="ep")
         try:
             model = model.at_sequence_length(seq_len)
         except ValueError as exc:
@@ -200,7 +203,7 @@ def estimate(
     try:
         ests = [
             estimate_llm(
-                gpu, model, precision, tp, b, prompt, output, engine or LLMEngineSettings()
+                gpu, model, precision, tp, b, prompt, output, engine or LLMEngineSettings(), ep=ep
             )
             for b in sorted(set(batches))
         ]

@@ -61,6 +61,7 @@ from capsim.service.llm_memory import (
     precision_problem,
     stream_bytes,
 )
+from capsim.service.llm_moe import EXPERT_READ_OPS, moe_ops
 from capsim.service.llm_ops import (
     IterationBreakdown,
     IterationShape,
@@ -84,6 +85,28 @@ def _calibrated_timer(gpu: GPU) -> OpTimer | None:
     if gpu.calibration is None:
         return None
     return timer_for(gpu)
+
+
+def _expert_step_mix(
+    iterations: float, tokens: float, logits: float, prefill: float
+) -> list[tuple[float, float]]:
+    """(iterations, tokens per iteration) of a run's two kinds of step, for the expert reads,
+    which are concave in the tokens of a step: every iteration decodes the mean batch
+    (decode tokens / iterations); one iteration per started prompt (at most all of them)
+    adds its prompt's tokens. ``prefill``: prompt tokens computed; started prompts are the
+    logits rows beyond the decode tokens.
+
+    >>> _expert_step_mix(100.0, 3000.0, 2010.0, 1000.0)
+    [(90.0, 20.0), (10.0, 120.0)]
+    """
+    if iterations <= 0:
+        return []
+    decode = max(tokens - prefill, 0.0)
+    started = min(iterations, max(logits - decode, 0.0))
+    dec = decode / iterations
+    if started <= 0 or prefill <= 0:
+        return [(iterations, tokens / iterations)]
+    return [(iterations - started, dec), (started, dec + prefill / started)]
 
 
 class LLMServiceModel:
@@ -110,18 +133,20 @@ class LLMServiceModel:
         tp: int = 1,
         settings: LLMEngineSettings | None = None,
         timer: OpTimer | None = None,
+        ep: int = 1,
     ):
         self.gpu = gpu
+        self.ep = ep
         self.model = model
         self.precision = _precision(precision)
         self.tp = tp
         self.settings = (settings or LLMEngineSettings()).for_gpu(gpu)
         # a calibrated catalog entry brings its own timer (capsim.service.calibrated)
         self.timer: OpTimer = timer or _calibrated_timer(gpu) or default_op_timer
-        problem = precision_problem(gpu, self.precision) or parallelism_problem(gpu, model, tp)
+        problem = precision_problem(gpu, self.precision) or parallelism_problem(gpu, model, tp, ep)
         if problem:
             raise ValueError(problem)
-        self.shard = Shard.of(model, tp)
+        self.shard = Shard.of(model, tp, ep)
         #: bytes of one stored KV element (``settings.kv_cache_dtype``): KV writes and reads
         self.kv_bytes = kv_cache_bits(self.precision, self.settings.kv_cache_dtype) / 8
         self.formats = _formats(gpu, self.precision)
@@ -146,7 +171,13 @@ class LLMServiceModel:
     def memory_fit(self, context: int | None = None) -> MemoryFit:
         """:func:`memory_fit` of this replica (``context`` default: max_model_len)."""
         return memory_fit(
-            self.gpu, self.model, self.precision, self.tp, self.settings, context=context
+            self.gpu,
+            self.model,
+            self.precision,
+            self.tp,
+            self.settings,
+            context=context,
+            ep=self.ep,
         )
 
     # -- the fast path -----------------------------------------------------------------------
@@ -223,15 +254,20 @@ class LLMServiceModel:
             for op in ops_of(1.0):
                 if op.name in COMM_OPS:
                     continue
+                if op.name in EXPERT_READ_OPS:  # reads grow with distinct experts, not rows
+                    for n_it, per in _expert_step_mix(iterations, rows, logits, prefill_kv):
+                        x = next(x for x in ops_of(per) if x.name == op.name)
+                        flops += op.count * float(x.flops) * n_it
+                        nbytes += op.count * float(x.bytes) * n_it
+                    continue
                 base = zero[op.name]
                 per_row_f = float(op.flops) - float(base.flops)
                 per_row_b = float(op.bytes) - float(base.bytes)
                 flops += op.count * (float(base.flops) * iterations + per_row_f * rows)
                 nbytes += op.count * (float(base.bytes) * iterations + per_row_b * rows)
         s = self.shard
-        d = s.head_dim
-        flops += s.layers * 4.0 * s.q_heads * d * (decode_context + prefill_work)
-        nbytes += s.layers * 2.0 * s.kv_heads * d * self.kv_bytes * (decode_context + prefill_kv)
+        flops += s.layers * 4.0 * s.q_heads * s.attn_dim * (decode_context + prefill_work)
+        nbytes += s.layers * s.kv_width * self.kv_bytes * (decode_context + prefill_kv)
         return flops, nbytes
 
     # -- the explicit breakdown --------------------------------------------------------------
@@ -278,25 +314,26 @@ class LLMServiceModel:
         w, a, o = p.weight_bytes, p.act_bytes, stream_bytes(p)
         kvb, d, h, L = self.kv_bytes, s.head_dim, s.hidden, s.layers
         qk = (s.q_heads + s.kv_heads) * d
+        Ld = s.dense_layers
         ops = [
             _Op("embed", 1, 0.0, 2.0 * t * h * o, f.gemm),
             _Op("norm", 2 * L + 1, 0.0, 4.0 * t * h * o, f.gemm),
             _gemm("qkv_proj", L, t, s.qkv_width, h, w, a, o, f.gemm),
-            _Op(
-                "rope_kv_write",
-                L,
-                0.0,
-                t * (2.0 * qk * o + 2.0 * s.kv_heads * d * (o + kvb)),
-                f.gemm,
-                2,
-            ),
-            _gemm("o_proj", L, t, h, s.q_heads * d, w, a, o, f.gemm),
-            _gemm("mlp_up", L, t, s.up_width, h, w, a, o, f.gemm),
-            _Op("mlp_act", L, 0.0, t * (s.up_width * o + s.ffn * a), f.gemm),
-            _gemm("mlp_down", L, t, h, s.ffn, w, a, o, f.gemm),
+            _Op("rope_kv_write", L, 0.0, t * (2.0 * qk * o + s.kv_width * (o + kvb)), f.gemm, 2),
+            _gemm("o_proj", L, t, h, s.o_in, w, a, o, f.gemm),
         ]
+        if Ld:
+            ops += [
+                _gemm("mlp_up", Ld, t, s.up_width, h, w, a, o, f.gemm),
+                _Op("mlp_act", Ld, 0.0, t * (s.up_width * o + s.ffn * a), f.gemm),
+                _gemm("mlp_down", Ld, t, h, s.ffn, w, a, o, f.gemm),
+            ]
+        if s.moe_layers:
+            ops += moe_ops(s, t, w, a, o, f.gemm)
         if self.tp > 1:
-            ops.append(_Op("all_reduce", 2 * L + 1, 0.0, t * h * o, f.gemm))
+            # with ep > 1 the MoE layers combine by all-to-all instead of an all-reduce
+            reduces = 2 * L + 1 if self.ep == 1 else L + Ld + 1
+            ops.append(_Op("all_reduce", reduces, 0.0, t * h * o, f.gemm))
         return ops
 
     def _logit_ops(self, rows: Num) -> list[_Op]:
@@ -314,15 +351,15 @@ class LLMServiceModel:
     def _attn_prefill_op(self, n_pre: float, work: float, kv: float) -> _Op:
         s, p = self.shard, self.precision
         o, d = stream_bytes(p), s.head_dim
-        flops = 4.0 * s.q_heads * d * work
-        nbytes = 2.0 * n_pre * s.q_heads * d * o + 2.0 * s.kv_heads * d * self.kv_bytes * kv
+        flops = 4.0 * s.q_heads * s.attn_dim * work
+        nbytes = 2.0 * n_pre * s.q_heads * d * o + s.kv_width * self.kv_bytes * kv
         return _Op("attn_prefill", s.layers, flops, nbytes, self.formats.attn)
 
     def _attn_decode_op(self, n_dec: float, ctx: float) -> _Op:
         s, p = self.shard, self.precision
         o, d = stream_bytes(p), s.head_dim
-        flops = 4.0 * s.q_heads * d * ctx
-        nbytes = 2.0 * n_dec * s.q_heads * d * o + 2.0 * s.kv_heads * d * self.kv_bytes * ctx
+        flops = 4.0 * s.q_heads * s.attn_dim * ctx
+        nbytes = 2.0 * n_dec * s.q_heads * d * o + s.kv_width * self.kv_bytes * ctx
         return _Op("attn_decode", s.layers, flops, nbytes, self.formats.attn)
 
     def _attention_ops(
@@ -364,7 +401,7 @@ class LLMServiceModel:
     # -- timing ------------------------------------------------------------------------------
 
     def _context(self, op: _Op, rows: int) -> OpContext:
-        return OpContext(op.name, int(rows), self.tp, int(rows), op.n, op.k)
+        return OpContext(op.name, int(rows), self.tp, int(rows), op.n, op.k, ep=self.ep)
 
     def _time_op(self, op: _Op, ctx: OpContext) -> OpTime:
         cost = OpCost(op.name, float(op.flops), float(op.bytes), op.fmt, op.kernels)
@@ -383,7 +420,7 @@ class LLMServiceModel:
             for op in ops_of(t):
                 total += op.count * self._table_times(
                     self.gpu, op.name, op.flops, op.bytes, op.fmt, op.kernels, op.n, op.k,
-                    self.tp, t,
+                    self.ep if op.name == "all_to_all" else self.tp, t,
                 )  # fmt: skip
         else:
             total = np.array([self._scalar_total(ops_of, int(t)) for t in range(size)])
@@ -402,7 +439,8 @@ class LLMServiceModel:
         gpu = self.gpu
         nbytes = np.broadcast_to(np.asarray(op.bytes, dtype=float), t.shape)
         if op.name in COMM_OPS:
-            return collective_seconds(gpu.interconnect, op.name, nbytes, self.tp)
+            ranks = self.ep if op.name == "all_to_all" else self.tp
+            return collective_seconds(gpu.interconnect, op.name, nbytes, ranks)
         peak = gpu.peak_flops(op.fmt)
         assert peak is not None  # the model is built only for formats the card supports
         compute = np.asarray(op.flops, dtype=float) / (peak * gpu.efficiency.compute_for(op.fmt))
@@ -425,8 +463,8 @@ class LLMServiceModel:
         peak = attn_peak * gpu.efficiency.compute_for(self.formats.attn)
         bw = gpu.bandwidth * gpu.efficiency.memory
         d, o = s.head_dim, stream_bytes(p)
-        flop_per_work = 4.0 * s.q_heads * d / peak
+        flop_per_work = 4.0 * s.q_heads * s.attn_dim / peak
         q_bytes = 2.0 * s.q_heads * d * o / bw
-        kv_bytes = 2.0 * s.kv_heads * d * self.kv_bytes / bw
+        kv_bytes = s.kv_width * self.kv_bytes / bw
         overhead = gpu.kernel_overhead_us * 1e-6
         return (flop_per_work, q_bytes, kv_bytes, overhead, s.layers)

@@ -14,6 +14,7 @@ from capsim.service.llm_memory import (
     parallelism_problem,
     precision_problem,
 )
+from capsim.service.llm_moe import experts_read, moe_summary
 from capsim.service.llm_ops import IterationBreakdown, IterationShape, prefill_iterations
 from capsim.service.llm_spec import SpeculativeTimer, speculative_timer
 from capsim.spec.catalog import GIB, GPU
@@ -51,6 +52,9 @@ class LLMEstimate:
     max_batch_prefill_s: float | None
     decode_cpu_s: float | None
     request_latency_s: float | None
+    ep: int = 1
+    moe_line: str = ""
+    experts_read: float | None = None
     decode_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     prefill_breakdown: IterationBreakdown | None = field(default=None, repr=False)
     speculative: str | None = None  # e.g. "draft llama-3.2-1b, k=4, acceptance 0.6"
@@ -83,6 +87,7 @@ class LLMEstimate:
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "request_latency_s": self.request_latency_s,
             "batch_fits": self.batch_fits,
+            "experts_read": self.experts_read,
         }
         if self.speculative is not None:
             row["spec_tpot_s"] = self.spec_tpot_s
@@ -116,6 +121,7 @@ class LLMEstimate:
         """A human summary and the per-operator table of one decode step."""
         f = self.fit
         gpus = f"{self.gpu}" + (f" x{self.tp} (tp={self.tp})" if self.tp > 1 else "")
+        gpus += f" ep={self.ep}" if self.ep > 1 else ""
         lines = [
             f"{self.model} on {gpus} at {self.precision} ({self.math_format or 'unsupported'} math)",
             f"memory   {f.reason}",
@@ -151,6 +157,8 @@ class LLMEstimate:
             f"request  prefill + {self.output} decode steps at batch {self.batch} ~ "
             f"{self.request_latency_s:.3f} s"
         )
+        if self.moe_line:
+            lines.append(self.moe_line)
         if self.decode_breakdown is not None:
             lines += ["", self.decode_breakdown.to_text(f"decode step, batch {self.batch}")]
         if self.prefill_breakdown is not None:
@@ -196,6 +204,7 @@ class LLMEstimates:
                 if spec
                 else ""
             )
+            + (f"  {x.experts_read:>13.1f}" if x.experts_read is not None else "")
             + ("" if x.batch_fits else f"  (at most {x.max_batch} fit)")
             for x in self.estimates
         ]
@@ -206,7 +215,8 @@ class LLMEstimates:
             f"prompts; request = prefill + {e.output} decode steps",
             f"         {'batch':>6}  {'prefill ms':>12}  {'decode ms/step':>14}  "
             f"{'tokens/s':>12}  {'request s':>9}"
-            + (f"  {'spec ms/tok':>11}  gain" if spec else ""),
+            + (f"  {'spec ms/tok':>11}  gain" if spec else "")
+            + (f"  {'experts read':>13}" if e.experts_read is not None else ""),
             *rows,
         ]
         tail = lines[3:]
@@ -231,6 +241,7 @@ def estimate_llm(
     output: int = 256,
     settings: LLMEngineSettings | None = None,
     timer: OpTimer | None = None,
+    ep: int = 1,
 ) -> LLMEstimate:
     """Prefill and decode times, memory fit and throughput ceiling of one configuration.
 
@@ -252,21 +263,21 @@ def estimate_llm(
     st = (settings or LLMEngineSettings()).for_gpu(gpu)
     p = _precision(precision)
     full = prompt + output
-    fit = memory_fit(gpu, model, p, tp, st, context=full)
+    fit = memory_fit(gpu, model, p, tp, st, context=full, ep=ep)
     ctx = prompt + output // 2
     base: dict[str, Any] = dict(
         gpu=gpu.id, model=model.name, precision=p.name, math_format=p.math_format(gpu.peak_tflops),
-        tp=tp, batch=batch, prompt=prompt, output=output, decode_context=ctx, fit=fit,
+        tp=tp, ep=ep, batch=batch, prompt=prompt, output=output, decode_context=ctx, fit=fit,
         max_batch=fit.max_batch,
     )  # fmt: skip
-    if precision_problem(gpu, p) or parallelism_problem(gpu, model, tp):
+    if precision_problem(gpu, p) or parallelism_problem(gpu, model, tp, ep):
         none: dict[str, Any] = dict.fromkeys(
             ("prefill_s", "prefill_batch_s", "decode_step_s", "decode_tokens_per_s",
              "max_batch_step_s", "max_tokens_per_s", "max_batch_prefill_s",
              "request_latency_s", "decode_cpu_s"),
         )  # fmt: skip
         return LLMEstimate(**base, **none, prefill_iterations=0)
-    svc = LLMServiceModel(gpu, model, p, tp, st, timer)
+    svc = LLMServiceModel(gpu, model, p, tp, st, timer, ep)
     spec = speculative_timer(svc, gpu, p, tp, timer)
     one = prefill_iterations(1, prompt, st)
     prefill_s = _prefill_time(svc, one)
@@ -287,6 +298,8 @@ def estimate_llm(
         decode_cpu_s=svc.cpu_overhead_s(batch),
         max_tokens_per_s=_ceiling(top, output, top_step, top_prefill),
         request_latency_s=prefill_s + output * step,
+        moe_line=moe_summary(svc.shard, batch, top),
+        experts_read=experts_read(svc.shard, batch),
         decode_breakdown=svc.breakdown(decode=[ctx] * batch),
         prefill_breakdown=svc.breakdown(
             prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])

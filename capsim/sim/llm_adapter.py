@@ -72,16 +72,22 @@ class LLMService:
     """One replica's service model for the planner and the engine (see :func:`make_llm_service`)."""
 
     def __init__(
-        self, gpu: GPU, model: TransformerModel, precision: str, tp: int, st: LLMEngineSettings
+        self,
+        gpu: GPU,
+        model: TransformerModel,
+        precision: str,
+        tp: int,
+        st: LLMEngineSettings,
+        ep: int = 1,
     ):
         problem = precision_problem(gpu, precision)
         if problem:
             raise Unsupported(problem)
-        problem = parallelism_problem(gpu, model, tp)
+        problem = parallelism_problem(gpu, model, tp, ep)
         if problem:
             raise Unsupported(problem)
-        self.gpu, self.model, self.tp, self.settings = gpu, model, tp, st
-        self.svc = LLMServiceModel(gpu, model, precision, tp, st)
+        self.gpu, self.model, self.tp, self.settings, self.ep = gpu, model, tp, st, ep
+        self.svc = LLMServiceModel(gpu, model, precision, tp, st, ep=ep)
         self.iteration_time = self.svc.iteration_time  # the engine's timer (bound: no wrapper)
         try:
             self.spec = speculative_timer(self.svc, gpu, precision, tp)
@@ -246,7 +252,7 @@ class LLMService:
         return out
 
 
-def make_llm_service(s, gpu: GPU, precision: str, tp: int) -> LLMService:
+def make_llm_service(s, gpu: GPU, precision: str, tp: int, ep: int = 1) -> LLMService:
     """The LLM service of scenario ``s`` on ``tp`` x ``gpu`` at ``precision``.
 
     Raises :class:`InputError` for bad ``fleet.batching.engine`` keys and
@@ -254,7 +260,7 @@ def make_llm_service(s, gpu: GPU, precision: str, tp: int) -> LLMService:
     does not split the model.
     """
     st = engine_settings(getattr(s.fleet.batching, "engine", {}), s.model, gpu)
-    svc = LLMService(gpu, s.model, precision, tp, st)
+    svc = LLMService(gpu, s.model, precision, tp, st, ep)
     svc.scenario = s
     return svc
 

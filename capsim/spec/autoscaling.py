@@ -333,6 +333,7 @@ class WhatIf(Strict):
     gpu: str | None = Field(None, description="default: the only GPU in candidates.gpus")
     precision: str | None = Field(None, description="default: the only candidate precision")
     tp: int = Field(1, ge=1)
+    ep: int = Field(1, ge=1, description="expert parallelism inside the tp GPUs (MoE models)")
     policies: list[PolicySpec] = Field(default_factory=list)
     baseline: str | None = Field(None, description="policy name savings are measured against")
     window_s: float = Field(300.0, gt=0, description="windows for p99 over time")

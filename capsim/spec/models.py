@@ -109,6 +109,32 @@ class TransformerModel(Strict):
     tied_embeddings: bool = False
     max_context: int = Field(4096, gt=0)
     published_params: float | None = Field(None, gt=0, description="published parameter count")
+    published_active_params: float | None = Field(
+        None, gt=0, description="published parameters active per token (mixture of experts)"
+    )
+    published_active_excludes_embedding: bool = Field(
+        False, description="the published active count leaves out the input embedding table"
+    )
+    # -- mixture of experts (0 experts: a dense model) --
+    experts: int = Field(0, ge=0, description="routed experts per MoE layer (0: dense MLP)")
+    experts_per_token: int = Field(0, ge=0, description="routed experts each token uses (top-k)")
+    shared_experts: int = Field(0, ge=0, description="experts every token uses")
+    expert_ffn_size: int | None = Field(None, gt=0, description="intermediate size of one expert")
+    shared_expert_ffn_size: int | None = Field(
+        None, gt=0, description="intermediate size of one shared expert (default expert_ffn_size)"
+    )
+    first_dense_layers: int = Field(
+        0, ge=0, description="leading layers with a dense MLP of ffn_size (first_k_dense_replace)"
+    )
+    routing_skew: float = Field(
+        0.0, ge=0, description="Zipf exponent of expert popularity (0: uniform routing)"
+    )
+    # -- multi-head latent attention (DeepSeek-V2/V3): KV cache of kv_lora_rank + rope dims --
+    kv_lora_rank: int | None = Field(None, gt=0, description="MLA compressed KV width")
+    q_lora_rank: int | None = Field(None, gt=0, description="MLA compressed query width")
+    qk_rope_head_dim: int | None = Field(None, gt=0, description="MLA decoupled RoPE key dims")
+    qk_nope_head_dim: int | None = Field(None, gt=0, description="MLA per-head non-RoPE dims")
+    v_head_dim: int | None = Field(None, gt=0, description="MLA per-head value dims")
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -117,11 +143,45 @@ class TransformerModel(Strict):
             raise ValueError("attention_heads must be a multiple of kv_heads")
         if self.head_dim is None and self.hidden_size % self.attention_heads:
             raise ValueError("hidden_size must divide by attention_heads (or give head_dim)")
+        if self.experts:
+            if not 1 <= self.experts_per_token <= self.experts or self.expert_ffn_size is None:
+                raise ValueError(
+                    "a MoE card needs experts_per_token between 1 and experts and expert_ffn_size"
+                )
+            if self.first_dense_layers >= self.layers:
+                raise ValueError("first_dense_layers must be fewer than layers")
+        elif self.experts_per_token or self.shared_experts or self.first_dense_layers:
+            raise ValueError("experts_per_token, shared_experts, first_dense_layers need experts")
+        mla = (self.kv_lora_rank, self.qk_rope_head_dim, self.qk_nope_head_dim, self.v_head_dim)
+        if any(x is not None for x in mla) and any(x is None for x in mla):
+            raise ValueError(
+                "MLA needs kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim"
+            )
         return self
 
     @property
     def dim_head(self) -> int:
         return self.head_dim or self.hidden_size // self.attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the MLP of (most) layers is a mixture of experts."""
+        return self.experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        """Whether attention is multi-head latent attention (compressed KV)."""
+        return self.kv_lora_rank is not None
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is a mixture of experts (0 for a dense model)."""
+        return self.layers - self.first_dense_layers if self.experts else 0
+
+    @property
+    def shared_ffn(self) -> int:
+        """Intermediate size of one shared expert."""
+        return self.shared_expert_ffn_size or self.expert_ffn_size or self.ffn_size
 
 
 ModelCard = Annotated[FixedModel | TransformerModel, Field(discriminator="kind")]

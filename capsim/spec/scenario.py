@@ -351,6 +351,10 @@ class Candidates(Strict):
     gpus: list[str] = Field(min_length=1)
     precisions: list[PrecisionName] = Field(min_length=1)
     tensor_parallel: list[int] = Field(default_factory=lambda: [1])
+    expert_parallel: list[int] = Field(
+        default_factory=lambda: [1],
+        description="MoE models: expert-parallel degrees tried inside each tp (ep divides tp)",
+    )
     max_replicas: int = Field(64, ge=1)
     price_provider: str | None = Field(
         None, description="use this provider's price where the card lists one (default: catalog)"
@@ -362,6 +366,13 @@ class Candidates(Strict):
         dup = sorted({x for x in v if v.count(x) > 1})
         if dup:
             raise ValueError(f"listed more than once: {', '.join(dup)}")
+        return v
+
+    @field_validator("expert_parallel")
+    @classmethod
+    def _ep(cls, v: list[int]) -> list[int]:
+        if not v or any(e not in (1, 2, 4, 8) for e in v):
+            raise ValueError("expert_parallel values must be among 1, 2, 4, 8")
         return v
 
     @field_validator("tensor_parallel")
@@ -442,6 +453,12 @@ class Scenario(Strict):
             raise ValueError(
                 "candidates.tensor_parallel applies to transformer models only (one replica of a "
                 "fixed-shape model is one GPU)"
+            )
+        moe = isinstance(self.model, TransformerModel) and self.model.is_moe
+        if not moe and self.candidates.expert_parallel != [1]:
+            raise ValueError(
+                "candidates.expert_parallel applies to mixture-of-experts models only (the card "
+                "gives no experts)"
             )
         if not llm and (self.traffic.sessions or self.traffic.system_prompts):
             raise ValueError(
