@@ -12,7 +12,8 @@ import yaml
 from capsim.errors import InputError
 from capsim.evaluate import Config, simulate, stream_for
 from capsim.load import load_scenario
-from capsim.spec.scenario import Sessions, SystemPrompts, TokenLengths, Turns
+from capsim.spec.scenario import TokenLengths
+from capsim.spec.sessions import Sessions, SystemPrompts, Turns
 from capsim.workload.sessions import mean_turns, session_traffic, zipf_choice
 from capsim.workload.streams import expected_requests
 

@@ -4,7 +4,7 @@ Turn n of a session sends the session's token stream so far (system prompt, earl
 and outputs) plus a new message; see :mod:`capsim.workload.prefixes` for the streams and the
 KV-block keys the engine's prefix cache uses.
 
->>> from capsim.spec.scenario import Turns
+>>> from capsim.spec.sessions import Turns
 >>> spec = Sessions(turns=Turns(kind="geometric", mean=3), think_time_s=30,
 ...                 message={"median": 80, "sigma": 0.5})
 >>> round(mean_turns(spec), 3)
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.spec.scenario import Sessions, SystemPrompts, Tokens
+from capsim.spec.scenario import Tokens
+from capsim.spec.sessions import Sessions, SystemPrompts
 from capsim.workload.prefixes import SharedPrefixes
 from capsim.workload.tokens import token_lengths
 
@@ -58,7 +59,7 @@ def with_system_prompts(
 def mean_turns(spec: Sessions) -> float:
     """Expected turns per session (geometric: E[min(G, max)] = (1 - (1 - p)^max) / p).
 
-    >>> from capsim.spec.scenario import Turns
+    >>> from capsim.spec.sessions import Turns
     >>> round(mean_turns(Sessions(turns=Turns(mean=4, max=1000), think_time_s=1,
     ...                           message={"median": 10})), 6)
     4.0
@@ -93,7 +94,7 @@ def session_traffic(
 ) -> PrefixedTraffic:
     """The turns of sessions starting at ``starts_s``, sorted by send time, cut at ``horizon``.
 
-    >>> from capsim.spec.scenario import Turns
+    >>> from capsim.spec.sessions import Turns
     >>> spec = Sessions(turns=Turns(kind="fixed", mean=3), think_time_s=10, think="fixed",
     ...                 message={"median": 50})
     >>> from capsim.spec.scenario import TokenLengths
