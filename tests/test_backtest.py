@@ -64,11 +64,11 @@ def test_iteration_run_backtest_compares_each_step():
 @pytest.mark.parametrize(
     ("path", "args", "words"),
     [
-        (DATA / "vllm" / "bench_serve_v0.25.1.json", ["--gpu", "h100-sxm"], ["precision"]),
+        (DATA / "vllm" / "ascend_serving_llama8B_tp1_1.json", ["--gpu", "h100-sxm"], ["precision"]),
         (
-            DATA / "vllm" / "bench_serve_v0.25.1.json",
-            ["--gpu", "h100-sxm", "--precision", "fp16"],
-            ["opt-125m", "--model"],
+            DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl",
+            ["--gpu", "h200-sxm", "--precision", "bf16", "--model", "llama-3.3-70b"],
+            ["unknown model 'llama-3.3-70b'", "--model", "llama-3.1-70b"],
         ),
         (
             DATA / "mlperf" / "h100x8_llama2-70b_server" / "mlperf_log_summary.txt",
