@@ -71,6 +71,7 @@ SLOW = (
     "tests/test_sim_oracles.py::test_replication_interval_for_p99_covers_the_true_value",
     "tests/test_autoscale_whatif.py::test_plan_tunes_the_policy_against_the_fixed_baseline",
     "tests/test_cli.py::test_plan_is_the_same_in_parallel_and_serial",
+    "tests/test_backtest.py::test_public_sglang_run_error_band_of_the_untouched_model",
 )
 
 

@@ -100,3 +100,27 @@ def test_broken_run_file_names_the_field(tmp_path):
     f.write_text(json.dumps(data))
     res = _run("backtest", str(f))
     assert res.exit_code == 2 and "concurrency" in res.output and f.name in res.output
+
+
+SGLANG = DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl"
+SGLANG_SETTINGS = {"gpu": "h200-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 4}
+
+
+def test_public_sglang_run_error_band_of_the_untouched_model():
+    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep (held out of every fit
+    in benchmarks/README.md, 2026-12-05), replayed with the shipped catalog. The band is what
+    capsim does today, not the issue's target (10% latencies, 5% throughput), which it misses:
+    TTFT is 25-50% short (no per-request front-end time in capsim) and e2e 10-40% long (the
+    decode step is slower than SGLang's CUDA-graph step). A change that moves either is seen."""
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.backtest import backtest_run
+    from capsim.load import load_catalog
+
+    run = apply_settings(read_runs(SGLANG)[1], SGLANG_SETTINGS)
+    assert run.workload.load.rate_rps == 2.0
+    bt = backtest_run(run, load_catalog(), replications=2)
+    err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
+    assert set(err) == {"output_tokens_per_s value", "ttft p50", "e2e p50"}
+    assert abs(err["output_tokens_per_s value"]) < 0.15
+    assert -0.50 < err["ttft p50"] < -0.25
+    assert 0.10 < err["e2e p50"] < 0.40
