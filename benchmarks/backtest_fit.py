@@ -9,7 +9,8 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
   with a capsim model card, so it can only be fitted in-sample (nothing left to hold out);
 * with ``--sglang``: SGLang Llama-3.3-70B on 4x H200 (tests/data/bench/sglang, the public
   datacrunch-research rate sweep, served with the llama-3.1-70b card: the same architecture):
-  fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs.
+  fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs (the first fit of
+  benchmarks/README.md, 2026-12-05).
 
 Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores; ``--sglang`` adds tens of
 minutes on a loaded 2-core machine).

@@ -107,8 +107,8 @@ SGLANG_SETTINGS = {"gpu": "h200-sxm", "model": "llama-3.1-70b", "precision": "bf
 
 
 def test_public_sglang_run_error_band_of_the_untouched_model():
-    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep (held out of every fit
-    in benchmarks/README.md, 2026-12-05), replayed with the shipped catalog. The band is what
+    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep (held out of the first
+    fit in benchmarks/README.md, 2026-12-05), replayed with the shipped catalog. The band is what
     capsim does today, not the issue's target (10% latencies, 5% throughput), which it misses:
     TTFT is 25-50% short (no per-request front-end time in capsim) and e2e 10-40% long (the
     decode step is slower than SGLang's CUDA-graph step). A change that moves either is seen."""
