@@ -6,9 +6,14 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
 * H200 whole-model Llama-3.1-8B steps (``gpu_runs/h200-2026-12-04-run2/iterations``): fit on
   the 512- and 8192-token rows, report the held-out 2048-token rows;
 * MLPerf v4.1 ResNet-50 SingleStream on an L4 (tests/data/bench/mlperf): the only served run
-  with a capsim model card, so it can only be fitted in-sample (nothing left to hold out).
+  with a capsim model card, so it can only be fitted in-sample (nothing left to hold out);
+* with ``--sglang``: SGLang Llama-3.3-70B on 4x H200 (tests/data/bench/sglang, the public
+  datacrunch-research rate sweep, served with the llama-3.1-70b card: the same architecture):
+  fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs (the first fit of
+  benchmarks/README.md, 2026-12-05).
 
-Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores).
+Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores; ``--sglang`` adds tens of
+minutes on a loaded 2-core machine).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ROOT / "benchmarks" / "gpu_runs" / "h200-2026-12-04-run2" / "iterations"
 L4 = ROOT / "tests" / "data" / "bench" / "mlperf" / "l4_resnet50_singlestream"
+SGLANG = ROOT / "tests" / "data" / "bench" / "sglang" / "h200x4_llama3.3-70b_online.jsonl"
+SGLANG_SETTINGS = ["--gpu", "h200-sxm", "--model", "llama-3.1-70b", "--precision", "bf16",
+                   "--tp", "4", "--engine", "sglang"]  # fmt: skip
+SGLANG_FIT, SGLANG_HELD = (0, 2), (1, 3)  # lines of the file: 1 and 4 req/s; 2 and 8 req/s
 
 
 def capsim(*args: str) -> str:
@@ -77,6 +86,28 @@ def main() -> None:
         table(before, after)
         v = json.loads(fit)["values"]
         print(f"\nfitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}")
+        if "--sglang" in sys.argv:
+            sglang(cat, Path(tmp))
+
+
+def sglang(cat: Path, tmp: Path) -> None:
+    """Fit the H200 entry to two SGLang runs and report the two held-out ones (on a fresh
+    copy of the shipped catalog, not the one the H200 steps were fitted into)."""
+    cat = tmp / "cat_sglang"
+    shutil.copytree(ROOT / "hardware_catalog", cat)
+    runs = tmp / "sglang"
+    capsim("bench", "import", str(SGLANG), *SGLANG_SETTINGS, "--out", str(runs))
+    files = sorted(runs.glob("*.json"), key=lambda f: int(f.stem.rsplit("-", 1)[1]))
+    fit_dir, held_dir = tmp / "sg_fit", tmp / "sg_held"
+    for d, idx in ((fit_dir, SGLANG_FIT), (held_dir, SGLANG_HELD)):
+        d.mkdir()
+        for i in idx:
+            shutil.copy(files[i], d)
+    args = ["--replications", "2", "--max-evaluations", "30", "--dry-run"]
+    report = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
+                    "--holdout", str(held_dir), "--gpu", "h200-sxm", *args)  # fmt: skip
+    print("## SGLang Llama-3.3-70B, 4x H200 TP 4 (fit on 1 and 4 req/s; 2 and 8 held out)\n")
+    print("```\n" + report.rstrip() + "\n```")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,11 @@ def test_iteration_run_backtest_compares_each_step():
 @pytest.mark.parametrize(
     ("path", "args", "words"),
     [
-        (DATA / "vllm" / "bench_serve_v0.25.1.json", ["--gpu", "h100-sxm"], ["precision"]),
+        (DATA / "vllm" / "ascend_serving_llama8B_tp1_1.json", ["--gpu", "h100-sxm"], ["precision"]),
         (
-            DATA / "vllm" / "bench_serve_v0.25.1.json",
-            ["--gpu", "h100-sxm", "--precision", "fp16"],
-            ["opt-125m", "--model"],
+            DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl",
+            ["--gpu", "h200-sxm", "--precision", "bf16", "--model", "llama-3.3-70b"],
+            ["unknown model 'llama-3.3-70b'", "--model", "llama-3.1-70b"],
         ),
         (
             DATA / "mlperf" / "h100x8_llama2-70b_server" / "mlperf_log_summary.txt",
@@ -100,3 +100,27 @@ def test_broken_run_file_names_the_field(tmp_path):
     f.write_text(json.dumps(data))
     res = _run("backtest", str(f))
     assert res.exit_code == 2 and "concurrency" in res.output and f.name in res.output
+
+
+SGLANG = DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl"
+SGLANG_SETTINGS = {"gpu": "h200-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 4}
+
+
+def test_public_sglang_run_error_band_of_the_untouched_model():
+    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep (held out of the first
+    fit in benchmarks/README.md, 2026-12-05), replayed with the shipped catalog. The band is what
+    capsim does today, not the issue's target (10% latencies, 5% throughput), which it misses:
+    TTFT is 25-50% short (no per-request front-end time in capsim) and e2e 10-40% long (the
+    decode step is slower than SGLang's CUDA-graph step). A change that moves either is seen."""
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.backtest import backtest_run
+    from capsim.load import load_catalog
+
+    run = apply_settings(read_runs(SGLANG)[1], SGLANG_SETTINGS)
+    assert run.workload.load.rate_rps == 2.0
+    bt = backtest_run(run, load_catalog(), replications=2)
+    err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
+    assert set(err) == {"output_tokens_per_s value", "ttft p50", "e2e p50"}
+    assert abs(err["output_tokens_per_s value"]) < 0.15
+    assert -0.50 < err["ttft p50"] < -0.25
+    assert 0.10 < err["e2e p50"] < 0.40

@@ -15,17 +15,15 @@ from capsim.cli import main
 from capsim.errors import InputError
 
 DATA = Path(__file__).resolve().parent / "data" / "bench"
-VLLM = DATA / "vllm" / "bench_serve_v0.25.1.json"
-SWEEP = DATA / "vllm" / "sweep_max_num_seqs4_run0.json"
+VLLM = DATA / "vllm" / "ascend_serving_llama8B_tp1_qps_inf.json"
 ASCEND = DATA / "vllm" / "ascend_serving_llama8B_tp1_1.json"
-SGLANG = DATA / "sglang" / "agg_n50_in128_out64_c8.jsonl"
+SGLANG = DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl"
 PERF = DATA / "perf_analyzer" / "inception_graphdef_concurrency.csv"
 SERVER = DATA / "mlperf" / "h100x8_llama2-70b_server"
 OFFLINE = DATA / "mlperf" / "h100x8_llama2-70b_offline" / "mlperf_log_summary.txt"
 L4 = DATA / "mlperf" / "l4_resnet50_singlestream"
 FIXTURES = {
     VLLM: "vllm",
-    SWEEP: "vllm",
     ASCEND: "vllm",
     SGLANG: "sglang",
     PERF: "perf-analyzer",
@@ -60,33 +58,56 @@ def test_format_is_detected(path):
 
 
 # ---------------------------------------------------------------- vLLM
-def test_vllm_bench_serve():
+def test_vllm_benchmark_serving_offline_burst():
     r = one(VLLM)
+    assert r.tool.name == "vllm benchmark_serving.py"
+    assert r.date == "2025-02-27T02:53:38"
+    assert r.settings.model.endswith("Meta-Llama-3-8B-Instruct") and r.settings.engine == "vllm"
+    # request_rate "inf" and no max_concurrency: all 200 prompts sent at once
+    assert r.workload.load.kind == "offline" and r.workload.num_requests == 200
+    assert r.workload.input_len is None  # no token totals in this file: not invented
+    m = r.measured
+    assert m.request_throughput_rps is None and m.e2e_s is None and m.samples is None
+    assert m.ttft_s.p50 == pytest.approx(14.025211746804416)
+    assert m.ttft_s.p99 == pytest.approx(16.596106526181098)
+    assert m.tpot_s.mean == pytest.approx(0.18377582653886833)
+    assert m.itl_s.p99 == pytest.approx(0.1371021644771099)
+
+
+def _bench_serve_doc() -> dict:
+    """No licensed ``vllm bench serve`` file with these keys was found (see the README): the
+    keys that release adds (endpoint type, a concurrency cap, totals, throughputs, e2el, the
+    sweep's max_num_seqs) are added to a real benchmark_serving.py result."""
+    doc = json.loads(VLLM.read_text())
+    return doc | {
+        "endpoint_type": "openai",
+        "backend": "openai",
+        "max_concurrency": 2,
+        "max_num_seqs": 4,
+        "completed": 200,
+        "total_input_tokens": 6400,
+        "total_output_tokens": 3200,
+        "request_throughput": 5.18,
+        "output_throughput": 82.9,
+        "median_e2el_ms": 166.5,
+        "p99_e2el_ms": 876.8,
+    }
+
+
+def test_vllm_bench_serve_keys(tmp_path):
+    path = tmp_path / "bench_serve.json"
+    path.write_text(json.dumps(_bench_serve_doc()))
+    r = one(path)
     assert r.tool.name == "vllm bench serve"
-    assert r.date == "2026-08-16T16:08:53"
-    assert r.settings.model == "facebook/opt-125m" and r.settings.engine == "vllm"
     # request_rate "inf" with max_concurrency 2: two clients back to back
     assert r.workload.load.kind == "concurrency" and r.workload.load.concurrency == 2
-    assert (r.workload.num_requests, r.workload.completed, r.workload.failed) == (8, 8, 0)
-    assert r.workload.input_len.mean == pytest.approx(256 / 8)
-    assert r.workload.output_len.mean == pytest.approx(128 / 8)
-    m = r.measured
-    assert m.request_throughput_rps == pytest.approx(5.180810671273421)
-    assert m.output_tokens_per_s == pytest.approx(82.89297074037474)
-    assert m.ttft_s.p50 == pytest.approx(0.05568139649994919)
-    assert m.ttft_s.p99 == pytest.approx(0.7344049174101428)
-    assert m.tpot_s.mean == pytest.approx(0.011265828258331112)
-    assert m.itl_s.p99 == pytest.approx(0.029815922519960626)
-    assert m.e2e_s is None and m.samples is None
-
-
-def test_vllm_sweep_run_records_max_num_seqs_and_e2e():
-    r = one(SWEEP)
+    assert r.workload.input_len.mean == pytest.approx(32.0)
     assert r.settings.max_num_seqs == 4
     assert r.settings.engine is None  # client backend "openai": the engine is not recorded
     assert r.settings.extra["client_backend"] == "openai"
-    assert r.measured.e2e_s.p99 == pytest.approx(0.8768009717071254)
-    assert r.measured.e2e_s.p50 == pytest.approx(0.16647808399284258)
+    assert r.measured.request_throughput_rps == pytest.approx(5.18)
+    assert r.measured.e2e_s.p99 == pytest.approx(0.8768)
+    assert r.measured.e2e_s.p50 == pytest.approx(0.1665)
 
 
 def test_vllm_rate_run_without_throughput_fields():
@@ -102,7 +123,7 @@ def test_vllm_rate_run_without_throughput_fields():
 def test_vllm_detailed_arrays_become_samples(tmp_path):
     """No real --save-detailed file was found (see the README): the arrays are added to a real
     summary so the per-request path is exercised."""
-    doc = json.loads(VLLM.read_text())
+    doc = _bench_serve_doc()
     doc |= {
         "input_lens": [32] * 2,
         "output_lens": [16, 15],
@@ -119,22 +140,27 @@ def test_vllm_detailed_arrays_become_samples(tmp_path):
 
 # ---------------------------------------------------------------- SGLang
 def test_sglang_bench_serving_jsonl():
-    r = one(SGLANG)
-    assert r.tool.version == "0.5.5.post3" and r.settings.engine_version == "0.5.5.post3"
-    assert r.settings.model == "Qwen/Qwen2.5-3B-Instruct" and r.settings.tp == 1
-    assert r.settings.extra["chunked_prefill_size"] == 8192
-    assert r.workload.load.kind == "concurrency" and r.workload.load.concurrency == 8
-    assert r.workload.completed == 50 and r.workload.dataset == "random"
-    # random lengths with range ratio 0 are not fixed: the mean comes from the totals
-    assert r.workload.input_len.kind == "stats"
-    assert r.workload.input_len.mean == pytest.approx(3019 / 50)
+    """A late-2024 SGLang JSONL (medians only, no server_info): seven runs in one file."""
+    runs = read_runs(SGLANG)
+    assert len(runs) == 7 and [r.source.index for r in runs] == list(range(7))
+    assert [r.workload.load.rate_rps for r in runs] == [1.0, 2.0, 4.0, 8.0, 16.0, 4.0, 8.0]
+    r = runs[0]
+    assert r.tool.name == "sglang.bench_serving" and r.settings.engine is None
+    assert r.workload.completed == 300 and r.workload.dataset == "random"
+    # random 1024/1024 with range ratio 0: uniform in [1, 1024]; the mean from the totals
+    inp = r.workload.input_len
+    assert inp.kind == "stats" and inp.mean == pytest.approx(152612 / 300)
+    assert inp.std == pytest.approx(1024 / 12**0.5) and (inp.min, inp.max) == (1, 1024)
+    assert r.workload.output_len.mean == pytest.approx(160347 / 300)
     m = r.measured
-    assert m.request_throughput_rps == pytest.approx(25.36630611684931)
-    assert m.total_tokens_per_s == pytest.approx(2242.381460729479)
-    assert m.e2e_s.p50 == pytest.approx(0.22348943213000894)
-    assert m.itl_s.p95 == pytest.approx(0.021319825435057282)
-    assert m.tpot_s.p99 == pytest.approx(0.011207634611402517)
-    assert "tag: agg_n50_in128_out64_c8" in r.notes
+    assert m.request_throughput_rps is None  # not in the file: not invented
+    assert m.output_tokens_per_s == pytest.approx(537.4142851849319)
+    assert m.ttft_s.p50 == pytest.approx(0.08574514742940664)
+    assert m.itl_s.p50 == pytest.approx(0.013638956006616354)
+    assert m.e2e_s.mean == pytest.approx(7.840616212638561)
+    assert m.e2e_s.p50 == pytest.approx(7.819046192569658) and m.e2e_s.p99 is None
+    share = runs[5]  # sharegpt: lengths are the dataset's, only their mean is known
+    assert share.workload.dataset == "sharegpt" and share.workload.input_len.std is None
 
 
 # ---------------------------------------------------------------- perf_analyzer
@@ -285,15 +311,15 @@ def test_plain_csv_runs_and_iterations(tmp_path):
     """Written from the SGLang fixture's numbers (capsim's own format has no public files)."""
     runs_csv = tmp_path / "runs.csv"
     runs_csv.write_text(
-        "# from sglang/agg_n50_in128_out64_c8.jsonl\n"
-        "concurrency,num_requests,input_len_mean,output_len_mean,throughput_rps,"
-        "ttft_p50_ms,ttft_p99_ms,e2e_p99_ms,model,tp\n"
-        "8,50,60.38,28.02,25.3663,33.53,599.30,973.30,Qwen/Qwen2.5-3B-Instruct,1\n"
+        "# from sglang/h200x4_llama3.3-70b_online.jsonl, line 1\n"
+        "rate_rps,num_requests,input_len_mean,output_len_mean,output_tokens_per_s,"
+        "ttft_p50_ms,e2e_p50_ms,model,tp\n"
+        "1,300,508.71,534.49,537.41,85.75,7819.05,meta-llama/Llama-3.3-70B-Instruct,4\n"
     )
     r = one(runs_csv)
-    assert r.source.format == "capsim-csv" and r.workload.load.concurrency == 8
-    assert r.measured.ttft_s.p99 == pytest.approx(0.5993)
-    assert r.settings.tp == 1 and r.origins == {}
+    assert r.source.format == "capsim-csv" and r.workload.load.rate_rps == 1
+    assert r.measured.ttft_s.p50 == pytest.approx(0.08575)
+    assert r.settings.tp == 4 and r.origins == {}
     steps = tmp_path / "steps.csv"
     steps.write_text("phase,batch_size,seq_len,time_ms\nprefill,1,512,21.5\ndecode,32,1024,14.2\n")
     r = one(steps)
@@ -302,13 +328,18 @@ def test_plain_csv_runs_and_iterations(tmp_path):
 
 
 # ---------------------------------------------------------------- settings and provenance
-def test_cli_settings_fill_in_and_override_and_are_recorded():
-    run = apply_settings(one(SGLANG), {"gpu": "h100-sxm", "tp": 2, "precision": "bf16"})
+def test_cli_settings_fill_in_and_override_and_are_recorded(tmp_path):
+    # the real SGLang file records no server settings: capsim's CSV carries tp and a version
+    path = tmp_path / "runs.csv"
+    path.write_text("rate_rps,ttft_p50_ms,model,tp,engine_version\n1,85.75,m,1,0.4.0\n")
+    run = apply_settings(one(path), {"gpu": "h100-sxm", "tp": 2, "precision": "bf16"})
     assert run.settings.tp == 2 and run.overridden == {"tp": 1}
     assert run.origins["tp"] == "cli" and run.origins["gpu"] == "cli"
     assert run.origins["model"] == "file" and run.origins["engine_version"] == "file"
-    same = apply_settings(one(SGLANG), {"tp": 1})
+    same = apply_settings(one(path), {"tp": 1})
     assert same.overridden == {} and same.origins["tp"] == "cli"
+    sg = apply_settings(read_runs(SGLANG)[0], {"tp": 4})
+    assert sg.overridden == {} and sg.origins == {"tp": "cli"}
 
 
 def test_cli_import_table_json_and_out(runner, tmp_path):
@@ -316,16 +347,16 @@ def test_cli_import_table_json_and_out(runner, tmp_path):
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
-    assert len(lines) == 5 and "25.37 req/s" in lines[0] and "gpu h100-sxm" in lines[0]
+    assert len(lines) == 11 and "537.41 tok/s" in lines[0] and "gpu h100-sxm" in lines[0]
     res = runner.invoke(main, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     runs = [BenchRun.model_validate(d) for d in json.loads(res.output)]
-    assert runs[0].overridden == {"tp": 1} and runs[4].origins == {"gpu": "cli", "tp": "cli"}
+    assert runs[0].overridden == {} and runs[10].origins == {"gpu": "cli", "tp": "cli"}
     out = tmp_path / "runs"
     res = runner.invoke(main, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
     files = sorted(out.iterdir())
-    assert len(files) == 5 and all(f.suffix == ".json" for f in files)  # no temp files left
+    assert len(files) == 11 and all(f.suffix == ".json" for f in files)  # no temp files left
     back = BenchRun.model_validate_json(files[0].read_text())
     assert back.settings.gpu == "h100-sxm"
 
@@ -370,7 +401,7 @@ def test_wrong_field_is_named(runner, tmp_path):
 
 
 def test_value_out_of_range_is_named(runner, tmp_path):
-    doc = json.loads(SWEEP.read_text())
+    doc = json.loads(ASCEND.read_text())
     doc["request_throughput"] = -5.8
     bad = tmp_path / "negative.json"
     bad.write_text(json.dumps(doc))
@@ -394,7 +425,12 @@ def test_missing_field_is_named(runner, tmp_path):
 def test_bad_options(runner):
     _bad(runner, [str(VLLM), "--gpu", "h100"], "--gpu", "unknown GPU 'h100'", "h100-sxm")
     _bad(runner, [str(VLLM), "--gpu", "l4", "--precision", "fp7"], "fp7")
-    _bad(runner, [str(VLLM), "--gpu", "l4", "--as", "sglang"], "bench_serve_v0.25.1.json", "SGLang")
+    _bad(
+        runner,
+        [str(VLLM), "--gpu", "l4", "--as", "sglang"],
+        "ascend_serving_llama8B_tp1_qps_inf.json",
+        "SGLang",
+    )
 
 
 def test_input_error_is_a_library_error_too():
@@ -406,11 +442,16 @@ def test_input_error_is_a_library_error_too():
 def test_replay_plan_of_real_runs():
     from capsim.bench.replay import replay_plan, require_replayable
 
-    given = {"gpu": "h100-sxm", "model": "qwen2.5-3b", "precision": "bf16"}
-    plan = require_replayable(apply_settings(one(SGLANG), given))
-    assert plan.arrivals == {"kind": "closed", "concurrency": 8, "think_time_s": 0.0}
-    assert plan.tp == 1 and plan.tokens["prompt_median"] == pytest.approx(3019 / 50)
-    assert "prompt length spread not recorded: fixed at the mean" in plan.assumptions
+    given = {"gpu": "h200-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 4}
+    sglang = [apply_settings(r, given) for r in read_runs(SGLANG)]
+    plan = require_replayable(sglang[0])
+    assert plan.arrivals == {"kind": "poisson", "rate_rps": 1.0} and plan.tp == 4
+    # lognormal matched to the uniform's mean and std
+    cv2 = (1024 / 12**0.5 / (152612 / 300)) ** 2
+    assert plan.tokens["prompt_median"] == pytest.approx(152612 / 300 / (1 + cv2) ** 0.5)
+    assert plan.assumptions == []
+    share = require_replayable(sglang[5])
+    assert "prompt length spread not recorded: fixed at the mean" in share.assumptions
     rate = replay_plan(apply_settings(one(ASCEND), given))
     assert rate.arrivals == {"kind": "poisson", "rate_rps": 1.0}
     assert "prompt lengths" in rate.missing  # the file has no token totals

@@ -10,6 +10,7 @@ per-request ``ttfts``, ``itls``, ``input_lens`` and ``output_lens``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,17 @@ _SERVER_KEYS = (
 
 
 def looks_like(record: Mapping[str, Any]) -> bool:
-    """SGLang's keys: ``server_info``, ``mean_e2e_latency_ms`` or ``total_throughput``."""
-    has = "request_throughput" in record or "mean_ttft_ms" in record
+    """SGLang's keys: ``server_info``, ``mean_e2e_latency_ms`` or ``total_throughput``.
+
+    Lines written by late-2024 releases (0.3/0.4) carry only medians (``median_ttft_ms``,
+    ``median_itl_ms``) and ``output_throughput``: they are SGLang lines too.
+
+    >>> looks_like({"median_ttft_ms": 85.7, "mean_e2e_latency_ms": 7840.6})
+    True
+    >>> looks_like({"request_throughput": 5.2, "mean_ttft_ms": 55.7, "backend": "vllm"})
+    False
+    """
+    has = any(k in record for k in ("request_throughput", "mean_ttft_ms", "median_ttft_ms"))
     own = "server_info" in record or "mean_e2e_latency_ms" in record or "total_throughput" in record
     return has and own
 
@@ -69,14 +79,30 @@ def _settings(d: Mapping[str, Any], path: Path) -> tuple[Settings, str | None]:
 
 
 def _random_length(d: Mapping[str, Any], side: str, found: LengthDist | None, path: Path):
-    """A ``random`` dataset with range ratio 1 has fixed lengths; otherwise keep what was found."""
+    """Lengths of the ``random`` dataset: fixed at range ratio 1, else uniform.
+
+    ``bench_serving`` draws each length uniformly from ``[max(int(L * ratio), 1), L]``; the
+    mean stays the one measured (from the totals), the spread is that uniform's
+    ``(hi - lo + 1) / sqrt(12)``.
+    """
     if d.get("dataset_name") != "random" or (found is not None and found.kind == "per_request"):
         return found
     length = to_int(d.get(f"random_{side}_len"), file=path, where=f"random_{side}_len")
     ratio = to_float(d.get("random_range_ratio"), file=path, where="random_range_ratio")
-    if length is not None and ratio == 1.0:
+    if length is None or ratio is None:
+        return found
+    if ratio == 1.0:
         return LengthDist(kind="fixed", value=length)
-    return found
+    lo = max(int(length * ratio), 1)
+    mean = found.mean if found is not None and found.mean is not None else (lo + length) / 2
+    return LengthDist(
+        kind="stats",
+        mean=mean,
+        std=(length - lo + 1) / math.sqrt(12),
+        min=lo,
+        max=length,
+        derived=f"uniform [{lo}, {length}] (random_range_ratio {ratio:g}); mean from the totals",
+    )
 
 
 def _run(d: Mapping[str, Any], path: Path, sha: str, index: int) -> BenchRun:
