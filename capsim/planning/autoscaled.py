@@ -21,8 +21,9 @@ requests). Queues that build while replicas boot last a sixteenth as long, so a 
 autoscaling settings"). Hence the second stage: candidates in order of screened cost are
 **confirmed in real time** (every request of the horizon, every replication in parallel; the
 p99 upper confidence limit and the rejection limit decide), stepping to safer settings when the
-pick fails, until no remaining candidate's screened cost is within ``CONFIRM_MARGIN`` of the
-cheapest confirmed one. Replayed traces cannot be compressed: their settings are screened in
+pick fails; a later candidate is confirmed only when its screened cost is at least
+``CONFIRM_MARGIN`` below the cheapest confirmed one (screens are within a few percent of the
+real day, so a candidate screened level with the winner is not worth a real-time day). Replayed traces cannot be compressed: their settings are screened in
 real time (and the screen's run is the confirmation's first replication).
 
 The saving against the baseline is the measured difference of billed cost over the horizon;
@@ -62,7 +63,7 @@ UTILIZATION = (95.0, 90.0, 80.0, 70.0, 60.0, 50.0, 40.0)
 #: settings are screened on a day this many times shorter, the first a policy allows (see the
 #: module docstring)
 SCREEN_COMPRESSION = (16.0, 8.0, 4.0, 2.0)
-#: a candidate screened this much above the best confirmed cost is not confirmed
+#: a later candidate is confirmed only when screened at least this much below the best confirmed
 CONFIRM_MARGIN = 0.05
 
 
@@ -396,8 +397,9 @@ def plan_autoscaled(
 
 
 def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress) -> None:
-    """Confirm candidates in order of screened cost until the rest cannot win: a candidate whose
-    screened cost is over the best confirmed cost (plus ``CONFIRM_MARGIN``) is left screened."""
+    """Confirm candidates in order of screened cost: a later one only when its screen promises
+    at least ``CONFIRM_MARGIN`` less than the best confirmed cost (e.g. when the first pick had
+    to step to a safer, dearer setting in real time); the others are left screened."""
     best = math.inf
     for i in sorted(range(len(cands)), key=lambda i: screens[i].cost):
         c, sc = cands[i], screens[i]
@@ -405,10 +407,10 @@ def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, 
         if sc.pick is None:
             c.reason = sc.reason
             continue
-        if sc.cost > best * (1 + CONFIRM_MARGIN):
+        if sc.cost >= best * (1 - CONFIRM_MARGIN):
             c.reason = (
-                f"not confirmed: screened at ${sc.cost:.2f} ({knobs(sc.pick)}), above the "
-                f"confirmed ${best:.2f}"
+                f"not confirmed: screened at ${sc.cost:.2f} ({knobs(sc.pick)}), not "
+                f"{CONFIRM_MARGIN:.0%} below the confirmed ${best:.2f}"
             )
             continue
         key = (c.gpu, c.precision, c.tp)
