@@ -135,7 +135,10 @@ def chat_day(rate: float = 8.0, period: float = 7200.0, **over) -> dict:
         },
         "slo": {"percentile": 99, "ttft_ms": 2000, "tpot_ms": 100},
         "fleet": {
-            "batching": {"kind": "continuous", "engine": {"max_model_len": 4096}},
+            "batching": {
+                "kind": "continuous",
+                "engine": {"max_model_len": 4096, "kv_cache_dtype": "fp8"},
+            },
             "router": "least_outstanding_requests",
         },
         "candidates": {"gpus": ["l4"], "precisions": ["fp8"], "max_replicas": 12},
