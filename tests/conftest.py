@@ -77,6 +77,10 @@ SLOW = (
     "tests/test_spot.py::test_whatif_reports_cost_by_tier_interruptions_and_requeues",
     "tests/test_speculative.py::test_scenario_gains_at_low_load_and_loses_at_high_load",
     "tests/test_backtest.py::test_public_sglang_run_error_band_of_the_untouched_model",
+    # shown commands that plan a whole sweep or several mixed fleets (20-40 s each)
+    "tests/test_readme_commands.py::test_shown_commands_run[capsim sweep --help]",
+    "tests/test_readme_commands.py::test_shown_commands_run[README.md:78]",
+    "tests/test_readme_commands.py::test_shown_commands_run[README.md:122]",
 )
 
 
