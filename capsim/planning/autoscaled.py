@@ -17,14 +17,16 @@ Then, for the ``top`` cheapest feasible candidates, it tunes the policy's parame
 ``SCREEN_COMPRESSION`` times (16, or less where a policy's windows would leave their range):
 the load pattern, the controller's periods and windows and the cold starts all run 16x faster,
 the service times do not (a day of 24 h in 1.5 h of simulated time, a sixteenth of the
-requests). Queues that build while replicas boot last a sixteenth as long, so a screen is optimistic near the limit (measured in benchmarks/README.md, "Screening
-autoscaling settings"). Hence the second stage: candidates in order of screened cost are
-**confirmed in real time** (every request of the horizon, every replication in parallel; the
-p99 upper confidence limit and the rejection limit decide), stepping to safer settings when the
-pick fails; a later candidate is confirmed only when its screened cost is at least
+requests). Queues that build while replicas boot last a sixteenth as long, so a screen is
+optimistic near the limit (measured in benchmarks/README.md, "Screening autoscaling
+settings"). Hence the second stage: candidates in order of screened cost are **confirmed in
+real time** (every request of the horizon, every replication in parallel; the p99 upper
+confidence limit and the rejection limit decide), stepping to safer settings when the pick
+fails; a later candidate is confirmed only when its screened cost is at least
 ``CONFIRM_MARGIN`` below the cheapest confirmed one (screens are within a few percent of the
-real day, so a candidate screened level with the winner is not worth a real-time day). Replayed traces cannot be compressed: their settings are screened in
-real time (and the screen's run is the confirmation's first replication).
+real day, so a candidate screened level with the winner is not worth a real-time day).
+Replayed traces cannot be compressed: their settings are screened in real time (and the
+screen's run is the confirmation's first replication).
 
 The saving against the baseline is the measured difference of billed cost over the horizon;
 provisioning (cold-start) and idle (warm, not busy) cost are reported beside it.
@@ -303,13 +305,16 @@ def confirm_candidate(
 ) -> Trial | None:
     """The screened pick confirmed in real time, else the next safer setting that confirms."""
     for spec in [sc.pick, *sc.ladder]:
-        prior: list[Any] = []
-        if sc.compression == 1.0:  # a real-time screen: its run is replication 0
-            prior = [t.result.runs[0] for t in sc.trials if t.spec is spec and t.result.runs]
+        screen = next((t for t in sc.trials if t.spec is spec), None)
+        real = sc.compression == 1.0 and screen is not None  # its run is replication 0
         if progress:
             progress(f"{cand[0]} {cand[1]}: confirm {knobs(spec)} in real time")
+        prior = screen.result.runs[:1] if real and screen is not None else []
         t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior)
-        sc.trials.append(t)
+        if real and screen is not None:  # one trial per setting: the screen, now confirmed
+            screen.result, t = t.result, screen
+        else:
+            sc.trials.append(t)
         if t.feasible:
             return t
     return None
