@@ -182,6 +182,35 @@ def test_pcie_generations(catalog):
         assert ic.bandwidth_gb_s == bw
 
 
+def test_network_is_the_instance_nic_bandwidth_per_gpu(catalog):
+    # (kind, Gb/s per instance, GPUs per instance) from the provider's instance-type page; the
+    # catalog stores GB/s per GPU per direction: Gb/s / 8 / GPUs. A typo in a YAML file shows up here.
+    instance = {
+        "a100-40gb-sxm": ("ethernet", 400, 8),  # AWS p4d.24xlarge, EFA
+        "a100-80gb-sxm": ("ethernet", 400, 8),  # AWS p4de.24xlarge, EFA
+        "a100-80gb-pcie": ("ethernet", 80, 4),  # Azure NC96ads_A100_v4
+        "a10g": ("ethernet", 100, 8),  # AWS g5.48xlarge
+        "b200": ("ethernet", 3200, 8),  # AWS p6-b200.48xlarge, EFA
+        "h100-sxm": ("ethernet", 1600, 8),  # Google Cloud A3 Mega, 8 x 200 Gb/s
+        "h200-sxm": ("ethernet", 3200, 8),  # AWS p5en.48xlarge, EFA
+        "l4": ("ethernet", 100, 8),  # AWS g6.48xlarge
+        "l40s": ("ethernet", 400, 8),  # AWS g6e.48xlarge
+        "mi300x": ("infiniband", 3200, 8),  # Azure ND MI300X v5, 8 x 400 Gb/s NDR
+        "t4": ("ethernet", 100, 8),  # AWS g4dn.metal
+    }
+    for gpu_id, (kind, gbit, gpus) in instance.items():
+        net = catalog[gpu_id].interconnect.network
+        assert net is not None, gpu_id
+        assert net.kind == kind, gpu_id
+        assert net.bandwidth_gb_s == pytest.approx(gbit / 8 / gpus), gpu_id
+        assert net.hop_latency_us == pytest.approx(2.7), gpu_id  # NCCL's NET Ring/LL hwLat
+    # no public instance with the H100 PCIe publishes a network figure: single node only
+    assert catalog["h100-pcie"].interconnect.network is None
+    # h100-sxm's fitted network is unchanged
+    net = catalog["h100-sxm"].interconnect.network
+    assert (net.latency_us, net.efficiency) == (130.6, 0.602)
+
+
 def test_efficiency_defaults(catalog):
     published = {
         "a100-40gb-sxm": 0.869,
