@@ -252,6 +252,15 @@ def check_against_catalog(s: Scenario, catalog: Catalog, *, file: str | None = N
                 file=file,
                 where=f"candidates.gpus[{i}]",
             )
+    d = s.disaggregation
+    for side, pool in (("prefill", d.prefill), ("decode", d.decode)) if d is not None else ():
+        for i, g in enumerate(pool.gpus or []):
+            if g not in catalog.gpus:
+                raise InputError(
+                    f"unknown GPU '{g}'; the catalog has: {', '.join(sorted(catalog.gpus))}",
+                    file=file,
+                    where=f"disaggregation.{side}.gpus[{i}]",
+                )
     for p in s.candidates.precisions:
         if p not in PRECISIONS:  # pragma: no cover - Literal already checks
             raise InputError(f"unknown precision {p}", file=file, where="candidates.precisions")

@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from capsim.evaluate import check_measurable
 from capsim.load import load_catalog
 from capsim.planning.autoscaled import plan_autoscaled
+from capsim.planning.disagg import plan_disagg
 from capsim.planning.explain import trace_lines
 from capsim.planning.mixed import plan_mix
 from capsim.planning.parallel import local_executor, run_tasks
@@ -102,6 +103,8 @@ def plan(
         result.trace = trace_lines(result)
     if s.mix is not None:  # size-routed pools of different cards, against the best single card
         result.mixed = plan_mix(s, cat, result, progress=progress)
+    if s.disaggregation is not None:  # prefill and decode pools, against co-located
+        result.disagg = plan_disagg(s, cat, result, progress=progress)
     if s.autoscaling is not None:  # tune the policy per finalist, against the fixed baseline
         result.autoscaled = plan_autoscaled(
             s, result, cat, jobs=jobs, progress=progress, executor=executor

@@ -77,6 +77,7 @@ class PlanResult:
     autoscaled: Any = None  # capsim.planning.autoscaled.AutoscaledPlan when the scenario autoscales
     trace: list[str] = field(default_factory=list)  # where the recommendation's numbers come from
     mixed: Any = None  # capsim.planning.mixed.MixPlan when the scenario has a mix section
+    disagg: Any = None  # capsim.planning.disagg.DisaggPlan with a disaggregation section
 
     @property
     def feasible(self) -> list[CandidateResult]:

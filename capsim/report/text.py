@@ -8,6 +8,7 @@ import pandas as pd
 
 from capsim.evaluate import Evaluation, slo_targets
 from capsim.planning.static import CandidateResult, PlanResult
+from capsim.report.disagg import disagg_dict, format_disagg
 from capsim.report.mixed import format_mix, mix_dict
 from capsim.report.tables import MS, _ms, _table
 from capsim.report.whatif import autoscaled_dict, format_autoscaled
@@ -104,6 +105,9 @@ def plan_dict(result: PlanResult) -> dict[str, Any]:
         "lost": [candidate_dict(r) for r in result.lost],
         **_autoscaled(result),
         **({"mixed": mix_dict(result.mixed)} if getattr(result, "mixed", None) else {}),
+        **(
+            {"disaggregated": disagg_dict(result.disagg)} if getattr(result, "disagg", None) else {}
+        ),
     }
 
 
@@ -196,6 +200,8 @@ def format_plan(result: PlanResult) -> str:
         lines.append(_table(rows, ["config", "status", "reason"]))
     if getattr(result, "mixed", None) is not None:
         lines += ["", format_mix(result.mixed)]
+    if getattr(result, "disagg", None) is not None:
+        lines += ["", format_disagg(result.disagg)]
     if getattr(result, "autoscaled", None) is not None:
         lines += ["", format_autoscaled(result.autoscaled, s)]
     return "\n".join(lines)

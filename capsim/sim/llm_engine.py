@@ -105,6 +105,7 @@ class LLMFleet(ReplicaOps):
         fuse: bool,
         static: bool = False,
         chains: Sequence[Chain | list[int] | None] | None = None,
+        prefilled: np.ndarray | None = None,
     ):
         self.env = env
         self.timer = timer
@@ -128,6 +129,7 @@ class LLMFleet(ReplicaOps):
         self.rep = [-1] * n
         self.npre = [0] * n
         self.rejected = [False] * n
+        self.pre = self._prefilled(prefilled)  # disaggregated decode (see run_llm)
         # prefix caching: request i's full KV blocks along its sequence carry keys ch[i]
         self.pc = bool(limits.prefix_caching and chains is not None)
         self.ch: list[Chain | None] = as_chains(chains) if self.pc and chains else [None] * n
@@ -183,24 +185,6 @@ class LLMFleet(ReplicaOps):
         env = self.env
         heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
 
-    def _decode_lines(self, d: int) -> _Lines | None:
-        lines: _Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
-        if lines is False:
-            lines = self.lines_of(d) if self.lines_of is not None else None
-            self._lines[d] = lines
-        return lines
-
-    def _unstable(self, rp: _Replica, now: float, waited: float) -> bool:
-        """The wait-growth check of replica ``rp``'s queue (True: the run is overloaded)."""
-        g = self.growth.get(rp.idx)
-        if g is None:
-            g = self.growth[rp.idx] = WaitGrowth(self.max_wait)
-        reason = g.check(now, waited)
-        if reason:
-            self.unstable_reason = reason
-            self.done = True
-        return bool(reason)
-
     # -- one step of one replica --------------------------------------------------------------
     def plan(self, rp: _Replica, now: float) -> None:
         """Schedule the next iteration (or run of decode iterations) of replica ``rp``."""
@@ -247,9 +231,17 @@ class LLMFleet(ReplicaOps):
             preempted = True
         # admission, FCFS, while budget, sequences and KV blocks allow
         if not preempted and waiting:
-            running, pc, ch = rp.running, self.pc, self.ch
+            running, pc, ch, pre = rp.running, self.pc, self.ch, self.pre
             while waiting and left > 0 and len(running) < self.max_seqs:
                 i = waiting[0]
+                if pre is not None and pre[i] and not self.npre[i]:
+                    nb = self._prefilled_blocks(i)
+                    if need + nb > total:
+                        break
+                    self._admit_prefilled(rp, i, now)
+                    need += nb
+                    left -= 1
+                    continue
                 h = a = 0
                 chain = ch[i] if pc else None
                 if chain is not None:  # the longest cached prefix (one token computed)
@@ -468,6 +460,7 @@ def run_llm(
     fuse: bool = True,
     static_routing: bool = True,
     chains: Sequence[Chain | list[int] | None] | None = None,
+    prefilled: np.ndarray | None = None,
 ) -> LLMRunResult:
     """Simulate ``replicas`` continuous-batching replicas on one request stream.
 
@@ -480,6 +473,9 @@ def run_llm(
     the full KV blocks along its prompt + output (at least ``(prompt + output) // block_size``
     blocks; a :class:`~capsim.workload.prefixes.Chain`, or a list of block keys), or None for
     a request that shares nothing.
+
+    ``prefilled`` (disaggregated decode): per request, True when it arrives with its prompt's
+    KV cache and first token; see :meth:`ReplicaOps._prefilled`.
     """
     if replicas < 1:
         raise ValueError("replicas must be >= 1")
@@ -489,10 +485,12 @@ def run_llm(
         raise ValueError("prompt and output lengths must be >= 1 token")
     if chains is not None:
         check_chains(chains, prompt, output, limits.block_size)
+    if prefilled is not None and (len(prefilled) != len(arrival) or chains is not None):
+        raise ValueError("prefilled needs one entry per request, and no chains")
     env = simpy.Environment()
     fleet = LLMFleet(
         env, arrival, prompt, output, timer, limits, replicas, router, max_wait_s,
-        max_queue_length, fuse, static_routing, chains,
+        max_queue_length, fuse, static_routing, chains, prefilled,
     )  # fmt: skip
     fleet.start()
     env.run()

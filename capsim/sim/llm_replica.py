@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left
-from typing import Any
+from typing import Any, Literal
 
 import simpy
 
@@ -14,6 +14,11 @@ from capsim.sim.llm_types import (
     _Replica,
     _sum_max_lines,
 )
+from capsim.sim.overload import WaitGrowth
+
+#: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
+#: max(a1 + b1 C, a2 + b2 C) seconds
+Lines = tuple[float, float, float, float]
 
 
 class ReplicaOps:
@@ -23,7 +28,16 @@ class ReplicaOps:
     O: Any  # noqa: E741 (the host's name for the output-length array)
     P: Any
     V: Any
+    _lines: Any
+    lines_of: Any
+    growth: Any
+    max_wait: Any
+    unstable_reason: Any
     _any_retired: Any
+    adm: Any
+    first: Any
+    n_adm: Any
+    sum_adm: Any
     _on_step: Any
     _schedule: Any
     arr: Any
@@ -55,6 +69,24 @@ class ReplicaOps:
     total: Any
     u: Any
 
+    def _decode_lines(self, d: int) -> Lines | None:
+        lines: Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
+        if lines is False:
+            lines = self.lines_of(d) if self.lines_of is not None else None
+            self._lines[d] = lines
+        return lines
+
+    def _unstable(self, rp: _Replica, now: float, waited: float) -> bool:
+        """The wait-growth check of replica ``rp``'s queue (True: the run is overloaded)."""
+        g = self.growth.get(rp.idx)
+        if g is None:
+            g = self.growth[rp.idx] = WaitGrowth(self.max_wait)
+        reason = g.check(now, waited)
+        if reason:
+            self.unstable_reason = reason
+            self.done = True
+        return bool(reason)
+
     def _blocks(self, rp: _Replica, x: int) -> int:
         """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).
 
@@ -78,6 +110,34 @@ class ReplicaOps:
         e = s + self.O[i] - g
         self.endit[i] = e
         heapq.heappush(rp.heap, (e, i))
+
+    def _prefilled(self, prefilled: Any) -> list[bool] | None:
+        """Disaggregated decode (:mod:`capsim.sim.llm_disagg`): a prefilled request arrives
+        with its prompt's KV cache and its first output token, sampled by a prefill pool (its
+        first token counts at arrival). It is admitted straight into the decodes (KV blocks for
+        prompt + 1 tokens, one token of the iteration's budget); if preempted, it recomputes
+        its prompt and tokens here, as vLLM does."""
+        if prefilled is None:
+            return None
+        pre = [bool(x) for x in prefilled.tolist()]
+        for i, p in enumerate(pre):
+            if p:
+                self.g[i] = 1
+                self.first[i] = self.arr[i]
+        return pre
+
+    def _prefilled_blocks(self, i: int) -> int:
+        """KV blocks a prefilled request holds once it decodes: prompt + its first token."""
+        return -(-(self.P[i] + 1) // self.bs)
+
+    def _admit_prefilled(self, rp: _Replica, i: int, now: float) -> None:
+        """Admit prefilled request i (disaggregated decode): it decodes from this iteration."""
+        rp.waiting.popleft()
+        rp.running[i] = None
+        self._add_decode(rp, i, rp.it)
+        self.adm[i] = now
+        self.n_adm += 1
+        self.sum_adm += now
 
     def _remove_decode(self, rp: _Replica, i: int) -> None:
         u = self.u[i]

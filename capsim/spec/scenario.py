@@ -27,6 +27,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from capsim.spec.autoscaling import PolicySpec, WhatIf
 from capsim.spec.capacity import Capacity
+from capsim.spec.disagg import Disaggregation
 from capsim.spec.engine import LLMEngineSettings
 from capsim.spec.mix import Mix
 from capsim.spec.models import FixedModel, ModelCard, TransformerModel
@@ -388,6 +389,9 @@ class Scenario(Strict):
         "or spot burst, spot interruptions (capsim.spec.capacity); None = all on demand",
     )
     mix: Mix | None = Field(None, description="mixed fleets: size buckets routed to pools")
+    disaggregation: Disaggregation | None = Field(
+        None, description="also plan separate prefill and decode pools (capsim.spec.disagg)"
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Scenario:
@@ -428,6 +432,11 @@ class Scenario(Strict):
             raise ValueError(
                 "mix (size-routed pools) does not split shared-prefix traffic yet (sessions, "
                 "system_prompts, a trace session_column): remove one or the other"
+            )
+        if self.disaggregation is not None and (not llm or closed):
+            raise ValueError(
+                "disaggregation (prefill and decode pools) needs a transformer model with "
+                "open-loop traffic (poisson, renewal or trace)"
             )
         if self.mix is not None and (not llm or closed):
             raise ValueError(

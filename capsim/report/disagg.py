@@ -1,0 +1,97 @@
+"""The disaggregated part of the plan report (``capsim plan`` with a ``disaggregation:``
+section) and of ``capsim simulate --decode-replicas``: the pools tried, the fleets simulated,
+and the winner against co-located serving with the reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capsim.planning.disagg import DisaggPlan, PoolSizing
+from capsim.planning.disagg_sim import DisaggEvaluation, ci_ms
+
+
+def _pool_line(p: PoolSizing) -> str:
+    usd = f", ${p.usd_per_hour:.2f}/h" if p.usd_per_hour is not None else ""
+    return f"    {p.candidate.label()}: {p.status}: {p.reason}{usd}"
+
+
+def evaluation_lines(e: DisaggEvaluation) -> list[str]:
+    """A simulated disaggregated fleet: SLO checks with intervals, pools, the KV link."""
+    sc = e.summary.scalars
+    link = e.link
+    lines = [
+        f"{e.fleet.label()}: ${e.usd_per_hour:.2f}/h ({e.fleet.gpus} GPUs; "
+        + ", ".join(f"{k} ${v:.2f}/h" for k, v in e.pool_usd.items())
+        + f"): {e.verdict}",
+        f"  p{e.checks[0].percentile:g} (95% CI over {e.summary.replications} replications): "
+        + ", ".join(
+            f"{c.metric} {ci_ms(e, c.metric)} vs {c.target_s * 1000:g} ms" for c in e.checks
+        ),
+        f"  KV transfer ({e.placement.replace('_', ' ')}, {link.streams} x "
+        f"{link.bandwidth_b_s / 1e9:.1f} GB/s after efficiency, {link.latency_s * 1e6:.1f} us): "
+        f"{sc['kv_mib_per_request'].mean:.1f} MiB per request, mean "
+        f"{sc['kv_transfer_mean_s'].mean * 1000:.2f} ms, p99 {sc['kv_transfer_p99_s'].mean * 1000:.2f} ms",
+        f"  busy share: prefill pool {sc['prefill_busy_share'].mean:.0%}, decode pool "
+        f"{sc['decode_busy_share'].mean:.0%}; throughput {sc['throughput_rps'].mean:.2f} req/s, "
+        f"decode preemptions {sc['decode_preemptions'].mean:.0f}",
+    ]
+    return lines
+
+
+def format_disagg(d: DisaggPlan) -> str:
+    """The disaggregated section of ``capsim plan``."""
+    lines = [
+        "Disaggregated prefill/decode (xPyD; DistServe, arXiv:2401.09670): prefill pools sized "
+        "for TTFT (KV transfer included), decode pools for the rest of the SLO",
+        "  prefill pools:",
+        *[_pool_line(p) for p in d.prefill],
+        "  decode pools (behind the cheapest prefill pool):",
+        *[_pool_line(p) for p in d.decode],
+    ]
+    if d.tried:
+        lines.append("  simulated fleets:")
+        for e in d.tried:
+            lines += ["    " + x for x in evaluation_lines(e)]
+    lines.append(f"Winner: {d.winner}: {d.reason}")
+    return "\n".join(lines)
+
+
+def disagg_dict(d: DisaggPlan) -> dict[str, Any]:
+    """The disaggregated section as JSON."""
+
+    def pool(p: PoolSizing) -> dict[str, Any]:
+        c = p.candidate
+        return {"gpu": c.gpu, "precision": c.precision, "tp": c.tp, "status": p.status,
+                "reason": p.reason, "replicas": p.replicas, "usd_per_hour": p.usd_per_hour}  # fmt: skip
+
+    def ev(e: DisaggEvaluation) -> dict[str, Any]:
+        return {
+            "fleet": e.fleet.label(),
+            "prefill_replicas": e.fleet.x,
+            "decode_replicas": e.fleet.y,
+            "placement": e.placement,
+            "usd_per_hour": e.usd_per_hour,
+            "feasible": e.feasible,
+            "verdict": e.verdict,
+            "checks": {
+                c.metric: {
+                    "mean_s": c.ci.mean,
+                    "low_s": c.ci.low,
+                    "high_s": c.ci.high,
+                    "target_s": c.target_s,
+                    "verdict": c.verdict,
+                }  # fmt: skip
+                for c in e.checks
+            },
+            "scalars": {k: v.mean for k, v in e.summary.scalars.items()},
+        }
+
+    return {
+        "prefill": [pool(p) for p in d.prefill],
+        "decode": [pool(p) for p in d.decode],
+        "simulated": [ev(e) for e in d.tried],
+        "best": ev(d.best) if d.best is not None else None,
+        "colocated_usd_per_hour": d.colocated.usd_per_hour if d.colocated else None,
+        "winner": d.winner,
+        "reason": d.reason,
+    }
