@@ -54,6 +54,7 @@ def write_scenario(tmp_path: Path):
 SLOW = (
     "tests/test_mixed.py::test_mixed_fleet_scenario_a_mix_wins",  # a mixed plan, ~35 s
     "tests/test_mixed.py::test_mixed_fleet_no_win_scenario_says_no_mix_wins",  # ~20 s
+    "tests/test_disagg.py::test_plan_disaggregates_at_a_tight_tpot_with_long_prompts",  # ~5 s plan
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_catalog_entries",
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_scenarios",
     "tests/test_calibration_cpu.py::",  # a module fixture measures this CPU for ~27 s

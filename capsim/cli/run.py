@@ -23,9 +23,12 @@ from capsim.evaluate import Config, check_measurable
 from capsim.evaluate import simulate as run_sim
 from capsim.load import load_scenario
 from capsim.planning.api import plan as run_plan
+from capsim.planning.disagg_sim import simulate_disagg
 from capsim.planning.executors import open_executor, parse_executor
 from capsim.planning.prefix import compare_prefix_caching as compare_prefix_caching_plans
-from capsim.report.files import write_evaluation, write_plan
+from capsim.planning.static import Candidate
+from capsim.report.disagg import disagg_eval_dict, format_disagg_eval
+from capsim.report.files import write_disagg_eval, write_evaluation, write_plan
 from capsim.report.prefix import caching_dict, format_caching
 from capsim.report.text import (
     evaluation_dict,
@@ -127,18 +130,46 @@ def plan(
     "--replications", type=click.IntRange(1, 1000), default=None, help="Override the scenario."
 )
 @click.option(
+    "--decode-replicas",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="Disaggregated serving (LLM): this many decode replicas; --gpu, --precision, --tp and "
+    "--replicas then describe the prefill pool.",
+)
+@click.option("--decode-gpu", default=None, help="Decode pool's card (default: --gpu).")
+@click.option(
+    "--decode-precision", default=None, help="Decode pool's precision (default: --precision)."
+)
+@click.option(
+    "--decode-tp",
+    type=click.Choice(["1", "2", "4", "8"]),
+    default=None,
+    help="Decode pool's tp (default: --tp).",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["auto", "same_node", "cross_node"]),
+    default=None,
+    help="Where the KV cache travels (default: the scenario's disaggregation.placement, else auto).",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path))
 @seed_option
 @click.pass_context
 @handle_errors
-def simulate(ctx, scenario, gpu, precision, replicas, tp, ep, replications, fmt, out, seed) -> None:
+def simulate(
+    ctx, scenario, gpu, precision, replicas, tp, ep, replications, decode_replicas, decode_gpu,
+    decode_precision, decode_tp, placement, fmt, out, seed,
+) -> None:  # fmt: skip
     """Simulate one configuration and print its full metrics.
 
     \b
-    Example:
+    Examples:
       capsim simulate scenarios/vision.yaml --gpu l4 --precision int8 --replicas 3
+      capsim simulate scenarios/chatbot_disagg.yaml --gpu h100-sxm --precision fp8 \\
+          --replicas 3 --decode-replicas 4
     """
     cat = catalog_of(ctx)
     if gpu not in cat.gpus:
@@ -150,6 +181,16 @@ def simulate(ctx, scenario, gpu, precision, replicas, tp, ep, replications, fmt,
         )
     s = with_seed(load_scenario(scenario, cat), seed)
     check_measurable(s, file=str(scenario))
+    if decode_replicas is not None or decode_gpu or decode_precision or decode_tp or placement:
+        ev = simulate_disagg(
+            s, cat, str(scenario), Candidate(gpu, precision, int(tp), int(ep)), replicas,
+            decode_replicas, decode_gpu, decode_precision, decode_tp, placement, replications,
+        )  # fmt: skip
+        show_result(
+            ev, fmt, out, as_dict=disagg_eval_dict, as_text=format_disagg_eval,
+            write=write_disagg_eval,
+        )  # fmt: skip
+        return
     if replications == 1 and s.simulation.replications > 1:
         replications = 2  # an interval needs two
     ev = run_sim(

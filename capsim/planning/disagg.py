@@ -43,7 +43,7 @@ from capsim.planning.disagg_sim import (
 )
 from capsim.planning.static import Candidate, PlanResult, _screen
 from capsim.sim.llm_adapter import llm_tokens, token_sample
-from capsim.sim.llm_disagg import first_tokens, run_prefill_pool
+from capsim.sim.llm_disagg import first_tokens, link_overload, run_prefill_pool
 from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import Catalog
 from capsim.spec.disagg import PoolChoices
@@ -150,7 +150,9 @@ class _Searcher:
             if pre.unstable:
                 return False
             _, output = llm_tokens(stream_for(s, rep))
-            first, _, _ = first_tokens(pre, output, transfer_bytes_per_token(s, f), link)
+            first, moved, nbytes = first_tokens(pre, output, transfer_bytes_per_token(s, f), link)
+            if link_overload(moved, nbytes, link, alarm_level(s.simulation.max_wait_s, 1.0)):
+                return False
             ok = ~np.isnan(first)
             ttft = (first - pre.arrival)[ok]
             cut = warmup_cut(ttft, s.simulation.warmup, pre.arrival[ok]) if s.stationary else 0

@@ -24,9 +24,11 @@ import numpy as np
 
 from capsim.analysis.cost import idle_energy_j, llm_busy_energy_j, price_per_gpu_hour
 from capsim.analysis.metrics import RunMetrics, Summary, series_metrics, warmup_cut
+from capsim.errors import InputError
 from capsim.evaluate import SLOCheck, runnable_service, stream_for
 from capsim.planning.mixed_sim import judge
 from capsim.planning.static import Candidate
+from capsim.service.fixed import Unsupported
 from capsim.service.llm_memory import kv_bytes_per_token
 from capsim.sim.llm_adapter import llm_tokens
 from capsim.sim.llm_disagg import DisaggRunResult, KVLink, PoolSetup, run_disagg
@@ -34,7 +36,8 @@ from capsim.sim.llm_types import LLMRunResult
 from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import GPU, Catalog
 from capsim.spec.models import TransformerModel
-from capsim.spec.scenario import Scenario
+from capsim.spec.precision import PRECISIONS
+from capsim.spec.scenario import ClosedArrivals, Scenario
 from capsim.workload.arrivals import RequestStream
 
 
@@ -249,3 +252,56 @@ def ci_ms(e: DisaggEvaluation, metric: str) -> str:
     if c is None or not math.isfinite(c.ci.mean):
         return "n/a"
     return f"{c.ci.mean * 1000:.0f} ms [{c.ci.low * 1000:.0f}, {c.ci.high * 1000:.0f}]"
+
+
+def simulate_disagg(
+    s: Scenario,
+    cat: Catalog,
+    file: str,
+    prefill: Candidate,
+    x: int,
+    y: int | None,
+    decode_gpu: str | None = None,
+    decode_precision: str | None = None,
+    decode_tp: str | None = None,
+    placement: str | None = None,
+    replications: int | None = None,
+) -> DisaggEvaluation:
+    """``capsim simulate --decode-replicas``: one disaggregated fleet, checked and judged."""
+    if y is None:
+        raise InputError(
+            "--decode-gpu, --decode-precision, --decode-tp and --placement describe a "
+            "disaggregated fleet: give its decode pool's size too",
+            where="--decode-replicas",
+        )
+    if not s.is_llm or isinstance(s.traffic.arrivals, ClosedArrivals):
+        raise InputError(
+            "disaggregated serving needs a transformer model with open-loop traffic",
+            file=file,
+            where="--decode-replicas",
+        )
+    dgpu = decode_gpu or prefill.gpu
+    if dgpu not in cat.gpus:
+        raise InputError(
+            f"unknown GPU '{dgpu}'; the catalog has: {', '.join(cat)}", where="--decode-gpu"
+        )
+    dprec = decode_precision or prefill.precision
+    if dprec not in PRECISIONS:
+        raise InputError(
+            f"unknown precision '{dprec}'; accepted: {', '.join(PRECISIONS)}",
+            where="--decode-precision",
+        )
+    f = DisaggFleet(prefill, x, Candidate(dgpu, dprec, int(decode_tp or prefill.tp)), y)
+    for name, c in (("prefill", f.prefill), ("decode", f.decode)):
+        try:
+            runnable_service(s, cat[c.gpu], c.precision, c.tp, c.ep)
+        except Unsupported as exc:
+            raise Unsupported(f"{name} pool ({c.label()}): {exc}") from None
+    where = placement or (s.disaggregation.placement if s.disaggregation else "auto")
+    if replications is not None:
+        sim = s.simulation.model_copy(update={"replications": max(2, replications)})
+        s = s.model_copy(update={"simulation": sim})
+    try:
+        return evaluate_disagg(s, cat, f, where)
+    except LinkProblem as exc:
+        raise InputError(str(exc), where="--placement") from None

@@ -64,34 +64,62 @@ def disagg_dict(d: DisaggPlan) -> dict[str, Any]:
         return {"gpu": c.gpu, "precision": c.precision, "tp": c.tp, "status": p.status,
                 "reason": p.reason, "replicas": p.replicas, "usd_per_hour": p.usd_per_hour}  # fmt: skip
 
-    def ev(e: DisaggEvaluation) -> dict[str, Any]:
-        return {
-            "fleet": e.fleet.label(),
-            "prefill_replicas": e.fleet.x,
-            "decode_replicas": e.fleet.y,
-            "placement": e.placement,
-            "usd_per_hour": e.usd_per_hour,
-            "feasible": e.feasible,
-            "verdict": e.verdict,
-            "checks": {
-                c.metric: {
-                    "mean_s": c.ci.mean,
-                    "low_s": c.ci.low,
-                    "high_s": c.ci.high,
-                    "target_s": c.target_s,
-                    "verdict": c.verdict,
-                }  # fmt: skip
-                for c in e.checks
-            },
-            "scalars": {k: v.mean for k, v in e.summary.scalars.items()},
-        }
-
     return {
         "prefill": [pool(p) for p in d.prefill],
         "decode": [pool(p) for p in d.decode],
-        "simulated": [ev(e) for e in d.tried],
-        "best": ev(d.best) if d.best is not None else None,
+        "simulated": [_eval_dict(e) for e in d.tried],
+        "best": _eval_dict(d.best) if d.best is not None else None,
         "colocated_usd_per_hour": d.colocated.usd_per_hour if d.colocated else None,
         "winner": d.winner,
         "reason": d.reason,
     }
+
+
+def _eval_dict(e: DisaggEvaluation) -> dict[str, Any]:
+    return {
+        "fleet": e.fleet.label(),
+        "prefill": {
+            "gpu": e.fleet.prefill.gpu,
+            "precision": e.fleet.prefill.precision,
+            "tp": e.fleet.prefill.tp,
+            "replicas": e.fleet.x,
+        },  # fmt: skip
+        "decode": {
+            "gpu": e.fleet.decode.gpu,
+            "precision": e.fleet.decode.precision,
+            "tp": e.fleet.decode.tp,
+            "replicas": e.fleet.y,
+        },  # fmt: skip
+        "placement": e.placement,
+        "kv_link": {
+            "bandwidth_gb_s_per_stream": e.link.bandwidth_b_s / 1e9,
+            "latency_us": e.link.latency_s * 1e6,
+            "streams": e.link.streams,
+        },  # fmt: skip
+        "usd_per_hour": e.usd_per_hour,
+        "pool_usd_per_hour": e.pool_usd,
+        "feasible": e.feasible,
+        "verdict": e.verdict,
+        "replications": e.summary.replications,
+        "checks": {
+            c.metric: {
+                "mean_s": c.ci.mean,
+                "low_s": c.ci.low,
+                "high_s": c.ci.high,
+                "target_s": c.target_s,
+                "verdict": c.verdict,
+            }  # fmt: skip
+            for c in e.checks
+        },
+        "scalars": {k: v.mean for k, v in e.summary.scalars.items()},
+    }
+
+
+def disagg_eval_dict(e: DisaggEvaluation) -> dict[str, Any]:
+    """``capsim simulate --decode-replicas --format json``."""
+    return _eval_dict(e)
+
+
+def format_disagg_eval(e: DisaggEvaluation) -> str:
+    """``capsim simulate --decode-replicas``: the fleet, its checks, the KV link and pools."""
+    return "capsim simulate (disaggregated prefill/decode)\n" + "\n".join(evaluation_lines(e))

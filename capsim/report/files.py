@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 
 from capsim.errors import atomic_write_text
 from capsim.planning.whatif import WhatIfResult
+from capsim.report.disagg import disagg_eval_dict
 from capsim.report.html import plan_html
 from capsim.report.output import write_csv, write_figure, write_json, write_panels
 from capsim.report.plots import plot_cost_vs_p99, plot_latency_cdf
@@ -59,6 +60,16 @@ def write_evaluation(out: Path, ev) -> list[Path]:
     if series:  # e.g. LLM runs: KV-cache utilisation over time (mean over replications)
         paths.append(write_csv(out / "timeseries.csv", pd.DataFrame(series)))
     return paths
+
+
+def write_disagg_eval(out: Path, ev) -> list[Path]:
+    """``capsim simulate --decode-replicas --out``: the JSON and the fleet-level samples."""
+    out.mkdir(parents=True, exist_ok=True)
+    samples = pd.DataFrame({k: pd.Series(v) for k, v in ev.summary.samples.items()})
+    return [
+        write_json(out / "simulate.json", disagg_eval_dict(ev)),
+        write_csv(out / "latency_samples.csv", samples),
+    ]
 
 
 def _slug(name: str) -> str:

@@ -10,6 +10,7 @@ from capsim.service.llm import LLMServiceModel
 from capsim.service.llm_memory import (
     MemoryFit,
     _precision,
+    kv_bytes_per_token,
     memory_fit,
     parallelism_problem,
     precision_problem,
@@ -62,6 +63,8 @@ class LLMEstimate:
     spec_tpot_s: float | None = None  # seconds per output token at ``batch``, speculating
     spec_breakeven_batch: int | None = None  # smallest batch where speculation stops paying
     spec_max_tokens_per_s: float | None = None  # the ceiling's output rate, speculating
+    kv_handoff: tuple[tuple[str, float], ...] = ()  # disaggregated: (link, seconds) per prompt
+    kv_handoff_bytes: float = 0.0
 
     @property
     def batch_fits(self) -> bool:
@@ -157,6 +160,12 @@ class LLMEstimate:
             f"request  prefill + {self.output} decode steps at batch {self.batch} ~ "
             f"{self.request_latency_s:.3f} s"
         )
+        if self.kv_handoff:
+            lines.append(
+                f"kv move  disaggregated hand-off of one prompt's KV cache "
+                f"({self.kv_handoff_bytes / 2**20:,.1f} MiB): "
+                + ", ".join(f"{s * ms:.2f} ms over {name}" for name, s in self.kv_handoff)
+            )
         if self.moe_line:
             lines.append(self.moe_line)
         if self.decode_breakdown is not None:
@@ -305,6 +314,7 @@ def estimate_llm(
             prefill=[(c, b) for c, b, _ in one[0]], num_logits=sum(e for *_, e in one[0])
         ),
         **_spec_fields(spec, svc, batch, ctx, max(top, batch)),
+        **_handoff(gpu, model, p, tp, st, prompt),
     )
     if spec is not None and top and e.spec_tpot_s is not None:
         pre = _prefill_time(spec, prefill_iterations(top, prompt, st))  # + the draft's prefill
@@ -343,6 +353,33 @@ def _spec_fields(
         spec_tpot_s=spec.tpot_s(batch, ctx),
         spec_breakeven_batch=breakeven,
     )
+
+
+def _handoff(
+    gpu: GPU, model: TransformerModel, p: Precision, tp: int, st: LLMEngineSettings, prompt: int
+) -> dict[str, Any]:
+    """The KV cache of one prompt moved to a decode replica of the same tp (disaggregated
+    serving, see capsim.sim.llm_disagg): latency + bytes / (tp GPU links x bandwidth x
+    efficiency), within a node (``interconnect``) and across nodes (``interconnect.network``).
+
+    >>> from capsim.load import load_catalog, load_model_card
+    >>> h = _handoff(load_catalog()["h100-sxm"], load_model_card("llama-3.1-8b"),
+    ...              _precision("fp16"), 1, LLMEngineSettings(), 4096)
+    >>> h["kv_handoff_bytes"] / 2**20, [(n, round(s * 1e3, 2)) for n, s in h["kv_handoff"]]
+    (512.0, [('nvlink', 1.33), ('ethernet', 35.8)])
+    """
+    nbytes = kv_bytes_per_token(model, p, 1, st.kv_cache_dtype) * prompt
+    ic = gpu.interconnect
+    links = []
+    if ic.kind != "none":
+        links.append((ic.kind, ic.latency_us, ic.bandwidth_gb_s, ic.efficiency))
+    if ic.network is not None:
+        n = ic.network
+        links.append((n.kind, n.latency_us, n.bandwidth_gb_s, n.efficiency))
+    moves = tuple(
+        (name, lat * 1e-6 + nbytes / (tp * bw * 1e9 * eff)) for name, lat, bw, eff in links
+    )
+    return {"kv_handoff": moves, "kv_handoff_bytes": nbytes}
 
 
 def _ceiling(top: int, output: int, step: float | None, prefill: float | None) -> float:

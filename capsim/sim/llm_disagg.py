@@ -110,17 +110,18 @@ class DisaggRunResult:
     finish: np.ndarray
     rejected: np.ndarray
     kv_bytes: np.ndarray
+    link_reason: str = ""  # the KV link cannot keep up (its queue outgrows the alarm level)
 
     @property
     def unstable(self) -> bool:
-        return self.prefill.unstable or self.decode.unstable
+        return self.prefill.unstable or self.decode.unstable or bool(self.link_reason)
 
     @property
     def unstable_reason(self) -> str:
         for name, r in (("prefill", self.prefill), ("decode", self.decode)):
             if r.unstable:
                 return f"{name} pool: {r.unstable_reason}"
-        return ""
+        return self.link_reason
 
     @property
     def served(self) -> np.ndarray:
@@ -211,6 +212,7 @@ def run_disagg(
     if isinstance(pre, PoolSetup):
         pre = run_prefill_pool(arrival, prompt, pre, horizon=h, **kw)  # type: ignore[arg-type]
     first, moved, nbytes = first_tokens(pre, output, kv_bytes_per_token, link)
+    why = link_overload(moved, nbytes, link, max_wait_s)
     idx = np.flatnonzero(~np.isnan(moved))
     idx = idx[np.argsort(first[idx], kind="stable")]
     t_kv = first[idx]
@@ -225,5 +227,26 @@ def run_disagg(
     rejected[idx] |= dec.rejected
     return DisaggRunResult(
         pre, dec, np.asarray(arrival, dtype=float), np.asarray(prompt), np.asarray(output),
-        moved, first, finish, rejected, nbytes,
+        moved, first, finish, rejected, nbytes, why,
     )  # fmt: skip
+
+
+def link_overload(moved: np.ndarray, nbytes: np.ndarray, link: KVLink, max_wait_s: float) -> str:
+    """Why the KV link is overloaded ('' if it is not): a transfer waited for the link longer
+    than the alarm level ``max_wait_s`` (its queue grows faster than it drains).
+
+    >>> link_overload(np.array([0.5, 90.0]), np.array([1e8, 1e8]), KVLink(1e9, 0.0), 30.0)[:40]
+    'KV link overloaded: a transfer waited 89'
+    """
+    ok = ~np.isnan(moved)
+    if not ok.any():
+        return ""
+    wait = moved[ok] - (link.latency_s + nbytes[ok] / (link.streams * link.bandwidth_b_s))
+    worst = float(wait.max())
+    if worst <= max_wait_s:
+        return ""
+    return (
+        f"KV link overloaded: a transfer waited {worst:.1f} s for the link (alarm level "
+        f"{max_wait_s:g} s); {float(nbytes[ok].mean()) / 2**20:.0f} MiB per request at "
+        f"{link.streams} x {link.bandwidth_b_s / 1e9:.2f} GB/s"
+    )
