@@ -182,12 +182,12 @@ def simulate(
     s = with_seed(load_scenario(scenario, cat), seed)
     check_measurable(s, file=str(scenario))
     if decode_replicas is not None or decode_gpu or decode_precision or decode_tp or placement:
-        ev = simulate_disagg(
+        dis = simulate_disagg(
             s, cat, str(scenario), Candidate(gpu, precision, int(tp), int(ep)), replicas,
             decode_replicas, decode_gpu, decode_precision, decode_tp, placement, replications,
         )  # fmt: skip
         show_result(
-            ev, fmt, out, as_dict=disagg_eval_dict, as_text=format_disagg_eval,
+            dis, fmt, out, as_dict=disagg_eval_dict, as_text=format_disagg_eval,
             write=write_disagg_eval,
         )  # fmt: skip
         return

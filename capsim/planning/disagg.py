@@ -20,6 +20,7 @@ counts as failing (no replications are added).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from capsim.planning.disagg_sim import (
     evaluate_disagg,
     fleet_price,
     kv_link,
+    prefill_chains,
     resolve_placement,
     transfer_bytes_per_token,
 )
@@ -48,6 +50,7 @@ from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import Catalog
 from capsim.spec.disagg import PoolChoices
 from capsim.spec.scenario import Scenario
+from capsim.workload.arrivals import RequestStream
 from capsim.workload.streams import peak_rate
 
 
@@ -128,12 +131,14 @@ class _Searcher:
         if key not in self.runs:
             s = self.s
             st = stream_for(s, rep)
-            prompt, _ = llm_tokens(st)
+            assert isinstance(st, RequestStream)  # open-loop traffic (the scenario checks)
+            prompt, output = llm_tokens(st)
             pool, svc = _pool(s, self.cat, c, x)
             self.runs[key] = run_prefill_pool(
                 st.arrival, prompt, pool, router=s.fleet.router,
                 max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),  # type: ignore[attr-defined]
                 max_queue_length=s.fleet.max_queue_length, horizon=st.horizon,
+                chains=prefill_chains(s, st, svc, prompt, output),
             )  # fmt: skip
         return self.runs[key]
 
@@ -208,7 +213,7 @@ def _size(
                                   None, lb))  # fmt: skip
             continue
         try:
-            n = smallest(lambda k, c=c: ok_at(c, k), lb, hi)
+            n = smallest(functools.partial(ok_at, c), lb, hi)
         except LinkProblem as exc:
             out.append(PoolSizing(c, "dropped", str(exc), None, None, lb))
             continue
@@ -248,7 +253,7 @@ def plan_disagg(
 
         dec = _size(s, cat, d_ok, d.decode.max_replicas, fleet_ok, progress, "decode")
     sized_d = sorted((r for r in dec if r.status == "sized"), key=lambda r: r.usd_per_hour or 0)
-    tried = []
+    tried: list[DisaggEvaluation] = []
     for pr in sized_p[:2]:
         for dr in sized_d[:2]:
             if len(tried) >= d.pairs:

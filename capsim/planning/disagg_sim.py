@@ -120,6 +120,13 @@ def _pool(s: Scenario, cat: Catalog, c: Candidate, replicas: int) -> tuple[PoolS
     return PoolSetup(svc, svc.limits, replicas), svc
 
 
+def prefill_chains(s: Scenario, st: RequestStream, svc, prompt, output):
+    """The KV-block chains of a stream with shared prefixes, when the engine caches them."""
+    if st.prefixes is None or not svc.settings.enable_prefix_caching:
+        return None
+    return st.prefixes.chains(prompt, output, svc.settings.block_size)
+
+
 def transfer_bytes_per_token(s: Scenario, f: DisaggFleet) -> float:
     """KV bytes one prompt token sends: the whole model's cache at the prefill pool's format."""
     assert isinstance(s.model, TransformerModel)
@@ -155,6 +162,7 @@ def run_fleet(
         st.arrival, prompt, output, first, dec, transfer_bytes_per_token(s, f), link,
         router=s.fleet.router, max_wait_s=alarm_level(s.simulation.max_wait_s, scale),
         max_queue_length=s.fleet.max_queue_length, horizon=st.horizon,
+        chains=prefill_chains(s, st, psvc, prompt, output) if prefill_runs is None else None,
     )  # fmt: skip
     return measure_disagg(s, cat, f, res, st.horizon), res
 

@@ -19,10 +19,13 @@ def evaluation_lines(e: DisaggEvaluation) -> list[str]:
     """A simulated disaggregated fleet: SLO checks with intervals, pools, the KV link."""
     sc = e.summary.scalars
     link = e.link
+    rps = sc["throughput_rps"].mean
+    per_m = e.usd_per_hour / (rps * 3600) * 1e6 if rps > 0 else float("inf")
     lines = [
-        f"{e.fleet.label()}: ${e.usd_per_hour:.2f}/h ({e.fleet.gpus} GPUs; "
+        f"{e.fleet.label()} ({e.fleet.gpus} GPUs): {e.verdict}",
+        f"  cost: ${e.usd_per_hour:.2f}/h ("
         + ", ".join(f"{k} ${v:.2f}/h" for k, v in e.pool_usd.items())
-        + f"): {e.verdict}",
+        + f"), ${per_m:,.2f} per 1M requests",
         f"  p{e.checks[0].percentile:g} (95% CI over {e.summary.replications} replications): "
         + ", ".join(
             f"{c.metric} {ci_ms(e, c.metric)} vs {c.target_s * 1000:g} ms" for c in e.checks
@@ -122,4 +125,7 @@ def disagg_eval_dict(e: DisaggEvaluation) -> dict[str, Any]:
 
 def format_disagg_eval(e: DisaggEvaluation) -> str:
     """``capsim simulate --decode-replicas``: the fleet, its checks, the KV link and pools."""
-    return "capsim simulate (disaggregated prefill/decode)\n" + "\n".join(evaluation_lines(e))
+    slo = ", ".join(f"{c.metric} <= {c.target_s * 1000:g} ms" for c in e.checks)
+    p = f"p{e.checks[0].percentile:g} " if e.checks else ""
+    head = f"capsim simulate (disaggregated prefill/decode); SLO: {p}{slo}"
+    return head + "\n" + "\n".join(evaluation_lines(e))

@@ -370,7 +370,7 @@ def _handoff(
     """
     nbytes = kv_bytes_per_token(model, p, 1, st.kv_cache_dtype) * prompt
     ic = gpu.interconnect
-    links = []
+    links: list[tuple[str, float, float, float]] = []
     if ic.kind != "none":
         links.append((ic.kind, ic.latency_us, ic.bandwidth_gb_s, ic.efficiency))
     if ic.network is not None:

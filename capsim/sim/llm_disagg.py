@@ -37,12 +37,14 @@ would hide part of it).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult
+from capsim.workload.prefixes import Chain
 
 
 @dataclass(frozen=True)
@@ -151,15 +153,18 @@ def run_prefill_pool(
     max_wait_s: float = math.inf,
     max_queue_length: int | None = None,
     horizon: float | None = None,
+    chains: Sequence[Chain | list[int] | None] | None = None,
 ) -> LLMRunResult:
     """The prefill pool alone: every request is its prompt and one output token (the first,
-    sampled by the iteration that finishes the prompt; ``first_token`` is when it is ready)."""
+    sampled by the iteration that finishes the prompt; ``first_token`` is when it is ready).
+    With prefix caching, ``chains`` as for :func:`~capsim.sim.llm_engine.run_llm`: the prefill
+    pool reuses cached prompt blocks."""
     n = len(arrival)
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if n else 0.0)
     return run_llm(
         arrival, prompt, np.ones(n, dtype=np.int64), prefill.timer, prefill.limits,
         prefill.replicas, router=router, max_wait_s=max_wait_s,
-        max_queue_length=max_queue_length, horizon=h,
+        max_queue_length=max_queue_length, horizon=h, chains=chains,
     )  # fmt: skip
 
 
@@ -191,6 +196,7 @@ def run_disagg(
     max_wait_s: float = math.inf,
     max_queue_length: int | None = None,
     horizon: float | None = None,
+    chains: Sequence[Chain | list[int] | None] | None = None,
 ) -> DisaggRunResult:
     """Simulate a disaggregated fleet on one request stream (see the module docstring);
     ``prefill`` may be a finished :func:`run_prefill_pool` run of the same stream.
@@ -210,7 +216,7 @@ def run_disagg(
     kw = dict(router=router, max_wait_s=max_wait_s, max_queue_length=max_queue_length)
     pre = prefill
     if isinstance(pre, PoolSetup):
-        pre = run_prefill_pool(arrival, prompt, pre, horizon=h, **kw)  # type: ignore[arg-type]
+        pre = run_prefill_pool(arrival, prompt, pre, horizon=h, chains=chains, **kw)  # type: ignore[arg-type]
     first, moved, nbytes = first_tokens(pre, output, kv_bytes_per_token, link)
     why = link_overload(moved, nbytes, link, max_wait_s)
     idx = np.flatnonzero(~np.isnan(moved))
