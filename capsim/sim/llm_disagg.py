@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.sim.llm_engine import run_llm
-from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult
+from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult, RequestTimes
 from capsim.workload.prefixes import Chain
 
 
@@ -98,7 +98,7 @@ def kv_transfer(
 
 
 @dataclass
-class DisaggRunResult:
+class DisaggRunResult(RequestTimes):
     """One run of a disaggregated fleet: both pools' engine runs, and per request (arrival
     order) the fleet-level times."""
 
@@ -128,20 +128,6 @@ class DisaggRunResult:
     @property
     def served(self) -> np.ndarray:
         return ~np.isnan(self.finish) & ~self.rejected
-
-    @property
-    def ttft(self) -> np.ndarray:
-        return self.first_token - self.arrival
-
-    @property
-    def e2e(self) -> np.ndarray:
-        return self.finish - self.arrival
-
-    @property
-    def tpot(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = (self.finish - self.first_token) / (self.output - 1)
-        return np.where(self.output > 1, t, math.nan)
 
 
 def run_prefill_pool(

@@ -76,8 +76,33 @@ class EngineLimits:
         )
 
 
+class RequestTimes:
+    """TTFT, e2e and TPOT per request from arrival, first-token and finish times (a mixin)."""
+
+    arrival: np.ndarray
+    output: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+
+    @property
+    def ttft(self) -> np.ndarray:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> np.ndarray:
+        return self.finish - self.arrival
+
+    @property
+    def tpot(self) -> np.ndarray:
+        """(finish - first token) / (output - 1); NaN for one-token outputs."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.output > 1, (self.finish - self.first_token) / (self.output - 1), np.nan
+            )
+
+
 @dataclass
-class LLMRunResult:
+class LLMRunResult(RequestTimes):
     """Per-request times (NaN when not reached) and per-replica totals of one run."""
 
     arrival: np.ndarray
@@ -111,22 +136,6 @@ class LLMRunResult:
     @property
     def served(self) -> np.ndarray:
         return ~np.isnan(self.finish)
-
-    @property
-    def ttft(self) -> np.ndarray:
-        return self.first_token - self.arrival
-
-    @property
-    def e2e(self) -> np.ndarray:
-        return self.finish - self.arrival
-
-    @property
-    def tpot(self) -> np.ndarray:
-        """(finish - first token) / (output - 1); NaN for one-token outputs."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(
-                self.output > 1, (self.finish - self.first_token) / (self.output - 1), np.nan
-            )
 
     def kv_utilisation(self, t0: float, t1: float, bins: int = KV_SERIES_BINS):
         """Time-weighted KV-cache use (share of blocks, mean over replicas) on ``bins`` bins.
