@@ -118,6 +118,10 @@ def smallest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
     return good
 
 
+class Hopeless(Exception):
+    """More replicas of this pool cannot meet the SLO (the reason is the message)."""
+
+
 class _Searcher:
     """Runs shared by the pool searches (prefill runs cached by configuration and count)."""
 
@@ -125,6 +129,7 @@ class _Searcher:
         self.s, self.cat, self.placement = s, cat, placement
         self.runs: dict[tuple[Candidate, int, int], Any] = {}
         self.evals: dict[DisaggFleet, DisaggEvaluation] = {}
+        self.last_miss: dict[Candidate, str] = {}  # the last failing verdict per configuration
 
     def prefill_run(self, c: Candidate, x: int, rep: int):
         key = (c, x, rep)
@@ -153,10 +158,13 @@ class _Searcher:
         for rep in range(s.simulation.replications):
             pre = self.prefill_run(c, x, rep)
             if pre.unstable:
+                self.last_miss[c] = f"overloaded at {x} replicas ({pre.unstable_reason})"
                 return False
             _, output = llm_tokens(stream_for(s, rep))
             first, moved, nbytes = first_tokens(pre, output, transfer_bytes_per_token(s, f), link)
-            if link_overload(moved, nbytes, link, alarm_level(s.simulation.max_wait_s, 1.0)):
+            why = link_overload(moved, nbytes, link, alarm_level(s.simulation.max_wait_s, 1.0))
+            if why:
+                self.last_miss[c] = f"{why} at {x} replicas"
                 return False
             ok = ~np.isnan(first)
             ttft = (first - pre.arrival)[ok]
@@ -164,7 +172,13 @@ class _Searcher:
             q, _, _ = series_metrics({"ttft": ttft[cut:]}, [s.slo.percentile])
             runs.append(RunMetrics(q, {}))
         ci = summarise(runs, s.simulation.confidence).q("ttft", s.slo.percentile)
-        return decide(ci, target) == "meets"
+        if decide(ci, target) == "meets":
+            return True
+        self.last_miss[c] = (
+            f"p{s.slo.percentile:g} TTFT {ci.mean * 1000:.0f} ms [{ci.low * 1000:.0f}, "
+            f"{ci.high * 1000:.0f}] vs {target * 1000:g} ms at {x} replicas"
+        )
+        return False
 
     def evaluate(self, f: DisaggFleet) -> DisaggEvaluation:
         if f not in self.evals:
@@ -172,6 +186,31 @@ class _Searcher:
                 self.s, self.cat, f, self.placement, prefill_runs=self.prefill_run
             )
         return self.evals[f]
+
+
+def idle_miss(s: Scenario, svc: Any, phase: str) -> str:
+    """Why an idle replica of this pool already misses its own target ('' if it does not):
+    the prefill of the p-th percentile prompt against TTFT, or one decode step at batch 1
+    and that prompt + output's context against TPOT."""
+    p, o = token_sample(s)
+    q = s.slo.percentile
+    pq = int(np.percentile(p, q))
+    if phase == "prefill" and s.slo.ttft_ms is not None:
+        t = svc.idle_ttft_s(pq)
+        if t * 1000 > s.slo.ttft_ms:
+            return (
+                f"an idle replica takes {t * 1000:.0f} ms to prefill the p{q:g} prompt "
+                f"({pq:,} tokens) > TTFT target {s.slo.ttft_ms:g} ms"
+            )
+    if phase == "decode" and s.slo.tpot_ms is not None:
+        ctx = pq + float(np.percentile(o, q))
+        t = svc._decode_step(1, ctx)
+        if t * 1000 > s.slo.tpot_ms:
+            return (
+                f"an idle replica takes {t * 1000:.1f} ms per output token (batch 1, context "
+                f"{ctx:,.0f}) > TPOT target {s.slo.tpot_ms:g} ms"
+            )
+    return ""
 
 
 def _screened(s: Scenario, cat: Catalog, choices: PoolChoices, phase: str):
@@ -184,6 +223,10 @@ def _screened(s: Scenario, cat: Catalog, choices: PoolChoices, phase: str):
         out, svc = _screen(s, cat, c)
         if out is not None:
             dropped.append(PoolSizing(c, "dropped", out.reason))
+            continue
+        why = idle_miss(s, svc, phase)
+        if why:
+            dropped.append(PoolSizing(c, "dropped", why))
             continue
         if phase == "prefill":
             cap = svc.throughput_for(mp, 1)  # type: ignore[attr-defined]
@@ -203,6 +246,7 @@ def _size(
     ok_at: Callable[[Candidate, int], bool],
     progress: Callable[[str], None] | None,
     phase: str,
+    last_miss: dict[Candidate, str],
 ) -> list[PoolSizing]:
     out: list[PoolSizing] = []
     best = math.inf
@@ -217,9 +261,12 @@ def _size(
         except LinkProblem as exc:
             out.append(PoolSizing(c, "dropped", str(exc), None, None, lb))
             continue
+        except Hopeless as exc:
+            out.append(PoolSizing(c, "infeasible", str(exc), None, None, lb))
+            continue
         if n is None:
-            out.append(PoolSizing(c, "infeasible", f"misses the SLO at {hi} replicas", None,
-                                  None, lb))  # fmt: skip
+            miss = last_miss.get(c, f"misses the SLO at {hi} replicas")
+            out.append(PoolSizing(c, "infeasible", miss, None, None, lb))
         else:
             usd = _price(s, cat, c, n)
             best = min(best, usd)
@@ -240,7 +287,9 @@ def plan_disagg(
     assert d is not None
     sr = _Searcher(s, cat, d.placement)
     p_drop, p_ok = _screened(s, cat, d.prefill, "prefill")
-    pre = _size(s, cat, p_ok, d.prefill.max_replicas, sr.ttft_meets, progress, "prefill")
+    pre = _size(
+        s, cat, p_ok, d.prefill.max_replicas, sr.ttft_meets, progress, "prefill", sr.last_miss
+    )
     sized_p = sorted((r for r in pre if r.status == "sized"), key=lambda r: r.usd_per_hour or 0)
     d_drop, d_ok = _screened(s, cat, d.decode, "decode")
     dec: list[PoolSizing] = []
@@ -249,9 +298,22 @@ def plan_disagg(
         assert top.replicas is not None
 
         def fleet_ok(c: Candidate, y: int) -> bool:
-            return sr.evaluate(DisaggFleet(top.candidate, top.replicas or 1, c, y)).feasible
+            e = sr.evaluate(DisaggFleet(top.candidate, top.replicas or 1, c, y))
+            ttft = e.check("ttft")
+            if not e.feasible and ttft is not None and ttft.verdict != "meets":
+                raise Hopeless(  # more decode replicas do not move the prefill or the link
+                    f"p{ttft.percentile:g} TTFT {ttft.ci.mean * 1000:.0f} ms "
+                    f"[{ttft.ci.low * 1000:.0f}, {ttft.ci.high * 1000:.0f}] not within "
+                    f"{ttft.target_s * 1000:g} ms behind {top.replicas} x "
+                    f"{top.candidate.label()} with the KV transfer "
+                    f"({e.placement.replace('_', ' ')}, p99 "
+                    f"{e.summary.scalars['kv_transfer_p99_s'].mean * 1000:.0f} ms)"
+                )
+            if not e.feasible:
+                sr.last_miss[c] = f"{e.verdict} at {y} replicas"
+            return e.feasible
 
-        dec = _size(s, cat, d_ok, d.decode.max_replicas, fleet_ok, progress, "decode")
+        dec = _size(s, cat, d_ok, d.decode.max_replicas, fleet_ok, progress, "decode", sr.last_miss)
     sized_d = sorted((r for r in dec if r.status == "sized"), key=lambda r: r.usd_per_hour or 0)
     tried: list[DisaggEvaluation] = []
     for pr in sized_p[:2]:
@@ -267,7 +329,7 @@ def plan_disagg(
     feasible = [e for e in tried if e.feasible]
     best = min(feasible, key=lambda e: (e.usd_per_hour, e.fleet.gpus), default=None)
     colo = colocated.recommendation.best if colocated.recommendation is not None else None
-    winner, reason = compare(s, colo, best)
+    winner, reason = compare(s, colo, best, colocated)
     return DisaggPlan(p_drop + pre, d_drop + dec, tried, best, colo, winner, reason)
 
 
@@ -275,8 +337,34 @@ def _binding(checks) -> Any:
     return max(checks, key=lambda c: c.ci.high / c.target_s) if checks else None
 
 
-def compare(s: Scenario, colo: Evaluation | None, dis: DisaggEvaluation | None) -> tuple[str, str]:
-    """(winner, why) of co-located against disaggregated serving at the same SLO."""
+def _check_txt(c: Any) -> str:
+    return (
+        f"p{c.percentile:g} {c.metric} {c.ci.mean * 1000:.0f} ms (target {c.target_s * 1000:g} ms)"
+    )
+
+
+def same_card_colocated(colocated: PlanResult | None, c: Candidate) -> str:
+    """What the co-located plan found for the decode pool's configuration, as evidence."""
+    if colocated is None:
+        return ""
+    r = next((r for r in colocated.results if r.candidate == c), None)
+    if r is None:
+        return ""
+    if r.status == "feasible" and r.best is not None:
+        cb = _binding(r.best.checks)
+        held = f" to hold {_check_txt(cb)}" if cb else ""
+        return f"co-located {c.label()} needs {r.best.config.replicas} replicas{held}"
+    return f"co-located {c.label()} is {r.status}: {r.reason}"
+
+
+def compare(
+    s: Scenario,
+    colo: Evaluation | None,
+    dis: DisaggEvaluation | None,
+    colocated: PlanResult | None = None,
+) -> tuple[str, str]:
+    """(winner, why) of co-located against disaggregated serving at the same SLO; the plan of
+    the co-located candidates (``colocated``) gives the evidence for the decode pool's card."""
     if colo is None and dis is None:
         return "neither", "neither co-located nor disaggregated serving meets the SLO"
     if dis is None:
@@ -287,24 +375,22 @@ def compare(s: Scenario, colo: Evaluation | None, dis: DisaggEvaluation | None) 
     sc = dis.summary.scalars
     kv = sc["kv_transfer_p99_s"].mean * 1000
     cb = _binding(colo.checks)
-    c_txt = (
-        f"p{cb.percentile:g} {cb.metric} {cb.ci.mean * 1000:.0f} ms (target {cb.target_s * 1000:g} ms)"
-        if cb
-        else "its SLO"
-    )
+    c_txt = _check_txt(cb) if cb else "its SLO"
+    evidence = same_card_colocated(colocated, f.decode)
     if dis.usd_per_hour < colo.usd_per_hour - 1e-9:
         gain = 1 - dis.usd_per_hour / colo.usd_per_hour
         why = (
             f"disaggregated is {gain:.1%} cheaper (${dis.usd_per_hour:.2f}/h, {f.gpus} GPUs vs "
-            f"${colo.usd_per_hour:.2f}/h, {colo.config.gpus} GPUs): co-located replicas are sized "
-            f"by {c_txt}"
+            f"${colo.usd_per_hour:.2f}/h for {colo.config.label()}, binding {c_txt})"
         )
-        if cb is not None and cb.metric == "tpot":
-            why += (
-                " because prefill chunks share iterations with decodes and stretch every "
-                "decode step; the decode pool runs decode-only iterations"
-            )
-        why += f" (KV transfer p99 {kv:.1f} ms, {dis.placement.replace('_', ' ')})"
+        if evidence and not evidence.startswith(f"co-located {colo.config.gpu} "):
+            why += f"; {evidence}"
+        why += (
+            ". In a co-located replica prefill chunks share iterations with decodes and stretch "
+            "decode steps, and prefills queue behind decodes; split, the decode pool runs "
+            "decode-only iterations and the prefill pool is sized for TTFT alone "
+            f"(KV transfer p99 {kv:.1f} ms, {dis.placement.replace('_', ' ')})"
+        )
         return "disaggregated", why
     loss = dis.usd_per_hour / colo.usd_per_hour - 1
     more = f"{loss:.1%} more" if loss > 1e-9 else "the same: the simpler fleet stands"

@@ -41,15 +41,35 @@ def evaluation_lines(e: DisaggEvaluation) -> list[str]:
     return lines
 
 
+def pool_lines(pools: list[PoolSizing]) -> list[str]:
+    """Sized and infeasible configurations one per line; dropped and skipped ones counted
+    (each with its reason in the JSON output).
+
+    >>> from capsim.planning.static import Candidate
+    >>> pool_lines([PoolSizing(Candidate("l4", "fp8"), "sized", "3 replicas", 3, 2.42),
+    ...             PoolSizing(Candidate("t4", "fp8"), "dropped", "precision unsupported")])
+    ['    l4 fp8: sized: 3 replicas, $2.42/h', '    1 dropped (cannot run: precision, memory, link or idle latency)']
+    """
+    lines = [_pool_line(p) for p in pools if p.status in ("sized", "infeasible")]
+    for status, why in (
+        ("dropped", "cannot run: precision, memory, link or idle latency"),
+        ("skipped", "dearer at their capacity lower bound than a sized pool"),
+    ):
+        n = sum(p.status == status for p in pools)
+        if n:
+            lines.append(f"    {n} {status} ({why})")
+    return lines
+
+
 def format_disagg(d: DisaggPlan) -> str:
     """The disaggregated section of ``capsim plan``."""
     lines = [
         "Disaggregated prefill/decode (xPyD; DistServe, arXiv:2401.09670): prefill pools sized "
         "for TTFT (KV transfer included), decode pools for the rest of the SLO",
         "  prefill pools:",
-        *[_pool_line(p) for p in d.prefill],
+        *pool_lines(d.prefill),
         "  decode pools (behind the cheapest prefill pool):",
-        *[_pool_line(p) for p in d.decode],
+        *pool_lines(d.decode),
     ]
     if d.tried:
         lines.append("  simulated fleets:")
