@@ -21,11 +21,13 @@ def evaluation_lines(e: DisaggEvaluation) -> list[str]:
     link = e.link
     rps = sc["throughput_rps"].mean
     per_m = e.usd_per_hour / (rps * 3600) * 1e6 if rps > 0 else float("inf")
+    out_tok = sc["output_tokens"].mean
+    j_tok = sc["energy_j"].mean / out_tok if out_tok > 0 else float("nan")
     lines = [
         f"{e.fleet.label()} ({e.fleet.gpus} GPUs): {e.verdict}",
         f"  cost: ${e.usd_per_hour:.2f}/h ("
         + ", ".join(f"{k} ${v:.2f}/h" for k, v in e.pool_usd.items())
-        + f"), ${per_m:,.2f} per 1M requests",
+        + f"), ${per_m:,.2f} per 1M requests, {j_tok:.3f} J per output token",
         f"  p{e.checks[0].percentile:g} (95% CI over {e.summary.replications} replications): "
         + ", ".join(
             f"{c.metric} {ci_ms(e, c.metric)} vs {c.target_s * 1000:g} ms" for c in e.checks
