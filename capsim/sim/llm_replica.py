@@ -5,15 +5,19 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_left
-from typing import Any
+from typing import Any, Literal
 
 import simpy
 
 from capsim.sim.llm_types import (
+    MASK,
     URGENT,
+    _Ev,
+    _Lines,
     _Replica,
     _sum_max_lines,
 )
+from capsim.sim.overload import WaitGrowth
 
 
 class ReplicaOps:
@@ -54,16 +58,67 @@ class ReplicaOps:
     target: Any
     total: Any
     u: Any
+    _lines: Any
+    lines_of: Any
+    growth: Any
+    max_wait: Any
+    unstable_reason: Any
+    static: Any
+
+    # -- scheduling helpers -------------------------------------------------------------------
+    def _schedule(self, delay: float, cb, value: Any = None, priority: int = 1) -> None:
+        """A bare event ``delay`` from now with callback ``cb`` (cheaper than a Timeout).
+
+        Arrivals use priority 0 (SimPy's URGENT): an arrival at the instant an iteration ends
+        is routed before the replica schedules its next iteration, so it can join it.
+        """
+        env = self.env
+        heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
+
+    def _decode_lines(self, d: int) -> _Lines | None:
+        lines: _Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
+        if lines is False:
+            lines = self.lines_of(d) if self.lines_of is not None else None
+            self._lines[d] = lines
+        return lines
+
+    def _unstable(self, rp: _Replica, now: float, waited: float) -> bool:
+        """The wait-growth check of replica ``rp``'s queue (True: the run is overloaded)."""
+        g = self.growth.get(rp.idx)
+        if g is None:
+            g = self.growth[rp.idx] = WaitGrowth(self.max_wait)
+        reason = g.check(now, waited)
+        if reason:
+            self.unstable_reason = reason
+            self.done = True
+        return bool(reason)
+
+    _any_retired = False
+
+    def start(self) -> None:
+        if self.static:
+            for rp in self.reps:
+                if rp.own:
+                    self._schedule(self.arr[rp.own[0]], self._on_wake, rp, URGENT)
+        elif self.n:
+            self._schedule(self.arr[0], self._on_arrival, None, URGENT)
+
+    def _on_wake(self, ev) -> None:
+        """Static routing: an idle replica's next request arrives."""
+        rp = ev._value
+        if not rp.busy and not self.done:
+            self.plan(rp, self.env._now)
 
     def _blocks(self, rp: _Replica, x: int) -> int:
         """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).
 
         Σ ceil((u_i + x) / bs) = (Σ u_i + D x + Σ_i ((-(u_i + x)) mod bs)) / bs, where the last
-        sum depends only on x mod bs and the residues u_i mod bs (kept in ``corr``).
+        sum depends only on x mod bs and the residues u_i mod bs (kept in ``corr``, packed: the
+        sum for x mod bs = m is bits 64 m .. 64 m + 63 of one integer).
         """
         if rp.D == 0:
             return 0
-        return (rp.sum_u + rp.D * x + rp.corr[x % self.bs]) // self.bs
+        return (rp.sum_u + rp.D * x + ((rp.corr >> ((x % self.bs) << 6)) & MASK)) // self.bs
 
     def _add_decode(self, rp: _Replica, i: int, s: int) -> None:
         """Request i decodes from iteration ``s`` on, having generated g[i] tokens."""
@@ -73,8 +128,7 @@ class ReplicaOps:
         rp.D += 1
         rp.sum_u += u
         if self.bs > 1:
-            v = self.V[u % self.bs]
-            rp.corr = [a + b for a, b in zip(rp.corr, v, strict=True)]
+            rp.corr += self.V[u % self.bs]
         e = s + self.O[i] - g
         self.endit[i] = e
         heapq.heappush(rp.heap, (e, i))
@@ -84,8 +138,7 @@ class ReplicaOps:
         rp.D -= 1
         rp.sum_u -= u
         if self.bs > 1:
-            v = self.V[u % self.bs]
-            rp.corr = [a - b for a, b in zip(rp.corr, v, strict=True)]
+            rp.corr -= self.V[u % self.bs]
         self.endit[i] = -1
 
     def _release(self, rp: _Replica, i: int, tokens: int) -> None:
