@@ -57,10 +57,10 @@ request is the same as iterating one by one (tests check it).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import simpy
@@ -68,6 +68,7 @@ import simpy
 from capsim.sim.llm_replica import ReplicaOps
 from capsim.sim.llm_result import as_chains, check_chains, run_result
 from capsim.sim.llm_types import (
+    INF,
     MASK,
     ROUTER_ALIASES,
     ROUTERS,
@@ -79,11 +80,12 @@ from capsim.sim.llm_types import (
     _Ev,
     _Lines,
     _Replica,
-    _sum_max_lines,
     packed_residues,
 )
 from capsim.sim.overload import WaitGrowth
 from capsim.workload.prefixes import Chain
+
+_heappush, _heappop = heapq.heappush, heapq.heappop
 
 
 class LLMFleet(ReplicaOps):
@@ -172,6 +174,7 @@ class LLMFleet(ReplicaOps):
         if self.static:
             for r, rp in enumerate(self.reps):
                 rp.own = list(range(r, self.n, replicas))
+                rp.nxt = self.arr[rp.own[0]] if rp.own else INF
 
     # -- one step of one replica --------------------------------------------------------------
     def plan(self, rp: _Replica, now: float) -> None:
@@ -179,30 +182,66 @@ class LLMFleet(ReplicaOps):
         t = self._plan(rp, now)
         if t is not None:
             env = self.env
-            heapq.heappush(env._queue, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
+            _heappush(env._queue, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
 
     def _plan(self, rp: _Replica, now: float) -> float | None:
         """Decide replica ``rp``'s next step from ``now``: the time it ends (None: idle)."""
         if self.done:
             rp.busy = False
             return None
-        arr, static = self.arr, self.static
-        if static:  # take this replica's arrivals up to now (in arrival order)
-            own, pos = rp.own, rp.pos
+        if rp.nxt <= now:  # static routing: take this replica's arrivals up to now
+            own, pos, arr = rp.own, rp.pos, self.arr
             n_own = len(own)
             while pos < n_own and arr[own[pos]] <= now:
                 self._accept(rp, own[pos])
                 pos += 1
             rp.pos = pos
+            rp.nxt = arr[own[pos]] if pos < n_own else INF
         waiting = rp.waiting
         if waiting:
-            waited = now - arr[waiting[0]]
+            waited = now - self.arr[waiting[0]]
             if waited > self.max_wait:
                 if self._unstable(rp, now, waited):
                     rp.busy = False
                     return None
             elif rp.idx in self.growth:
                 self.growth[rp.idx].calm()
+        elif not rp.prefilling and rp.running:
+            return self._plan_decode(rp, now)
+        return self._plan_batch(rp, now)
+
+    def _plan_decode(self, rp: _Replica, now: float) -> float | None:
+        """:meth:`_plan` with nothing waiting and nothing to prefill: a run of decodes."""
+        bs, it, D = self.bs, rp.it, rp.D
+        need = (rp.sum_u + D * it + ((rp.corr >> ((it % bs) << 6)) & MASK)) // bs
+        total = self.total + rp.share
+        if need > total:  # preemption
+            return self._plan_batch(rp, now)
+        k, dt = self._decode_run(rp, now, D, rp.sum_u + D * it, total, False)
+        self.seq_iterations += D * k
+        end = used = need  # the blocks in use at the end of the run, and on average
+        if k > 1:
+            x = it + k - 1
+            end = (rp.sum_u + D * x + ((rp.corr >> ((x % bs) << 6)) & MASK)) // bs
+            used = (need + end) / 2.0
+        if self.pc:  # evict cached free blocks (LRU first) to make room for the run
+            room = self.total - end + rp.share
+            if rp.cache.free > room:
+                rp.cache.trim(room)
+            used -= rp.share
+        rp.chunks = []
+        rp.seg_t0 = now
+        rp.seg_k = k
+        rp.busy = True
+        rp.gen += 1
+        if self.track_kv:
+            rp.kv_t.append(now)
+            rp.kv_u.append(used)
+        return now + dt
+
+    def _plan_batch(self, rp: _Replica, now: float) -> float | None:
+        """:meth:`_plan` in general: prefill chunks, admission, preemption, or idle."""
+        waiting = rp.waiting
         bs, it, total0 = self.bs, rp.it, self.total
         computed, target = self.computed, self.target
         prefilling, running = rp.prefilling, rp.running
@@ -271,8 +310,8 @@ class LLMFleet(ReplicaOps):
             if self.track_kv:
                 rp.kv_t.append(now)
                 rp.kv_u.append(0.0)
-            if static and rp.pos < len(rp.own):
-                self._schedule(arr[rp.own[rp.pos]] - now, self._on_wake, rp, URGENT)
+            if rp.nxt < INF:  # static routing: wake up at the next arrival
+                self._schedule(rp.nxt - now, self._on_wake, rp, URGENT)
             return None
         D = rp.D
         ctx = rp.sum_u + D * it
@@ -324,56 +363,6 @@ class LLMFleet(ReplicaOps):
             rp.kv_u.append(used)
         return now + dt
 
-    def _decode_run(
-        self, rp: _Replica, now: float, D: int, ctx: int, total: int, preempted: bool
-    ) -> tuple[int, float]:
-        """A run of k pure-decode iterations until a completion, KV exhaustion or the next
-        arrival (k = 1 after a preemption or unfused): (k, its time)."""
-        heap, endit, it = rp.heap, self.endit, rp.it
-        while heap and endit[heap[0][1]] != heap[0][0]:
-            heapq.heappop(heap)
-        k = heap[0][0] - it
-        if preempted or not self.fuse:
-            k = 1
-        if k > 1 and total < UNLIMITED:
-            x = it + k - 1
-            if (rp.sum_u + D * x + ((rp.corr >> ((x % self.bs) << 6)) & MASK)) // self.bs > total:
-                lo, hi = 1, k - 1  # largest k' with blocks(it + k' - 1) <= total
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if self._blocks(rp, it + mid - 1) <= total:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                k = lo
-        lines: _Lines | None | Literal[False] = self._lines.get(D, False)
-        if lines is False:
-            lines = self._decode_lines(D)
-        rp.seg_lines = rp.seg_cum = None
-        if lines is not None:
-            a1, b1, a2, b2 = lines
-            s1, s2, s3, s4 = a1 + b1 * ctx, b1 * D, a2 + b2 * ctx, b2 * D
-            dt = _sum_max_lines(s1, s2, s3, s4, k)
-            if k > 1:
-                rp.seg_lines = (s1, s2, s3, s4)
-        else:
-            cum, tsum, tm = [], 0.0, self.itime
-            for x in range(k):
-                tsum += tm(D, D, ctx + D * x, 0.0, D)
-                cum.append(tsum)
-            dt = tsum
-            if k > 1:
-                rp.seg_cum = cum
-        if k > 1 and self.static and rp.pos < len(rp.own):
-            wait = self.arr[rp.own[rp.pos]] - now
-            if wait < dt:  # end the run at the first boundary at or after that arrival
-                rp.seg_k = k
-                k, dt = self._boundary_after(rp, wait)
-                if k == 1:
-                    rp.seg_lines = rp.seg_cum = None
-        rp.seg_decode = True
-        return k, dt
-
     def _on_step(self, ev: simpy.Event) -> None:
         rp, gen = ev._value
         if gen != rp.gen or self.done:
@@ -386,29 +375,32 @@ class LLMFleet(ReplicaOps):
         computed, target, g, first = self.computed, self.target, self.g, self.first
         pc, ch, pooled = self.pc, self.ch, self.pooled
         heap = rp.heap
+        events = iterations = tokens = prefill = 0  # added to the fleet's counters on leaving
         while True:
-            self.events += 1
+            events += 1
             k = rp.seg_k
             if rp.seg_decode:
                 rp.busy_dec += now - rp.seg_t0
             else:
                 rp.busy_pre += now - rp.seg_t0
-            self.iterations += k
-            self.tokens_generated += rp.D * k  # one token per decoding sequence per iteration
+            iterations += k
+            tokens += rp.D * k  # one token per decoding sequence per iteration
             it = rp.it + k
             rp.it = it
             if rp.chunks:
                 for i, c in rp.chunks:
                     computed[i] += c
-                    self.prefill_tokens += c
+                    prefill += c
                     if pc and ch[i] is not None:  # its new full blocks join the cache
                         chain = ch[i]
-                        hi = min(computed[i] // bs, chain.n)
+                        hi = computed[i] // bs
+                        if hi > chain.n:
+                            hi = chain.n
                         if hi > pooled[i]:
                             rp.share += rp.cache.pool(chain, pooled[i], hi)
                             pooled[i] = hi
                     if computed[i] == target[i]:
-                        self.tokens_generated += 1  # the prefill's last token samples one
+                        tokens += 1  # the prefill's last token samples one
                         rp.prefilling.remove(i)
                         g[i] += 1
                         if first[i] != first[i]:
@@ -420,17 +412,20 @@ class LLMFleet(ReplicaOps):
                             self._add_decode(rp, i, it)
                 rp.chunks = []
             while heap and heap[0][0] <= it:
-                e, i = heapq.heappop(heap)
+                e, i = _heappop(heap)
                 if endit[i] == e:
                     self._remove_decode(rp, i)
                     self._finish(rp, i, now)
             t = self._plan(rp, now)
-            if t is None:
-                return
-            if inline and (not q or t < q[0][0]):  # nothing else happens first: go on here
-                env._now = now = t
+            if t is not None and inline and (not q or t < q[0][0]):
+                env._now = now = t  # nothing else happens first: go on here
                 continue
-            heapq.heappush(q, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
+            self.events += events
+            self.iterations += iterations
+            self.tokens_generated += tokens
+            self.prefill_tokens += prefill
+            if t is not None:
+                _heappush(q, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
             return
 
 
@@ -478,8 +473,14 @@ def run_llm(
     fleet.inline = True
     fleet.start()
     q, pop = env._queue, heapq.heappop
-    while q:  # SimPy's loop, less its checks (every event here is an _Ev with one callback)
-        env._now, _, _, ev = pop(q)
-        ev.callbacks[0](ev)
+    gc_was = gc.isenabled()
+    gc.disable()  # the run allocates many small objects and frees none in cycles
+    try:
+        while q:  # SimPy's loop, less its checks (every event here is an _Ev with one callback)
+            env._now, _, _, ev = pop(q)
+            ev.callbacks[0](ev)
+    finally:
+        if gc_was:
+            gc.enable()
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
     return run_result(fleet, arrival, prompt, output, h)

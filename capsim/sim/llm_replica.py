@@ -10,7 +10,9 @@ from typing import Any, Literal
 import simpy
 
 from capsim.sim.llm_types import (
+    INF,
     MASK,
+    UNLIMITED,
     URGENT,
     _Ev,
     _Lines,
@@ -108,6 +110,59 @@ class ReplicaOps:
         rp = ev._value
         if not rp.busy and not self.done:
             self.plan(rp, self.env._now)
+
+    def _decode_run(
+        self, rp: _Replica, now: float, D: int, ctx: int, total: int, preempted: bool
+    ) -> tuple[int, float]:
+        """A run of k pure-decode iterations until a completion, KV exhaustion or the next
+        arrival (k = 1 after a preemption or unfused): (k, its time)."""
+        heap, endit, it = rp.heap, self.endit, rp.it
+        while heap and endit[heap[0][1]] != heap[0][0]:
+            heapq.heappop(heap)
+        k = heap[0][0] - it
+        if preempted or not self.fuse:
+            k = 1
+        if k > 1 and total < UNLIMITED:
+            x = it + k - 1
+            if (rp.sum_u + D * x + ((rp.corr >> ((x % self.bs) << 6)) & MASK)) // self.bs > total:
+                lo, hi = 1, k - 1  # largest k' with blocks(it + k' - 1) <= total
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if self._blocks(rp, it + mid - 1) <= total:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+        lines: _Lines | None | Literal[False] = self._lines.get(D, False)
+        if lines is False:
+            lines = self._decode_lines(D)
+        rp.seg_lines = rp.seg_cum = None
+        if lines is not None:
+            a1, b1, a2, b2 = lines
+            s1, s3 = a1 + b1 * ctx, a2 + b2 * ctx
+            if k == 1:  # _sum_max_lines(..., 1), exactly
+                dt = s1 if s1 > s3 else s3
+            else:
+                s2, s4 = b1 * D, b2 * D
+                dt = _sum_max_lines(s1, s2, s3, s4, k)
+                rp.seg_lines = (s1, s2, s3, s4)
+        else:
+            cum, tsum, tm = [], 0.0, self.itime
+            for x in range(k):
+                tsum += tm(D, D, ctx + D * x, 0.0, D)
+                cum.append(tsum)
+            dt = tsum
+            if k > 1:
+                rp.seg_cum = cum
+        if k > 1 and rp.nxt < INF:  # static routing: the replica's next arrival
+            wait = rp.nxt - now
+            if wait < dt:  # end the run at the first boundary at or after that arrival
+                rp.seg_k = k
+                k, dt = self._boundary_after(rp, wait)
+                if k == 1:
+                    rp.seg_lines = rp.seg_cum = None
+        rp.seg_decode = True
+        return k, dt
 
     def _blocks(self, rp: _Replica, x: int) -> int:
         """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).

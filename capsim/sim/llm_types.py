@@ -15,6 +15,7 @@ from capsim.sim.prefix_cache import PrefixCache
 from capsim.spec.engine import LLMEngineSettings
 
 UNLIMITED = 1 << 60
+INF = math.inf
 
 
 MASK = (1 << 64) - 1  # one 64-bit field of a replica's packed KV-rounding sums (``corr``)
@@ -216,7 +217,7 @@ class _Replica:
         "idx", "waiting", "running", "prefilling", "chunks", "D", "sum_u", "corr", "heap",
         "it", "busy", "seg_t0", "seg_k", "seg_lines", "seg_cum", "seg_decode", "gen",
         "n_out", "tok_out", "busy_pre", "busy_dec", "kv_t", "kv_u", "active", "own", "pos",
-        "cache", "share",
+        "cache", "share", "nxt",
     )  # fmt: skip
 
     def __init__(self, idx: int, bs: int):
@@ -246,5 +247,6 @@ class _Replica:
         self.active = True  # takes new requests (False once retired)
         self.own: list[int] = []  # static routing: this replica's requests, in arrival order
         self.pos = 0  # static routing: the next of them to arrive
+        self.nxt = INF  # static routing: its arrival time (INF: none, or routing at arrival)
         self.cache = PrefixCache()  # prefix caching: this replica's cached KV blocks
         self.share = 0  # blocks counted twice in sum ceil(tokens / bs): shared cached blocks
