@@ -421,7 +421,10 @@ class LLMFleet(ReplicaOps):
                 if endit[i] == e:
                     self._remove_decode(rp, i)
                     self._finish(rp, i, now)
-            t = self._plan(rp, now)
+            if rp.waiting or rp.prefilling or not rp.running or rp.nxt <= now:
+                t = self._plan(rp, now)
+            else:  # what _plan would do (the run is not done: a step of it just ended)
+                t = self._plan_decode(rp, now)
             if (
                 t is not None
                 and inline
