@@ -215,35 +215,6 @@ class LLMFleet(ReplicaOps):
             return self._plan_decode(rp, now)
         return self._plan_batch(rp, now)
 
-    def _plan_decode(self, rp: _Replica, now: float) -> float | None:
-        """:meth:`_plan` with nothing waiting and nothing to prefill: a run of decodes."""
-        bs, it, D = self.bs, rp.it, rp.D
-        need = (rp.sum_u + D * it + ((rp.corr >> ((it % bs) << 6)) & MASK)) // bs
-        total = self.total + rp.share
-        if need > total:  # preemption
-            return self._plan_batch(rp, now)
-        k, dt = self._decode_run(rp, now, D, rp.sum_u + D * it, total, False)
-        self.seq_iterations += D * k
-        end = used = need  # the blocks in use at the end of the run, and on average
-        if k > 1:
-            x = it + k - 1
-            end = (rp.sum_u + D * x + ((rp.corr >> ((x % bs) << 6)) & MASK)) // bs
-            used = (need + end) / 2.0
-        if self.pc:  # evict cached free blocks (LRU first) to make room for the run
-            room = self.total - end + rp.share
-            if rp.cache.free > room:
-                rp.cache.trim(room)
-            used -= rp.share
-        rp.chunks = []
-        rp.seg_t0 = now
-        rp.seg_k = k
-        rp.busy = True
-        rp.gen += 1
-        if self.track_kv:
-            rp.kv_t.append(now)
-            rp.kv_u.append(used)
-        return now + dt
-
     def _plan_batch(self, rp: _Replica, now: float) -> float | None:
         """:meth:`_plan` in general: prefill chunks, admission, preemption, or idle."""
         waiting = rp.waiting
