@@ -178,8 +178,18 @@ class ReplicaOps:
                 dt = s1 if s1 > s3 else s3
             else:
                 s2, s4 = b1 * D, b2 * D
-                dt = _sum_max_lines(s1, s2, s3, s4, k)
                 rp.seg_lines = (s1, s2, s3, s4)
+                wait = rp.nxt - now  # static routing: the replica's next arrival (or INF)
+                if wait < 0.999999 * k * (s1 if s1 > s3 else s3) and s2 >= 0.0 and s4 >= 0.0:
+                    # it comes before the run's end (its iterations take at least the first
+                    # one's time), so the run is cut there: no need to sum the whole run
+                    rp.seg_k = k
+                    k, dt = self._boundary_after(rp, wait)
+                    if k == 1:
+                        rp.seg_lines = None
+                    rp.seg_decode = True
+                    return k, dt
+                dt = _sum_max_lines(s1, s2, s3, s4, k)
         else:
             cum, tsum, tm = [], 0.0, self.itime
             for x in range(k):
@@ -311,12 +321,13 @@ class ReplicaOps:
             return rp
         start = self.rr % c
         self.rr += 1
-        best, key = None, None
         tokens = self.router == "least_outstanding_tokens"
-        for j in range(c):
-            rp = reps[(start + j) % c]
+        best = reps[start]
+        key = best.tok_out if tokens else best.n_out
+        for j in range(start + 1, start + c):  # the first least loaded from ``start`` on
+            rp = reps[j % c]
             v = rp.tok_out if tokens else rp.n_out
-            if key is None or v < key:
+            if v < key:
                 best, key = rp, v
         return best
 
