@@ -155,11 +155,6 @@ class LLMFleet(ReplicaOps):
         self.max_queue = max_queue_length
         self.fuse = fuse
         self.inline = False  # run_llm: a step that ends before any other event runs at once
-        # routing at arrival (run_llm): the next arrival event's time; until then replicas
-        # only interact through the overload stop, so one may run ahead of the others
-        self.next_arr_t = -INF
-        self.oldest = 0  # no request before this index is waiting or running
-        self.t_end = 0.0  # the latest step end run ahead (the run's end time is at least this)
         self.reps: list[_Replica] = [_Replica(r, bs) for r in range(replicas)]
         self.next_arrival = 0
         self.done = False
@@ -396,15 +391,9 @@ class LLMFleet(ReplicaOps):
                 t = self._plan(rp, now)
             else:  # what _plan would do (the run is not done: a step of it just ended)
                 t = self._plan_decode(rp, now)
-            if (
-                t is not None
-                and inline
-                and (not q or t < q[0][0] or (t < self.next_arr_t and t < self._safe_until()))
-            ):
-                env._now = now = t  # nothing else happens first, or nothing that matters
+            if t is not None and inline and (not q or t < q[0][0]):
+                env._now = now = t  # nothing else happens first: go on here
                 continue
-            if now > self.t_end:
-                self.t_end = now
             self.events += events
             self.iterations += iterations
             self.tokens_generated += tokens
@@ -457,8 +446,6 @@ def run_llm(
     )  # fmt: skip
     fleet.inline = True
     fleet.start()
-    if not fleet.static and len(arrival):
-        fleet.next_arr_t = 0.0 + fleet.arr[0]  # the time of the first arrival event
     q, pop = env._queue, heapq.heappop
     gc_was = gc.isenabled()
     gc.disable()  # the run allocates many small objects and frees none in cycles
@@ -469,7 +456,5 @@ def run_llm(
     finally:
         if gc_was:
             gc.enable()
-    if fleet.t_end > env._now:
-        env._now = fleet.t_end
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
     return run_result(fleet, arrival, prompt, output, h)

@@ -46,8 +46,6 @@ class ReplicaOps:
     max_queue: Any
     n: Any
     next_arrival: Any
-    next_arr_t: Any
-    oldest: Any
     pc: Any
     pooled: Any
     npre: Any
@@ -377,16 +375,3 @@ class ReplicaOps:
         self.next_arrival = j
         if j < n:
             self._schedule(arr[j] - now, self._on_arrival, None, URGENT)
-            self.next_arr_t = now + (arr[j] - now)  # that event's time, as _schedule sets it
-        else:
-            self.next_arr_t = INF
-
-    def _safe_until(self) -> float:
-        """Routing at arrival, between two arrivals: no replica can stop the run as overloaded
-        before this time (the oldest request not served waits max_wait_s by then, less a
-        margin for rounding); a replica may run ahead of the others up to it."""
-        o, j, fin, rej = self.oldest, self.next_arrival, self.fin, self.rejected
-        while o < j and (fin[o] == fin[o] or rej[o]):
-            o += 1
-        self.oldest = o
-        return self.arr[o] + self.max_wait - 1e-6 if o < j else INF
