@@ -155,6 +155,7 @@ class LLMFleet(ReplicaOps):
         self.max_queue = max_queue_length
         self.fuse = fuse
         self.inline = False  # run_llm: a step that ends before any other event runs at once
+        self.ta = INF  # run_llm, routing at arrival: the next arrival's time
         self.reps: list[_Replica] = [_Replica(r, bs) for r in range(replicas)]
         self.next_arrival = 0
         self.done = False
@@ -391,7 +392,7 @@ class LLMFleet(ReplicaOps):
                 t = self._plan(rp, now)
             else:  # what _plan would do (the run is not done: a step of it just ended)
                 t = self._plan_decode(rp, now)
-            if t is not None and inline and (not q or t < q[0][0]):
+            if t is not None and inline and t < self.ta and (not q or t < q[0][0]):
                 env._now = now = t  # nothing else happens first: go on here
                 continue
             self.events += events
@@ -445,14 +446,24 @@ def run_llm(
         max_queue_length, fuse, static_routing, chains,
     )  # fmt: skip
     fleet.inline = True
-    fleet.start()
+    if fleet.static:
+        fleet.start()
+    elif len(arrival):  # arrivals are taken by the loop below, not as events
+        fleet.ta = fleet.arr[0]
     q, pop = env._queue, heapq.heappop
     gc_was = gc.isenabled()
     gc.disable()  # the run allocates many small objects and frees none in cycles
     try:
-        while q:  # SimPy's loop, less its checks (every event here is an _Ev with one callback)
-            env._now, _, _, ev = pop(q)
-            ev.callbacks[0](ev)
+        while True:  # SimPy's loop, less its checks (every event is an _Ev with one callback)
+            ta = fleet.ta
+            if q and q[0][0] < ta:  # (an arrival at the same time goes first, as URGENT)
+                env._now, _, _, ev = pop(q)
+                ev.callbacks[0](ev)
+            elif ta < INF:
+                env._now = ta
+                fleet.ta = INF if fleet.done else fleet._arrive(ta)
+            else:
+                break
     finally:
         if gc_was:
             gc.enable()

@@ -362,6 +362,18 @@ class ReplicaOps:
         elif rp.seg_k > 1:
             self._cut(rp, now)
 
+    def _arrive(self, now: float) -> float:
+        """run_llm's loop: route the arrivals at ``now``; the time of the next (INF: none),
+        as :meth:`_on_arrival` would schedule it."""
+        arr, n, j = self.arr, self.n, self.next_arrival
+        while j < n and arr[j] <= now:
+            self.route(j, now)
+            j += 1
+            if self.done:
+                return INF
+        self.next_arrival = j
+        return now + (arr[j] - now) if j < n else INF
+
     def _on_arrival(self, ev: simpy.Event) -> None:
         if self.done:
             return
