@@ -43,7 +43,9 @@ can change (no completion, no KV exhaustion, no arrival at this replica) whose t
 summed in closed form (a decode iteration's time is the max of two lines in its total context,
 which grows by the batch size each iteration). An arrival routed to a replica in the middle of
 such a run cuts the run at the first iteration boundary after the arrival. The timing of every
-request is the same as iterating one by one (tests check it).
+request is the same as iterating one by one (tests check it). ``run_llm`` pops the event heap
+itself, takes arrivals in its loop, and runs a replica's next step at once when it ends before
+any other event (with one replica the heap stays empty); the order of events is SimPy's.
 
 >>> import numpy as np
 >>> class Const:                       # 10 ms per iteration, whatever the batch
