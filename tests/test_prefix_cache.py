@@ -123,13 +123,20 @@ def test_no_chains_or_no_sharing_gives_the_same_times():
 
 
 def _checked(monkeypatch):
-    """Wrap LLMFleet.plan: after each plan, the blocks in use plus the cached free ones fit
-    in the cache, and the reference counts match the requests' pooled blocks."""
-    orig = LLMFleet.plan
+    """Wrap the two planners every step goes through (LLMFleet._plan_batch, _plan_decode):
+    after each, the blocks in use plus the cached free ones fit in the cache, and the
+    reference counts match the requests' pooled blocks."""
     seen = {"steps": 0}
 
-    def plan(self, rp, now):
-        orig(self, rp, now)
+    def wrap(orig):
+        def planner(self, rp, now):
+            t = orig(self, rp, now)
+            check(self, rp)
+            return t
+
+        return planner
+
+    def check(self, rp):
         if not self.pc:
             return
         c = rp.cache
@@ -145,7 +152,8 @@ def _checked(monkeypatch):
             assert rp.kv_u[-1] + c.free <= self.total
             seen["steps"] += 1
 
-    monkeypatch.setattr(LLMFleet, "plan", plan)
+    for name in ("_plan_batch", "_plan_decode"):
+        monkeypatch.setattr(LLMFleet, name, wrap(getattr(LLMFleet, name)))
     return seen
 
 

@@ -43,7 +43,9 @@ can change (no completion, no KV exhaustion, no arrival at this replica) whose t
 summed in closed form (a decode iteration's time is the max of two lines in its total context,
 which grows by the batch size each iteration). An arrival routed to a replica in the middle of
 such a run cuts the run at the first iteration boundary after the arrival. The timing of every
-request is the same as iterating one by one (tests check it).
+request is the same as iterating one by one (tests check it). ``run_llm`` pops the event heap
+itself, takes arrivals in its loop, and runs a replica's next step at once when it ends before
+any other event (with one replica the heap stays empty); the order of events is SimPy's.
 
 >>> import numpy as np
 >>> class Const:                       # 10 ms per iteration, whatever the batch
@@ -57,10 +59,10 @@ request is the same as iterating one by one (tests check it).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import numpy as np
 import simpy
@@ -68,6 +70,8 @@ import simpy
 from capsim.sim.llm_replica import ReplicaOps
 from capsim.sim.llm_result import as_chains, check_chains, run_result
 from capsim.sim.llm_types import (
+    INF,
+    MASK,
     ROUTER_ALIASES,
     ROUTERS,
     UNLIMITED,
@@ -76,15 +80,14 @@ from capsim.sim.llm_types import (
     IterationTimer,
     LLMRunResult,
     _Ev,
+    _Lines,
     _Replica,
-    _sum_max_lines,
+    packed_residues,
 )
 from capsim.sim.overload import WaitGrowth
 from capsim.workload.prefixes import Chain
 
-#: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
-#: max(a1 + b1 C, a2 + b2 C) seconds
-_Lines = tuple[float, float, float, float]
+_heappush, _heappop = heapq.heappush, heapq.heappop
 
 
 class LLMFleet(ReplicaOps):
@@ -138,7 +141,7 @@ class LLMFleet(ReplicaOps):
         self.saved = 0  # prompt tokens hit, all admissions
         bs = limits.block_size
         self.bs = bs
-        self.V = [[(-(r + m)) % bs for m in range(bs)] for r in range(bs)]
+        self.V = packed_residues(bs)
         self.total = limits.kv_blocks if limits.kv_blocks is not None else UNLIMITED
         self.budget = limits.max_num_batched_tokens or UNLIMITED
         self.max_seqs = limits.max_num_seqs or UNLIMITED
@@ -155,6 +158,8 @@ class LLMFleet(ReplicaOps):
         self.growth: dict[int, WaitGrowth] = {}
         self.max_queue = max_queue_length
         self.fuse = fuse
+        self.inline = False  # run_llm: a step that ends before any other event runs at once
+        self.ta = INF  # run_llm, routing at arrival: the next arrival's time
         self.reps: list[_Replica] = [_Replica(r, bs) for r in range(replicas)]
         self.next_arrival = 0
         self.done = False
@@ -174,48 +179,57 @@ class LLMFleet(ReplicaOps):
         if self.static:
             for r, rp in enumerate(self.reps):
                 rp.own = list(range(r, self.n, replicas))
-
-    # -- scheduling helpers -------------------------------------------------------------------
-    def _schedule(self, delay: float, cb, value: Any = None, priority: int = 1) -> None:
-        """A bare event ``delay`` from now with callback ``cb`` (cheaper than a Timeout).
-
-        Arrivals use priority 0 (SimPy's URGENT): an arrival at the instant an iteration ends
-        is routed before the replica schedules its next iteration, so it can join it.
-        """
-        env = self.env
-        heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
+                rp.nxt = self.arr[rp.own[0]] if rp.own else INF
 
     # -- one step of one replica --------------------------------------------------------------
     def plan(self, rp: _Replica, now: float) -> None:
         """Schedule the next iteration (or run of decode iterations) of replica ``rp``."""
+        t = self._plan(rp, now)
+        if t is not None:
+            env = self.env
+            _heappush(env._queue, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
+
+    def _plan(self, rp: _Replica, now: float) -> float | None:
+        """Decide replica ``rp``'s next step from ``now``: the time it ends (None: idle)."""
         if self.done:
             rp.busy = False
-            return
-        if self.static:  # take this replica's arrivals up to now (in arrival order)
+            return None
+        if rp.nxt <= now:  # static routing: take this replica's arrivals up to now
             own, pos, arr = rp.own, rp.pos, self.arr
-            while pos < len(own) and arr[own[pos]] <= now:
+            n_own = len(own)
+            while pos < n_own and arr[own[pos]] <= now:
                 self._accept(rp, own[pos])
                 pos += 1
             rp.pos = pos
+            rp.nxt = arr[own[pos]] if pos < n_own else INF
         waiting = rp.waiting
         if waiting:
             waited = now - self.arr[waiting[0]]
             if waited > self.max_wait:
                 if self._unstable(rp, now, waited):
                     rp.busy = False
-                    return
+                    return None
             elif rp.idx in self.growth:
                 self.growth[rp.idx].calm()
+        elif not rp.prefilling and rp.running:
+            return self._plan_decode(rp, now)
+        return self._plan_batch(rp, now)
+
+    def _plan_batch(self, rp: _Replica, now: float) -> float | None:
+        """:meth:`_plan` in general: prefill chunks, admission, preemption, or idle."""
+        waiting = rp.waiting
         bs, it, total0 = self.bs, rp.it, self.total
         computed, target = self.computed, self.target
+        prefilling, running = rp.prefilling, rp.running
+        sh = (it % bs) << 6
         preempted = False
         while True:
             total = total0 + rp.share  # need counts shared cached blocks once per holder
             D = rp.D
-            need = (rp.sum_u + D * it + rp.corr[it % bs]) // bs if D else 0
+            need = (rp.sum_u + D * it + ((rp.corr >> sh) & MASK)) // bs if D else 0
             left = self.budget - D
             chunks = []
-            for i in rp.prefilling:
+            for i in prefilling:
                 if left <= 0:
                     need += -(-computed[i] // bs)
                     continue
@@ -225,14 +239,14 @@ class LLMFleet(ReplicaOps):
                 left -= c
                 chunks.append((i, c))
                 need += -(-(computed[i] + c) // bs)
-            if need <= total or not rp.running:
+            if need <= total or not running:
                 break
             self._preempt_newest(rp)
             preempted = True
         # admission, FCFS, while budget, sequences and KV blocks allow
         if not preempted and waiting:
-            running, pc, ch, pre = rp.running, self.pc, self.ch, self.pre
-            while waiting and left > 0 and len(running) < self.max_seqs:
+            pc, ch, adm, max_seqs, pre = self.pc, self.ch, self.adm, self.max_seqs, self.pre
+            while waiting and left > 0 and len(running) < max_seqs:
                 i = waiting[0]
                 if pre is not None and pre[i] and not self.npre[i]:
                     nb = self._prefilled_blocks(i)
@@ -255,6 +269,7 @@ class LLMFleet(ReplicaOps):
                 nb = -(-(base + c) // bs)
                 if need + nb > total + a:
                     break
+                first_adm = adm[i] != adm[i]  # NaN: first admission
                 if chain is not None and h:
                     rp.cache.pin(chain, h)
                     self.pooled[i] = h
@@ -262,33 +277,32 @@ class LLMFleet(ReplicaOps):
                     total += a
                     computed[i] = base
                     self.saved += base
-                    if self.adm[i] != self.adm[i]:
+                    if first_adm:
                         self.hit[i] = base
                 waiting.popleft()
                 running[i] = None
-                rp.prefilling.append(i)
+                prefilling.append(i)
                 chunks.append((i, c))
                 need += nb
                 left -= c
-                if self.adm[i] != self.adm[i]:  # NaN: first admission
-                    self.adm[i] = now
+                if first_adm:
+                    adm[i] = now
                     self.n_adm += 1
                     self.sum_adm += now
-        if not rp.running:
+        if not running:
             rp.busy = False
             if self.track_kv:
                 rp.kv_t.append(now)
                 rp.kv_u.append(0.0)
-            if self.static and rp.pos < len(rp.own):
-                self._schedule(self.arr[rp.own[rp.pos]] - now, self._on_wake, rp, URGENT)
-            return
+            if rp.nxt < INF:  # static routing: wake up at the next arrival
+                self._schedule(rp.nxt - now, self._on_wake, rp, URGENT)
+            return None
         D = rp.D
         ctx = rp.sum_u + D * it
         if chunks:
-            n_tok = D
+            n_tok = logits = D
             work = 0.0
             kv = 0
-            logits = D
             for i, c in chunks:
                 b = computed[i]
                 n_tok += c
@@ -299,70 +313,26 @@ class LLMFleet(ReplicaOps):
             dt = self.itime(n_tok, D, ctx, work, logits, kv)
             k = 1
             rp.seg_decode = False
-            rp.seg_lines = None
-            rp.seg_cum = None
+            rp.seg_lines = rp.seg_cum = None
             self.seq_iterations += D + len(chunks)
             used = need
         else:
-            # pure decode: a run of k iterations until a completion, KV exhaustion (or k = 1)
-            heap, endit = rp.heap, self.endit
-            while heap and endit[heap[0][1]] != heap[0][0]:
-                heapq.heappop(heap)
-            k = heap[0][0] - it
-            if preempted or not self.fuse:
-                k = 1
-            if (
-                k > 1
-                and total < UNLIMITED
-                and (rp.sum_u + D * (it + k - 1) + rp.corr[(it + k - 1) % bs]) // bs > total
-            ):
-                lo, hi = 1, k - 1  # largest k' with blocks(it + k' - 1) <= total
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if self._blocks(rp, it + mid - 1) <= total:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                k = lo
-            lines: _Lines | None | Literal[False] = self._lines.get(D, False)
-            if lines is False:
-                lines = self._decode_lines(D)
-            rp.seg_lines = None
-            rp.seg_cum = None
-            if lines is not None:
-                a1, b1, a2, b2 = lines
-                seg = (a1 + b1 * ctx, b1 * D, a2 + b2 * ctx, b2 * D)
-                dt = _sum_max_lines(*seg, k)
-                if k > 1:
-                    rp.seg_lines = seg
-            else:
-                cum, tsum, tm = [], 0.0, self.itime
-                for x in range(k):
-                    tsum += tm(D, D, ctx + D * x, 0.0, D)
-                    cum.append(tsum)
-                dt = tsum
-                if k > 1:
-                    rp.seg_cum = cum
-            if k > 1 and self.static and rp.pos < len(rp.own):
-                wait = self.arr[rp.own[rp.pos]] - now
-                if wait < dt:  # end the run at the first boundary at or after that arrival
-                    rp.seg_k = k
-                    j, end = self._boundary_after(rp, wait)
-                    k, dt = j, end
-                    if k == 1:
-                        rp.seg_lines = rp.seg_cum = None
-            rp.seg_decode = True
+            k, dt = self._decode_run(rp, now, D, ctx, total, preempted)
             self.seq_iterations += D * k
             if k > 1 and self.track_kv:
                 x = it + k - 1
-                used = (need + (rp.sum_u + D * x + rp.corr[x % bs]) // bs) / 2.0
+                used = (
+                    need + (rp.sum_u + D * x + ((rp.corr >> ((x % bs) << 6)) & MASK)) // bs
+                ) / 2.0
             else:
                 used = need
         if self.pc:  # evict cached free blocks (LRU first) to make room for what runs now
             end = need  # the blocks in use at the end of the step
             if k > 1:  # a decode run: its sequences grow by k - 1 tokens
                 x, su, corr = it + k - 1, rp.sum_u, rp.corr
-                end += (su + D * x + corr[x % bs]) // bs - (su + D * it + corr[it % bs]) // bs
+                end += (su + D * x + ((corr >> ((x % bs) << 6)) & MASK)) // bs - (
+                    su + D * it + ((corr >> sh) & MASK)
+                ) // bs
             room = total0 - end + rp.share
             if rp.cache.free > room:
                 rp.cache.trim(room)
@@ -371,12 +341,11 @@ class LLMFleet(ReplicaOps):
         rp.seg_t0 = now
         rp.seg_k = k
         rp.busy = True
-        gen = rp.gen = rp.gen + 1
+        rp.gen += 1
         if self.track_kv:
             rp.kv_t.append(now)
             rp.kv_u.append(used)
-        env = self.env  # self._schedule(dt, self._on_step, (rp, gen)), inlined
-        heapq.heappush(env._queue, (now + dt, 1, next(env._eid), _Ev(self._on_step, (rp, gen))))
+        return now + dt
 
     def _on_step(self, ev: simpy.Event) -> None:
         rp, gen = ev._value
@@ -384,65 +353,67 @@ class LLMFleet(ReplicaOps):
             if self.done:
                 rp.busy = False
             return
-        self.events += 1
-        now = self.env._now
-        k = rp.seg_k
-        dt = now - rp.seg_t0
-        if rp.seg_decode:
-            rp.busy_dec += dt
-        else:
-            rp.busy_pre += dt
-        self.iterations += k
-        self.tokens_generated += rp.D * k  # one token per decoding sequence per iteration
-        it = rp.it + k
-        rp.it = it
-        if rp.chunks:
-            computed, target, g, first = self.computed, self.target, self.g, self.first
-            pc, ch, pooled = self.pc, self.ch, self.pooled
-            for i, c in rp.chunks:
-                computed[i] += c
-                self.prefill_tokens += c
-                if pc and ch[i] is not None:  # its new full blocks join the cache
-                    chain = ch[i]
-                    hi = min(computed[i] // self.bs, chain.n)
-                    if hi > pooled[i]:
-                        rp.share += rp.cache.pool(chain, pooled[i], hi)
-                        pooled[i] = hi
-                if computed[i] == target[i]:
-                    self.tokens_generated += 1  # the prefill's last token samples one
-                    rp.prefilling.remove(i)
-                    g[i] += 1
-                    if first[i] != first[i]:
-                        first[i] = now
-                    if g[i] >= self.O[i]:
-                        self.endit[i] = -1
-                        self._finish(rp, i, now)
-                    else:
-                        self._add_decode(rp, i, it)
-            rp.chunks = []
-        heap, endit = rp.heap, self.endit
-        while heap and heap[0][0] <= it:
-            e, i = heapq.heappop(heap)
-            if endit[i] == e:
-                self._remove_decode(rp, i)
-                self._finish(rp, i, now)
-        self.plan(rp, now)
-
-    _any_retired = False
-
-    def start(self) -> None:
-        if self.static:
-            for rp in self.reps:
-                if rp.own:
-                    self._schedule(self.arr[rp.own[0]], self._on_wake, rp, URGENT)
-        elif self.n:
-            self._schedule(self.arr[0], self._on_arrival, None, URGENT)
-
-    def _on_wake(self, ev) -> None:
-        """Static routing: an idle replica's next request arrives."""
-        rp = ev._value
-        if not rp.busy and not self.done:
-            self.plan(rp, self.env._now)
+        env = self.env
+        now, q, inline = env._now, env._queue, self.inline
+        bs, endit = self.bs, self.endit
+        computed, target, g, first = self.computed, self.target, self.g, self.first
+        pc, ch, pooled = self.pc, self.ch, self.pooled
+        heap = rp.heap
+        events = iterations = tokens = prefill = 0  # added to the fleet's counters on leaving
+        while True:
+            events += 1
+            k = rp.seg_k
+            if rp.seg_decode:
+                rp.busy_dec += now - rp.seg_t0
+            else:
+                rp.busy_pre += now - rp.seg_t0
+            iterations += k
+            tokens += rp.D * k  # one token per decoding sequence per iteration
+            it = rp.it + k
+            rp.it = it
+            if rp.chunks:
+                for i, c in rp.chunks:
+                    computed[i] += c
+                    prefill += c
+                    if pc and ch[i] is not None:  # its new full blocks join the cache
+                        chain = ch[i]
+                        hi = computed[i] // bs
+                        if hi > chain.n:
+                            hi = chain.n
+                        if hi > pooled[i]:
+                            rp.share += rp.cache.pool(chain, pooled[i], hi)
+                            pooled[i] = hi
+                    if computed[i] == target[i]:
+                        tokens += 1  # the prefill's last token samples one
+                        rp.prefilling.remove(i)
+                        g[i] += 1
+                        if first[i] != first[i]:
+                            first[i] = now
+                        if g[i] >= self.O[i]:
+                            endit[i] = -1
+                            self._finish(rp, i, now)
+                        else:
+                            self._add_decode(rp, i, it)
+                rp.chunks = []
+            while heap and heap[0][0] <= it:
+                e, i = _heappop(heap)
+                if endit[i] == e:
+                    self._remove_decode(rp, i)
+                    self._finish(rp, i, now)
+            if rp.waiting or rp.prefilling or not rp.running or rp.nxt <= now:
+                t = self._plan(rp, now)
+            else:  # what _plan would do (the run is not done: a step of it just ended)
+                t = self._plan_decode(rp, now)
+            if t is not None and inline and t < self.ta and (not q or t < q[0][0]):
+                env._now = now = t  # nothing else happens first: go on here
+                continue
+            self.events += events
+            self.iterations += iterations
+            self.tokens_generated += tokens
+            self.prefill_tokens += prefill
+            if t is not None:
+                _heappush(q, (t, 1, next(env._eid), _Ev(self._on_step, (rp, rp.gen))))
+            return
 
 
 def run_llm(
@@ -492,7 +463,27 @@ def run_llm(
         env, arrival, prompt, output, timer, limits, replicas, router, max_wait_s,
         max_queue_length, fuse, static_routing, chains, prefilled,
     )  # fmt: skip
-    fleet.start()
-    env.run()
+    fleet.inline = True
+    if fleet.static:
+        fleet.start()
+    elif len(arrival):  # arrivals are taken by the loop below, not as events
+        fleet.ta = fleet.arr[0]
+    q, pop = env._queue, heapq.heappop
+    gc_was = gc.isenabled()
+    gc.disable()  # the run allocates many small objects and frees none in cycles
+    try:
+        while True:  # SimPy's loop, less its checks (every event is an _Ev with one callback)
+            ta = fleet.ta
+            if q and q[0][0] < ta:  # (an arrival at the same time goes first, as URGENT)
+                env._now, _, _, ev = pop(q)
+                ev.callbacks[0](ev)
+            elif ta < INF:
+                env._now = ta
+                fleet.ta = INF if fleet.done else fleet._arrive(ta)
+            else:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
     h = float(horizon) if horizon is not None else (float(arrival[-1]) if len(arrival) else 0.0)
     return run_result(fleet, arrival, prompt, output, h)

@@ -10,15 +10,16 @@ from typing import Any, Literal
 import simpy
 
 from capsim.sim.llm_types import (
+    INF,
+    MASK,
+    UNLIMITED,
     URGENT,
+    _Ev,
+    _Lines,
     _Replica,
     _sum_max_lines,
 )
 from capsim.sim.overload import WaitGrowth
-
-#: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
-#: max(a1 + b1 C, a2 + b2 C) seconds
-Lines = tuple[float, float, float, float]
 
 
 class ReplicaOps:
@@ -39,7 +40,6 @@ class ReplicaOps:
     n_adm: Any
     sum_adm: Any
     _on_step: Any
-    _schedule: Any
     arr: Any
     bs: Any
     budget: Any
@@ -68,9 +68,24 @@ class ReplicaOps:
     target: Any
     total: Any
     u: Any
+    static: Any
+    fuse: Any
+    itime: Any
+    _plan_batch: Any
+    track_kv: Any
 
-    def _decode_lines(self, d: int) -> Lines | None:
-        lines: Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
+    # -- scheduling helpers -------------------------------------------------------------------
+    def _schedule(self, delay: float, cb, value: Any = None, priority: int = 1) -> None:
+        """A bare event ``delay`` from now with callback ``cb`` (cheaper than a Timeout).
+
+        Arrivals use priority 0 (SimPy's URGENT): an arrival at the instant an iteration ends
+        is routed before the replica schedules its next iteration, so it can join it.
+        """
+        env = self.env
+        heapq.heappush(env._queue, (env._now + delay, priority, next(env._eid), _Ev(cb, value)))
+
+    def _decode_lines(self, d: int) -> _Lines | None:
+        lines: _Lines | None | Literal[False] = self._lines.get(d, False)  # False: not yet asked
         if lines is False:
             lines = self.lines_of(d) if self.lines_of is not None else None
             self._lines[d] = lines
@@ -87,15 +102,124 @@ class ReplicaOps:
             self.done = True
         return bool(reason)
 
+    _any_retired = False
+
+    def start(self) -> None:
+        if self.static:
+            for rp in self.reps:
+                if rp.own:
+                    self._schedule(self.arr[rp.own[0]], self._on_wake, rp, URGENT)
+        elif self.n:
+            self._schedule(self.arr[0], self._on_arrival, None, URGENT)
+
+    def _on_wake(self, ev) -> None:
+        """Static routing: an idle replica's next request arrives."""
+        rp = ev._value
+        if not rp.busy and not self.done:
+            self.plan(rp, self.env._now)
+
+    def _plan_decode(self, rp: _Replica, now: float) -> float | None:
+        """:meth:`_plan` with nothing waiting and nothing to prefill: a run of decodes."""
+        bs, it, D = self.bs, rp.it, rp.D
+        need = (rp.sum_u + D * it + ((rp.corr >> ((it % bs) << 6)) & MASK)) // bs
+        total = self.total + rp.share
+        if need > total:  # preemption
+            return self._plan_batch(rp, now)
+        k, dt = self._decode_run(rp, now, D, rp.sum_u + D * it, total, False)
+        self.seq_iterations += D * k
+        end = used = need  # the blocks in use at the end of the run, and on average
+        if k > 1:
+            x = it + k - 1
+            end = (rp.sum_u + D * x + ((rp.corr >> ((x % bs) << 6)) & MASK)) // bs
+            used = (need + end) / 2.0
+        if self.pc:  # evict cached free blocks (LRU first) to make room for the run
+            room = self.total - end + rp.share
+            if rp.cache.free > room:
+                rp.cache.trim(room)
+            used -= rp.share
+        rp.chunks = []
+        rp.seg_t0 = now
+        rp.seg_k = k
+        rp.busy = True
+        rp.gen += 1
+        if self.track_kv:
+            rp.kv_t.append(now)
+            rp.kv_u.append(used)
+        return now + dt
+
+    def _decode_run(
+        self, rp: _Replica, now: float, D: int, ctx: int, total: int, preempted: bool
+    ) -> tuple[int, float]:
+        """A run of k pure-decode iterations until a completion, KV exhaustion or the next
+        arrival (k = 1 after a preemption or unfused): (k, its time)."""
+        heap, endit, it = rp.heap, self.endit, rp.it
+        while heap and endit[heap[0][1]] != heap[0][0]:
+            heapq.heappop(heap)
+        k = heap[0][0] - it
+        if preempted or not self.fuse:
+            k = 1
+        if k > 1 and total < UNLIMITED:
+            x = it + k - 1
+            if (rp.sum_u + D * x + ((rp.corr >> ((x % self.bs) << 6)) & MASK)) // self.bs > total:
+                lo, hi = 1, k - 1  # largest k' with blocks(it + k' - 1) <= total
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if self._blocks(rp, it + mid - 1) <= total:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+        lines: _Lines | None | Literal[False] = self._lines.get(D, False)
+        if lines is False:
+            lines = self._decode_lines(D)
+        rp.seg_lines = rp.seg_cum = None
+        if lines is not None:
+            a1, b1, a2, b2 = lines
+            s1, s3 = a1 + b1 * ctx, a2 + b2 * ctx
+            if k == 1:  # _sum_max_lines(..., 1), exactly
+                dt = s1 if s1 > s3 else s3
+            else:
+                s2, s4 = b1 * D, b2 * D
+                rp.seg_lines = (s1, s2, s3, s4)
+                wait = rp.nxt - now  # static routing: the replica's next arrival (or INF)
+                if wait < 0.999999 * k * (s1 if s1 > s3 else s3) and s2 >= 0.0 and s4 >= 0.0:
+                    # it comes before the run's end (its iterations take at least the first
+                    # one's time), so the run is cut there: no need to sum the whole run
+                    rp.seg_k = k
+                    k, dt = self._boundary_after(rp, wait)
+                    if k == 1:
+                        rp.seg_lines = None
+                    rp.seg_decode = True
+                    return k, dt
+                dt = _sum_max_lines(s1, s2, s3, s4, k)
+        else:
+            cum, tsum, tm = [], 0.0, self.itime
+            for x in range(k):
+                tsum += tm(D, D, ctx + D * x, 0.0, D)
+                cum.append(tsum)
+            dt = tsum
+            if k > 1:
+                rp.seg_cum = cum
+        if k > 1 and rp.nxt < INF:  # static routing: the replica's next arrival
+            wait = rp.nxt - now
+            if wait < dt:  # end the run at the first boundary at or after that arrival
+                rp.seg_k = k
+                k, dt = self._boundary_after(rp, wait)
+                if k == 1:
+                    rp.seg_lines = rp.seg_cum = None
+        rp.seg_decode = True
+        return k, dt
+
     def _blocks(self, rp: _Replica, x: int) -> int:
         """KV blocks the decoding sequences hold after iteration ``x`` (contexts u_i + x).
 
         Σ ceil((u_i + x) / bs) = (Σ u_i + D x + Σ_i ((-(u_i + x)) mod bs)) / bs, where the last
-        sum depends only on x mod bs and the residues u_i mod bs (kept in ``corr``).
+        sum depends only on x mod bs and the residues u_i mod bs (kept in ``corr``, packed: the
+        sum for x mod bs = m is bits 64 m .. 64 m + 63 of one integer).
         """
         if rp.D == 0:
             return 0
-        return (rp.sum_u + rp.D * x + rp.corr[x % self.bs]) // self.bs
+        return (rp.sum_u + rp.D * x + ((rp.corr >> ((x % self.bs) << 6)) & MASK)) // self.bs
 
     def _add_decode(self, rp: _Replica, i: int, s: int) -> None:
         """Request i decodes from iteration ``s`` on, having generated g[i] tokens."""
@@ -105,8 +229,7 @@ class ReplicaOps:
         rp.D += 1
         rp.sum_u += u
         if self.bs > 1:
-            v = self.V[u % self.bs]
-            rp.corr = [a + b for a, b in zip(rp.corr, v, strict=True)]
+            rp.corr += self.V[u % self.bs]
         e = s + self.O[i] - g
         self.endit[i] = e
         heapq.heappush(rp.heap, (e, i))
@@ -144,8 +267,7 @@ class ReplicaOps:
         rp.D -= 1
         rp.sum_u -= u
         if self.bs > 1:
-            v = self.V[u % self.bs]
-            rp.corr = [a - b for a, b in zip(rp.corr, v, strict=True)]
+            rp.corr -= self.V[u % self.bs]
         self.endit[i] = -1
 
     def _release(self, rp: _Replica, i: int, tokens: int) -> None:
@@ -229,12 +351,13 @@ class ReplicaOps:
             return rp
         start = self.rr % c
         self.rr += 1
-        best, key = None, None
         tokens = self.router == "least_outstanding_tokens"
-        for j in range(c):
-            rp = reps[(start + j) % c]
+        best = reps[start]
+        key = best.tok_out if tokens else best.n_out
+        for j in range(start + 1, start + c):  # the first least loaded from ``start`` on
+            rp = reps[j % c]
             v = rp.tok_out if tokens else rp.n_out
-            if key is None or v < key:
+            if v < key:
                 best, key = rp, v
         return best
 
@@ -270,6 +393,18 @@ class ReplicaOps:
             self.plan(rp, now)
         elif rp.seg_k > 1:
             self._cut(rp, now)
+
+    def _arrive(self, now: float) -> float:
+        """run_llm's loop: route the arrivals at ``now``; the time of the next (INF: none),
+        as :meth:`_on_arrival` would schedule it."""
+        arr, n, j = self.arr, self.n, self.next_arrival
+        while j < n and arr[j] <= now:
+            self.route(j, now)
+            j += 1
+            if self.done:
+                return INF
+        self.next_arrival = j
+        return now + (arr[j] - now) if j < n else INF
 
     def _on_arrival(self, ev: simpy.Event) -> None:
         if self.done:

@@ -81,6 +81,13 @@ def check_chains(chains, prompt: np.ndarray, output: np.ndarray, bs: int) -> Non
     """Every request's chain covers its full blocks, ``(prompt + output) // bs`` keys."""
     if len(chains) != len(prompt):
         raise ValueError("chains needs one entry per request")
-    for i, c in enumerate(chains):
-        if c is not None and len(c) < (int(prompt[i]) + int(output[i])) // bs:
-            raise ValueError(f"request {i}: chain of {len(c)} blocks < (prompt + output) // {bs}")
+    big = 1 << 62
+    have = np.array(
+        [c.n if type(c) is Chain else (big if c is None else len(c)) for c in chains],
+        dtype=np.int64,
+    )
+    need = (np.asarray(prompt, dtype=np.int64) + np.asarray(output, dtype=np.int64)) // bs
+    short = np.flatnonzero(have < need)
+    if len(short):
+        i = int(short[0])
+        raise ValueError(f"request {i}: chain of {have[i]} blocks < (prompt + output) // {bs}")

@@ -15,6 +15,24 @@ from capsim.sim.prefix_cache import PrefixCache
 from capsim.spec.engine import LLMEngineSettings
 
 UNLIMITED = 1 << 60
+INF = math.inf
+
+
+MASK = (1 << 64) - 1  # one 64-bit field of a replica's packed KV-rounding sums (``corr``)
+
+#: ``decode_lines(D)``: (a1, b1, a2, b2), a decode iteration at total context C takes
+#: max(a1 + b1 C, a2 + b2 C) seconds
+_Lines = tuple[float, float, float, float]
+
+
+def packed_residues(bs: int) -> list[int]:
+    """Per residue r = u mod bs, the packed field m = ``(-(r + m)) mod bs`` (m < bs) that a
+    sequence of context u adds to ``corr``.
+
+    >>> [[(v >> (64 * m)) & MASK for m in range(4)] for v in packed_residues(4)]
+    [[0, 3, 2, 1], [3, 2, 1, 0], [2, 1, 0, 3], [1, 0, 3, 2]]
+    """
+    return [sum(((-(r + m)) % bs) << (64 * m) for m in range(bs)) for r in range(bs)]
 
 
 URGENT = simpy.events.URGENT  # 0; replica steps use NORMAL (1)
@@ -208,7 +226,7 @@ class _Replica:
         "idx", "waiting", "running", "prefilling", "chunks", "D", "sum_u", "corr", "heap",
         "it", "busy", "seg_t0", "seg_k", "seg_lines", "seg_cum", "seg_decode", "gen",
         "n_out", "tok_out", "busy_pre", "busy_dec", "kv_t", "kv_u", "active", "own", "pos",
-        "cache", "share",
+        "cache", "share", "nxt",
     )  # fmt: skip
 
     def __init__(self, idx: int, bs: int):
@@ -219,7 +237,7 @@ class _Replica:
         self.chunks: list[tuple[int, int]] = []  # (request, chunk) of the step in flight
         self.D = 0  # decoding sequences
         self.sum_u = 0  # Σ u_i, context of i at iteration x is u_i + x
-        self.corr = [0] * bs  # KV block rounding by residue (see LLMFleet._blocks)
+        self.corr = 0  # KV block rounding by residue, packed (see LLMFleet._blocks)
         self.heap: list[tuple[int, int]] = []  # (iteration count when done, request)
         self.it = 0  # iterations completed
         self.busy = False  # a step is scheduled
@@ -238,5 +256,6 @@ class _Replica:
         self.active = True  # takes new requests (False once retired)
         self.own: list[int] = []  # static routing: this replica's requests, in arrival order
         self.pos = 0  # static routing: the next of them to arrive
+        self.nxt = INF  # static routing: its arrival time (INF: none, or routing at arrival)
         self.cache = PrefixCache()  # prefix caching: this replica's cached KV blocks
         self.share = 0  # blocks counted twice in sum ceil(tokens / bs): shared cached blocks

@@ -131,8 +131,9 @@ class PrefixCache:
         """A request that pooled its first ``pooled`` blocks and holds ``full`` full blocks is
         freed (finished or preempted), tail first: its unreferenced blocks join the cached
         free ones, as the most recently used. Returns the change of ``share``."""
-        cached, pinned, holders, lru = self.cached, self.pinned, self.holders, self.lru
+        cached, pinned, holders = self.cached, self.pinned, self.holders
         d = -pooled
+        free = self.free
         touched = []
         hi = full if full > pooled else pooled
         start = 0
@@ -141,51 +142,57 @@ class PrefixCache:
                 break
             b = hi - start if hi - start < k else k
             touched.append(s)
-            hold = (pooled - start if pooled - start < b else b) if pooled > start else 0
-            if hold:  # drop this request's hold on the segment's first ``hold`` blocks
+            if pooled > start:  # drop this request's hold on the segment's first blocks
+                hold = pooled - start if pooled - start < b else b
                 hs = holders[s]
                 n = hs[hold] - 1
                 if n:
                     hs[hold] = n
                 else:
                     del hs[hold]
-                p = pinned[s]
-                newp = (max(hs) if len(hs) > 1 else next(iter(hs))) if hs else 0
-                if not hs:
+                if hs:
+                    newp = max(hs) if len(hs) > 1 else next(iter(hs))
+                else:
+                    newp = 0
                     del holders[s]
+                p = pinned[s]
                 if newp < p:
                     d += p - newp
-                    self.free += p - newp
+                    free += p - newp
                     pinned[s] = newp
             c = cached.get(s, 0)
             if b > c:  # its own (unpooled) blocks extend the cached prefix
-                self.free += b - c
+                free += b - c
                 cached[s] = b
             start += k
+        self.free = free
+        lru = self.lru
         for s in reversed(touched):  # tail first: the chain's first segment is the most recent
             if cached[s] > pinned.get(s, 0):
-                lru[s] = None
-                lru.move_to_end(s)
+                if s in lru:
+                    lru.move_to_end(s)
+                else:
+                    lru[s] = None
         return d
 
     def trim(self, room: int) -> None:
         """Evict cached free blocks, least recently used first (a segment's last blocks
         first), until at most ``room`` remain."""
-        over = self.free - max(room, 0)
+        over = self.free - (room if room > 0 else 0)
         if over <= 0:
             return
         cached, pinned, lru = self.cached, self.pinned, self.lru
+        self.free -= over
+        self.evictions += over
         while over > 0:
             s = next(iter(lru))
             c = cached[s]
             tail = c - pinned.get(s, 0)
-            x = min(tail, over)
+            x = tail if tail < over else over
             if x > 0:
                 cached[s] = c - x
                 over -= x
-                self.free -= x
-                self.evictions += x
             if x >= tail:
                 del lru[s]
-                if cached[s] == 0:
+                if c == x:
                     del cached[s]
