@@ -27,6 +27,9 @@ fails; a later candidate is confirmed only when its screened cost is at least
 real day, so a candidate screened level with the winner is not worth a real-time day).
 Replayed traces cannot be compressed: their settings are screened in real time (and the
 screen's run is the confirmation's first replication).
+A finalist the engine would see exactly as an earlier one (another precision with the same
+card, peak count, weights and service times) is not screened: its runs would repeat that one's.
+Local confirmations pin replication k to worker k, so a second round reuses its stream.
 
 The saving against the baseline is the measured difference of billed cost over the horizon;
 provisioning (cold-start) and idle (warm, not busy) cost are reported beside it.
@@ -37,15 +40,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from capsim.analysis.capacity import capacity_prices
 from capsim.errors import InputError
 from capsim.evaluate import make_service
-from capsim.planning.parallel import run_tasks
+from capsim.planning.parallel import PinnedPools, run_tasks
 from capsim.planning.whatif import PolicyResult, evaluate_policy
-from capsim.planning.whatif_run import run_policy, screen_setup
+from capsim.planning.whatif_run import run_policy, screen_setup, weight_bytes
 from capsim.spec.autoscaling import (
     FixedSpec,
     HPASpec,
@@ -279,12 +283,17 @@ def confirm_setting(
     executor: Executor | None,
     jobs: int,
     prior: list[Any],
+    pools: PinnedPools | None = None,
 ) -> Trial:
-    """Every replication of ``spec`` in real time (in parallel), reusing real-time ``prior`` runs."""
+    """Every replication of ``spec`` in real time (in parallel), reusing real-time ``prior`` runs;
+    on ``pools``, replication ``k`` runs on worker ``k`` (which keeps its request stream)."""
     gpu, precision, tp = cand
     todo = [(s, cat, gpu, precision, tp, spec, rep) for rep in range(len(prior), replications)]
-    runs = [*prior, *run_tasks(_confirm_job, todo, executor, jobs=jobs)]
-    return Trial(spec, PolicyResult.of(s, spec, runs))
+    if pools is not None:
+        done = pools.run(_confirm_job, [(t[-1], t) for t in todo])
+    else:
+        done = run_tasks(_confirm_job, todo, executor, jobs=jobs)
+    return Trial(spec, PolicyResult.of(s, spec, [*prior, *done]))
 
 
 def _confirm_job(args):
@@ -302,6 +311,7 @@ def confirm_candidate(
     executor: Executor | None = None,
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
+    pools: PinnedPools | None = None,
 ) -> Trial | None:
     """The screened pick confirmed in real time, else the next safer setting that confirms."""
     for spec in [sc.pick, *sc.ladder]:
@@ -310,7 +320,7 @@ def confirm_candidate(
         if progress:
             progress(f"{cand[0]} {cand[1]}: confirm {knobs(spec)} in real time")
         prior = screen.result.runs[:1] if real and screen is not None else []
-        t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior)
+        t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior, pools)
         if real and screen is not None:  # one trial per setting: the screen, now confirmed
             screen.result, t = t.result, screen
         else:
@@ -381,11 +391,31 @@ def plan_autoscaled(
         )
         for r in finalists
     ]
-    args = [(s, catalog, c.gpu, c.precision, c.tp, c.peak_replicas) for c in cands]
+    twins = _twins(s, catalog, cands)
+    args = [
+        (s, catalog, c.gpu, c.precision, c.tp, c.peak_replicas)
+        for i, c in enumerate(cands)
+        if i not in twins
+    ]
     if executor is not None or (jobs > 1 and len(args) > 1):
-        screens = run_tasks(_screen_job, args, executor, jobs=jobs)
+        done = iter(run_tasks(_screen_job, args, executor, jobs=jobs))
     else:  # in this process, with the screen's own progress lines
-        screens = [screen_candidate(*a, progress=progress) for a in args]
+        done = iter([screen_candidate(*a, progress=progress) for a in args])
+    screens: list[Screened] = []
+    for i in range(len(cands)):  # twins come after their double (an earlier finalist)
+        j = twins.get(i)
+        screens.append(
+            next(done)
+            if j is None
+            else Screened(
+                None,
+                [],
+                [],
+                screens[j].compression,
+                f"not screened: simulated exactly as {cands[j].label()} (same card, replicas, "
+                "weights and service times), whose setting stands for both",
+            )
+        )
     _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress)
     for c in cands:  # a policy that costs more than the fixed peak fleet is not a saving
         if c.best is not None and c.best.cost >= c.baseline_usd:
@@ -401,10 +431,36 @@ def plan_autoscaled(
     return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes, comp)
 
 
+def _twins(s: Scenario, catalog: Catalog, cands: list[AutoscaledCandidate]) -> dict[int, int]:
+    """Finalists the engine would see exactly as an earlier one (another precision with the
+    same card, peak count, weights and service times, e.g. fp8 and int8 on an L4): their screens
+    and confirmations would repeat that one's run for run. Index -> the earlier one's index."""
+    keys: list[tuple | None] = []
+    out: dict[int, int] = {}
+    for i, c in enumerate(cands):
+        svc = make_service(s, catalog[c.gpu], c.precision, c.tp)
+        view = svc.behaviour_key(s.fleet.max_batch)
+        key = None if view is None else (c.gpu, c.tp, c.peak_replicas, weight_bytes(s, svc), view)
+        same = [j for j, k in enumerate(keys) if key is not None and k == key]
+        if same:
+            out[i] = same[0]
+        keys.append(key)
+    return out
+
+
 def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress) -> None:
     """Confirm candidates in order of screened cost: a later one only when its screen promises
     at least ``CONFIRM_MARGIN`` less than the best confirmed cost (e.g. when the first pick had
-    to step to a safer, dearer setting in real time); the others are left screened."""
+    to step to a safer, dearer setting in real time); the others are left screened. Local
+    processes are pinned by replication, so a second round reuses each worker's stream."""
+    pinned = executor is None and jobs > 1 and replications > 1
+    with PinnedPools(min(jobs, replications)) if pinned else nullcontext() as pools:
+        _confirm_in_order(s, catalog, cands, screens, replications, executor, jobs, progress, pools)
+
+
+def _confirm_in_order(
+    s, catalog, cands, screens, replications, executor, jobs, progress, pools
+) -> None:
     best = math.inf
     for i in sorted(range(len(cands)), key=lambda i: screens[i].cost):
         c, sc = cands[i], screens[i]
@@ -419,7 +475,9 @@ def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, 
             )
             continue
         key = (c.gpu, c.precision, c.tp)
-        c.best = confirm_candidate(s, catalog, key, sc, replications, executor, jobs, progress)
+        c.best = confirm_candidate(
+            s, catalog, key, sc, replications, executor, jobs, progress, pools
+        )
         c.reason = "meets SLO" if c.best else "no setting met the SLO in real time"
         if progress:
             progress(f"autoscaled {c.label()}: {c.reason}")
