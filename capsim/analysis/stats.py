@@ -138,6 +138,74 @@ def quantiles(x: np.ndarray, ps: Sequence[float] = PERCENTILES) -> np.ndarray:
     return np.percentile(x, ps)
 
 
+#: below this many values ``percentiles`` is ``np.percentile`` itself
+SELECT_MIN = 1_000_000
+
+
+def percentiles(x: np.ndarray, ps: Sequence[float]) -> np.ndarray:
+    """``np.percentile(x, ps)`` (linear), bit for bit, in about half the time on large arrays.
+
+    ``np.percentile`` partitions a copy of the whole array around every order statistic it
+    needs. Here a strided sample (every n/100,000-th value) brackets each needed order
+    statistic ``k`` by a band six standard deviations wide; one pass counts the values below
+    the band and keeps those inside it (a fraction of a percent), which are then partitioned.
+    The interpolation is numpy's own (``np.quantile`` of the two neighbours at numpy's
+    weight). A band that misses (a sample that far off) falls back to ``np.percentile``.
+    ``x`` must hold no NaN.
+
+    >>> x = np.random.default_rng(1).lognormal(0.0, 1.0, 1_500_000)
+    >>> bool((percentiles(x, [50, 99, 99.9]) == np.percentile(x, [50, 99, 99.9])).all())
+    True
+    """
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    if n < SELECT_MIN:
+        return np.percentile(x, ps)
+    q = np.true_divide(np.asarray(ps, dtype=float), 100)
+    vi = (n - 1) * q  # numpy's virtual index for the linear method
+    prev = np.minimum(np.floor(vi), n - 1).astype(np.intp)
+    nxt = np.minimum(prev + 1, n - 1)
+    got = _order_stats(x, sorted(set(prev.tolist()) | set(nxt.tolist())))
+    if got is None:
+        return np.percentile(x, ps)
+    gamma = vi - np.floor(vi)
+    return np.array(
+        [
+            np.quantile(np.array([got[a], got[b]]), g) if a != b else got[a]
+            for a, b, g in zip(prev.tolist(), nxt.tolist(), gamma.tolist(), strict=True)
+        ]
+    )
+
+
+def _order_stats(x: np.ndarray, ks: list[int]) -> dict[int, float] | None:
+    """The ``k``-th smallest values of ``x`` (0-based, ``ks`` sorted), or None when a sampled
+    band misses one."""
+    n = len(x)
+    smp = np.sort(x[:: max(1, n // 100_000)])
+    m = len(smp)
+    w = 6 * math.sqrt(m * 0.25) + 2  # six binomial standard deviations at most, in sample ranks
+    bands: list[list] = []  # [low, high, ks], overlapping bands merged
+    for k in ks:
+        c = k / max(n - 1, 1) * (m - 1)
+        lo = float(smp[int(c - w)]) if c - w > 0 else -math.inf
+        hi = float(smp[int(c + w) + 1]) if c + w + 1 < m - 1 else math.inf
+        if bands and lo <= bands[-1][1]:
+            bands[-1][1] = max(bands[-1][1], hi)
+            bands[-1][2].append(k)
+        else:
+            bands.append([lo, hi, [k]])
+    out: dict[int, float] = {}
+    for lo, hi, kk in bands:
+        below = int(np.count_nonzero(x < lo)) if lo > -math.inf else 0
+        sub = x[(x >= lo) & (x <= hi)]
+        rel = [k - below for k in kk]
+        if rel[0] < 0 or rel[-1] >= len(sub):
+            return None
+        sub.partition(rel)
+        out.update({k: float(sub[r]) for k, r in zip(kk, rel, strict=True)})
+    return out
+
+
 def batch_quantile_ci(
     x: np.ndarray, p: float, *, batches: int = 10, confidence: float = 0.95
 ) -> CI:

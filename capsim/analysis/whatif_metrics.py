@@ -33,7 +33,7 @@ from capsim.analysis.cost import (
     price_per_gpu_hour,
 )
 from capsim.analysis.prefix import prefix_cache_scalars
-from capsim.analysis.stats import PERCENTILES
+from capsim.analysis.stats import PERCENTILES, percentiles
 from capsim.spec.catalog import GPU
 
 SAMPLE_SIZE = 20_000
@@ -164,18 +164,22 @@ def _latency(
         over |= np.nan_to_num(pw, nan=0.0) > target
         p_win[m] = pw
         v = x[~np.isnan(x)] if has_nan else x
-        qv = np.percentile(v, ps) if len(v) and complete else [math.inf] * len(ps)
+        qv = percentiles(v, ps) if len(v) and complete else [math.inf] * len(ps)
         quantiles[m] = {p: float(q) for p, q in zip(ps, qv, strict=True)}
         pick = v if len(v) <= SAMPLE_SIZE else v[rng.integers(0, len(v), SAMPLE_SIZE)]
         sample[m] = np.sort(pick)
     violation_s = float(wlen[over].sum())
     first = next(iter(targets))
+    x0 = lat[first]
+    mean = math.nan
+    if len(arr_served):  # nanmean copies the array: only where there is a NaN
+        mean = float(np.nanmean(x0) if np.isnan(x0).any() else np.mean(x0))
     scalars = {
         "attainment": float(ok.sum() / n) if n else 1.0,
         "worst_hour_attainment": float(np.nanmin(hourly)) if np.isfinite(hourly).any() else 1.0,
         "violation_s": violation_s,
         "violation_share": violation_s / horizon if horizon else 0.0,
-        "mean_latency_s": float(np.nanmean(lat[first])) if len(arr_served) else math.nan,
+        "mean_latency_s": mean,
     }
     return _Latency(scalars, quantiles, hourly, p_win, sample)
 

@@ -27,6 +27,9 @@ fails; a later candidate is confirmed only when its screened cost is at least
 real day, so a candidate screened level with the winner is not worth a real-time day).
 Replayed traces cannot be compressed: their settings are screened in real time (and the
 screen's run is the confirmation's first replication).
+A finalist the engine would see exactly as an earlier one (another precision with the same
+card, peak count, weights and service times) is not screened: its runs would repeat that one's.
+Local confirmations pin replication k to worker k, so a second round reuses its stream.
 
 The saving against the baseline is the measured difference of billed cost over the horizon;
 provisioning (cold-start) and idle (warm, not busy) cost are reported beside it.
@@ -36,51 +39,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from capsim.analysis.capacity import capacity_prices
 from capsim.errors import InputError
 from capsim.evaluate import make_service
-from capsim.planning.parallel import run_tasks
-from capsim.planning.whatif import PolicyResult, evaluate_policy
-from capsim.planning.whatif_run import run_policy, screen_setup
+from capsim.planning.autoscaled_screen import (
+    FACTORS,
+    SCREEN_COMPRESSION,
+    UTILIZATION,
+    Screened,
+    Trial,
+    knobs,
+    screen_candidate,
+    screen_compression,
+    screen_job,
+    target_grid,
+)
+from capsim.planning.parallel import PinnedPools, run_tasks
+from capsim.planning.whatif import PolicyResult
+from capsim.planning.whatif_run import run_policy, weight_bytes
 from capsim.spec.autoscaling import (
     FixedSpec,
-    HPASpec,
-    KPASpec,
-    PredictiveSpec,
-    ScheduledSpec,
-    ScheduleEntry,
 )
 from capsim.spec.catalog import Catalog
 from capsim.spec.scenario import Scenario
 from capsim.workload.streams import check_traffic, real_time, sim_horizon
 
-#: multipliers of the scenario's target, most aggressive (fewest replicas) first
-FACTORS = (3.0, 2.0, 1.5, 1.25, 1.0, 0.75, 0.5)
-#: HPA utilization targets (percent), most aggressive first
-UTILIZATION = (95.0, 90.0, 80.0, 70.0, 60.0, 50.0, 40.0)
-#: settings are screened on a day this many times shorter, the first a policy allows (see the
-#: module docstring)
-SCREEN_COMPRESSION = (16.0, 8.0, 4.0, 2.0)
+__all__ = [
+    "FACTORS",
+    "SCREEN_COMPRESSION",
+    "UTILIZATION",
+    "knobs",
+    "plan_autoscaled",
+    "screen_compression",
+    "target_grid",
+]
+
 #: a later candidate is confirmed only when screened at least this much below the best confirmed
 CONFIRM_MARGIN = 0.05
-
-
-@dataclass
-class Trial:
-    spec: Any
-    result: PolicyResult
-
-    @property
-    def feasible(self) -> bool:
-        return self.result.meets_slo
-
-    @property
-    def cost(self) -> float:
-        return self.result.ci("cost_usd").mean
 
 
 @dataclass
@@ -121,154 +121,6 @@ class AutoscaledPlan:
     screen_compression: float = 1.0  # settings screened on days compressed this many times
 
 
-# --------------------------------------------------------------------------- the knobs
-def _with(spec, **changes):
-    data = spec.model_dump()
-    data.update(changes)
-    return type(spec).model_validate(data)
-
-
-def target_grid(spec) -> list[Any]:
-    """Variants of ``spec`` from the most aggressive target to the safest."""
-    if isinstance(spec, HPASpec) and spec.metric == "utilization":
-        vals = sorted(set(UTILIZATION) | {spec.target}, reverse=True)
-        return [_with(spec, target=v) for v in vals if v <= 100]
-    if isinstance(spec, HPASpec | KPASpec):
-        return [_with(spec, target=round(spec.target * f, 4)) for f in FACTORS]
-    if isinstance(spec, PredictiveSpec):
-        return [
-            _with(spec, target_rps_per_replica=round(spec.target_rps_per_replica * f, 4))
-            for f in FACTORS
-        ]
-    if isinstance(spec, ScheduledSpec):
-        out = []
-        for f in (0.6, 0.75, 0.9, 1.0, 1.25, 1.5):
-            entries = [
-                ScheduleEntry(hour=e.hour, replicas=max(1, math.ceil(e.replicas * f - 1e-9)))
-                for e in spec.schedule
-            ]
-            out.append(_with(spec, schedule=[e.model_dump() for e in entries]))
-        return out
-    return [spec]
-
-
-def _start_index(grid: list[Any], spec) -> int:
-    """The grid position of the scenario's own setting (the search starts there)."""
-    for i, g in enumerate(grid):
-        if g.model_dump() == spec.model_dump():
-            return i
-    return len(grid) // 2
-
-
-# --------------------------------------------------------------------------- screening
-@dataclass
-class Screened:
-    """One candidate's screen: the setting to confirm first and the safer ones after it."""
-
-    pick: Any | None
-    ladder: list[Any]
-    trials: list[Trial]
-    compression: float
-    reason: str
-
-    @property
-    def cost(self) -> float:
-        """The pick's screened cost over the real horizon (inf without a pick)."""
-        t = next((t for t in self.trials if t.spec is self.pick), None)
-        return t.cost if t is not None else math.inf
-
-
-def screen_compression(s: Scenario, spec) -> float:
-    """The largest of ``SCREEN_COMPRESSION`` by which the day and the policy can be compressed
-    (a KPA stable window may not go under 6 s), else 1 (real time)."""
-    for factor in SCREEN_COMPRESSION:
-        try:
-            screen_setup(s, spec, factor)
-        except ValueError:
-            continue
-        return factor
-    return 1.0
-
-
-def screen_candidate(
-    s: Scenario,
-    cat: Catalog,
-    gpu: str,
-    precision: str,
-    tp: int,
-    peak: int,
-    *,
-    progress: Callable[[str], None] | None = None,
-) -> Screened:
-    """Search the policy's settings on one compressed day each (see the module docstring)."""
-    base = s.autoscaling
-    assert base is not None
-    comp = screen_compression(s, base)
-    trials: list[Trial] = []
-    cache: dict[str, Trial] = {}
-
-    def screen(spec) -> bool:
-        key = spec.model_dump_json()
-        if key not in cache:
-            if progress:
-                progress(f"{gpu} {precision}: screen {spec.kind} {knobs(spec)}")
-            res = evaluate_policy(
-                s,
-                cat,
-                gpu,
-                precision,
-                tp,
-                spec,
-                replications=1,
-                abort_on_unstable=True,
-                compression=comp,
-            )
-            cache[key] = Trial(spec, res)
-            trials.append(cache[key])
-        r = cache[key].result
-        return not r.unstable and r.screened(r.runs[0])
-
-    max_r = min(s.candidates.max_replicas, max(peak + 1, base.min_replicas + 1))
-    min0 = base.min_replicas
-    for min_r in (min0, min0 + 1, min0 + 2):
-        if min_r > max_r:
-            break
-        seed = _with(base, min_replicas=min_r, max_replicas=max_r)
-        grid = target_grid(seed)
-        # bisect for the most aggressive setting that passes: grid[lo] fails, grid[hi] passes
-        lo, hi = -1, len(grid)
-        i = _start_index(grid, seed)
-        if screen(grid[i]):
-            hi = i
-        else:
-            lo = i
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if screen(grid[mid]):
-                hi = mid
-            else:
-                lo = mid
-        if hi < len(grid):
-            pick, ladder = grid[hi], grid[hi + 1 :]
-            pick, ladder = _try_cap(pick, ladder, peak, screen, cache)
-            return Screened(pick, ladder, trials, comp, "passed the screen")
-    return Screened(None, [], trials, comp, "no setting met the SLO")
-
-
-def _try_cap(pick, ladder: list[Any], peak: int, screen, cache) -> tuple[Any, list[Any]]:
-    """A tighter cap at the peak count, when the screened policy went above it and the cap
-    passes the screen for less."""
-    run = cache[pick.model_dump_json()].result.runs[0]
-    if isinstance(pick, ScheduledSpec) or not pick.max_replicas > peak >= pick.min_replicas:
-        return pick, ladder
-    if run.scalars["replicas_peak"] <= peak:  # the cap would not bind
-        return pick, ladder
-    capped = _with(pick, max_replicas=peak)
-    if screen(capped) and cache[capped.model_dump_json()].cost < cache[pick.model_dump_json()].cost:
-        return capped, [pick, *ladder]
-    return pick, ladder
-
-
 # --------------------------------------------------------------------------- confirming
 def confirm_setting(
     s: Scenario,
@@ -279,12 +131,17 @@ def confirm_setting(
     executor: Executor | None,
     jobs: int,
     prior: list[Any],
+    pools: PinnedPools | None = None,
 ) -> Trial:
-    """Every replication of ``spec`` in real time (in parallel), reusing real-time ``prior`` runs."""
+    """Every replication of ``spec`` in real time (in parallel), reusing real-time ``prior`` runs;
+    on ``pools``, replication ``k`` runs on worker ``k`` (which keeps its request stream)."""
     gpu, precision, tp = cand
     todo = [(s, cat, gpu, precision, tp, spec, rep) for rep in range(len(prior), replications)]
-    runs = [*prior, *run_tasks(_confirm_job, todo, executor, jobs=jobs)]
-    return Trial(spec, PolicyResult.of(s, spec, runs))
+    if pools is not None:
+        done = pools.run(_confirm_job, [(t[-1], t) for t in todo])
+    else:
+        done = run_tasks(_confirm_job, todo, executor, jobs=jobs)
+    return Trial(spec, PolicyResult.of(s, spec, [*prior, *done]))
 
 
 def _confirm_job(args):
@@ -302,6 +159,7 @@ def confirm_candidate(
     executor: Executor | None = None,
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
+    pools: PinnedPools | None = None,
 ) -> Trial | None:
     """The screened pick confirmed in real time, else the next safer setting that confirms."""
     for spec in [sc.pick, *sc.ladder]:
@@ -310,7 +168,7 @@ def confirm_candidate(
         if progress:
             progress(f"{cand[0]} {cand[1]}: confirm {knobs(spec)} in real time")
         prior = screen.result.runs[:1] if real and screen is not None else []
-        t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior)
+        t = confirm_setting(s, cat, cand, spec, replications, executor, jobs, prior, pools)
         if real and screen is not None:  # one trial per setting: the screen, now confirmed
             screen.result, t = t.result, screen
         else:
@@ -318,21 +176,6 @@ def confirm_candidate(
         if t.feasible:
             return t
     return None
-
-
-def knobs(spec) -> str:
-    """The tuned settings of a policy in a few words (``target 80, replicas 1-5``)."""
-    if isinstance(spec, ScheduledSpec):
-        return "schedule " + ",".join(str(e.replicas) for e in spec.schedule)
-    tgt = getattr(spec, "target", None)
-    if tgt is None:
-        tgt = getattr(spec, "target_rps_per_replica", None)
-    return f"target {tgt:g}, replicas {spec.min_replicas}-{spec.max_replicas}"
-
-
-def _screen_job(args) -> Screened:
-    s, cat, gpu, precision, tp, peak = args
-    return screen_candidate(s, cat, gpu, precision, tp, peak)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -381,11 +224,36 @@ def plan_autoscaled(
         )
         for r in finalists
     ]
-    args = [(s, catalog, c.gpu, c.precision, c.tp, c.peak_replicas) for c in cands]
+    twins = _twins(s, catalog, cands)
+    args = [
+        (s, catalog, c.gpu, c.precision, c.tp, c.peak_replicas)
+        for i, c in enumerate(cands)
+        if i not in twins
+    ]
     if executor is not None or (jobs > 1 and len(args) > 1):
-        screens = run_tasks(_screen_job, args, executor, jobs=jobs)
-    else:  # in this process, with the screen's own progress lines
-        screens = [screen_candidate(*a, progress=progress) for a in args]
+        done = iter(run_tasks(screen_job, args, executor, jobs=jobs))
+    else:  # in this process, with the screen's own progress lines (and a spare core's guesses)
+        spare = ProcessPoolExecutor(max_workers=1) if jobs > 1 and executor is None else None
+        try:
+            done = iter([screen_candidate(*a, progress=progress, spare=spare) for a in args])
+        finally:
+            if spare is not None:
+                spare.shutdown(wait=False, cancel_futures=True)
+    screens: list[Screened] = []
+    for i in range(len(cands)):  # twins come after their double (an earlier finalist)
+        j = twins.get(i)
+        screens.append(
+            next(done)
+            if j is None
+            else Screened(
+                None,
+                [],
+                [],
+                screens[j].compression,
+                f"not screened: simulated exactly as {cands[j].label()} (same card, replicas, "
+                "weights and service times), whose setting stands for both",
+            )
+        )
     _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress)
     for c in cands:  # a policy that costs more than the fixed peak fleet is not a saving
         if c.best is not None and c.best.cost >= c.baseline_usd:
@@ -401,10 +269,36 @@ def plan_autoscaled(
     return AutoscaledPlan(spec.kind, horizon, replications, cands, rec, notes, comp)
 
 
+def _twins(s: Scenario, catalog: Catalog, cands: list[AutoscaledCandidate]) -> dict[int, int]:
+    """Finalists the engine would see exactly as an earlier one (another precision with the
+    same card, peak count, weights and service times, e.g. fp8 and int8 on an L4): their screens
+    and confirmations would repeat that one's run for run. Index -> the earlier one's index."""
+    keys: list[tuple | None] = []
+    out: dict[int, int] = {}
+    for i, c in enumerate(cands):
+        svc = make_service(s, catalog[c.gpu], c.precision, c.tp)
+        view = svc.behaviour_key(s.fleet.max_batch)
+        key = None if view is None else (c.gpu, c.tp, c.peak_replicas, weight_bytes(s, svc), view)
+        same = [j for j, k in enumerate(keys) if key is not None and k == key]
+        if same:
+            out[i] = same[0]
+        keys.append(key)
+    return out
+
+
 def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, progress) -> None:
     """Confirm candidates in order of screened cost: a later one only when its screen promises
     at least ``CONFIRM_MARGIN`` less than the best confirmed cost (e.g. when the first pick had
-    to step to a safer, dearer setting in real time); the others are left screened."""
+    to step to a safer, dearer setting in real time); the others are left screened. Local
+    processes are pinned by replication, so a second round reuses each worker's stream."""
+    pinned = executor is None and jobs > 1 and replications > 1
+    with PinnedPools(min(jobs, replications)) if pinned else nullcontext() as pools:
+        _confirm_in_order(s, catalog, cands, screens, replications, executor, jobs, progress, pools)
+
+
+def _confirm_in_order(
+    s, catalog, cands, screens, replications, executor, jobs, progress, pools
+) -> None:
     best = math.inf
     for i in sorted(range(len(cands)), key=lambda i: screens[i].cost):
         c, sc = cands[i], screens[i]
@@ -419,7 +313,9 @@ def _confirm_cheapest(s, catalog, cands, screens, replications, executor, jobs, 
             )
             continue
         key = (c.gpu, c.precision, c.tp)
-        c.best = confirm_candidate(s, catalog, key, sc, replications, executor, jobs, progress)
+        c.best = confirm_candidate(
+            s, catalog, key, sc, replications, executor, jobs, progress, pools
+        )
         c.reason = "meets SLO" if c.best else "no setting met the SLO in real time"
         if progress:
             progress(f"autoscaled {c.label()}: {c.reason}")

@@ -68,3 +68,35 @@ def run_tasks(
         if own and pool is not None:
             pool.shutdown()
     return results
+
+
+class PinnedPools:
+    """``jobs`` local worker processes, task ``k`` always on worker ``k mod jobs``.
+
+    Rounds of the same keyed tasks (a replication ``k`` of one setting, then of a safer one)
+    land on the same worker, which keeps what it cached for the first (the replication's
+    request stream, generated once per process): only the first round pays for it.
+
+    >>> with PinnedPools(2) as pools:
+    ...     pools.run(abs, [(0, -3), (1, 4), (2, -5)])
+    [3, 4, 5]
+    """
+
+    def __init__(self, jobs: int):
+        n = max(1, min(jobs, os.cpu_count() or 1))
+        self.pools = [ProcessPoolExecutor(max_workers=1) for _ in range(n)]
+
+    def run(self, fn: Callable[[T], R], keyed: Iterable[tuple[int, T]]) -> list[R]:
+        """``[fn(t) for k, t in keyed]``, task ``t`` on worker ``k mod jobs``, in order."""
+        futures = [self.pools[k % len(self.pools)].submit(fn, t) for k, t in keyed]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        for p in self.pools:
+            p.shutdown()
+
+    def __enter__(self) -> PinnedPools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

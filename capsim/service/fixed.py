@@ -105,6 +105,7 @@ class FixedServiceModel:
             )
         self.math_format = fmt
         self.layers = LayerTimer(gpu, model, precision) if layered else None
+        self._batches: dict[int, BatchEstimate] = {}  # batch() memo: the model is fixed once built
 
     def op(self, b: int) -> OpCost:
         m, p = self.model, self.precision
@@ -122,7 +123,14 @@ class FixedServiceModel:
         return self.timer(self.gpu, self.op(b))
 
     def batch(self, b: int) -> BatchEstimate:
-        """Time of one batch of ``b`` requests."""
+        """Time of one batch of ``b`` requests (computed once per ``b``: a layered card's
+        per-layer model takes milliseconds, and every run asks for every batch size)."""
+        hit = self._batches.get(b)
+        if hit is None:
+            hit = self._batches[b] = self._batch(b)
+        return hit
+
+    def _batch(self, b: int) -> BatchEstimate:
         t = self.op_time(b)
         total = t.time_s + self.batch_overhead_s
         return BatchEstimate(
@@ -145,6 +153,11 @@ class FixedServiceModel:
 
     def power_fractions(self, max_batch: int) -> np.ndarray:
         return np.array([0.0] + [self.batch(b).power_fraction for b in range(1, max_batch + 1)])
+
+    def behaviour_key(self, max_batch: int) -> tuple:
+        """What the engine sees of this replica: its batch times and power fractions (two
+        precisions with equal keys simulate identically)."""
+        return (self.batch_times(max_batch).tobytes(), self.power_fractions(max_batch).tobytes())
 
     def max_throughput_rps(self, s: Scenario) -> float:
         """Best throughput of one replica: full batches of up to ``fleet.max_batch``."""

@@ -150,9 +150,8 @@ class BatchedFleet(FleetReadout):
         self.now = 0.0  # start time of the last batch (batches start in time order)
         self.nb = 0  # batches started
         self.blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # start, dur, size
-        self._lt: list[float] = []  # batches not yet in a block: start, duration, size
-        self._ls: list[float] = []
-        self._lb: list[int] = []
+        # batches not yet in a block: start, duration, size (C arrays: no float objects kept)
+        self._lt, self._ls, self._lb = array("d"), array("d"), array("q")
         self._win: list[float] = []  # arrivals [self._base, self._base + len) as Python floats
         self._base = 0
         self._jwin: list[float] = []  # jitter factors of batches [self._jbase, ...)
@@ -454,11 +453,11 @@ class BatchedFleet(FleetReadout):
                 self._sum_pending(math.inf)
             k = len(self._lt)
             blk = (
-                np.fromiter(self._lt, float, k),
-                np.fromiter(self._ls, float, k),
-                np.fromiter(self._lb, np.int64, k),
+                np.frombuffer(self._lt, float, k),
+                np.frombuffer(self._ls, float, k),
+                np.frombuffer(self._lb, np.int64, k),
             )
-            self._lt, self._ls, self._lb = [], [], []
+            self._lt, self._ls, self._lb = array("d"), array("d"), array("q")
             self._sampled = 0
             self._add_block(blk)
 
@@ -481,7 +480,8 @@ class BatchedFleet(FleetReadout):
             return
         nt, ns, nbz = lt[i:], ls[i:], lb[i:]
         if len(nt) > 64:  # numpy pays off beyond a few dozen
-            at, as_, ab = np.array(nt), np.array(ns), np.array(nbz, dtype=float)
+            at, as_ = np.frombuffer(nt, float), np.frombuffer(ns, float)
+            ab = np.frombuffer(nbz, np.int64).astype(float)
             self.sum_s += float(as_.sum())
             self.sum_btg += float(ab @ at)
             self.sum_bs += float(ab @ as_)

@@ -114,6 +114,25 @@ class LLMService:
         a2 = self.svc.iteration_time(d, d, 0.0, 0.0, d)
         return (a2 - layers * d * per_q, layers * per_flop, a2, layers * per_kv)
 
+    def behaviour_key(self, max_batch: int = 0) -> tuple | None:
+        """What the engine sees of this replica: the iteration-time tables and coefficients,
+        the host overhead, the limits and the weights (two precisions with equal keys simulate
+        identically); None for a timer that is not tabulated (custom attention, a speculative
+        draft). ``max_batch`` is unused (the fixed-shape models' signature)."""
+        m = self.svc
+        if m._attn is None or self.spec is not None:
+            return None
+        return (
+            m.token_table.tobytes(),
+            m.logits_table.tobytes(),
+            tuple(m._attn),
+            m._cpu_const,
+            m._cpu_seq,
+            self.limits,
+            self.settings.model_dump_json(),
+            self._fit.weight_bytes,
+        )
+
     @property
     def limits(self) -> EngineLimits:
         return EngineLimits.of(self._fit, self.settings, self.max_model_len)
