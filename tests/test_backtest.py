@@ -124,3 +124,41 @@ def test_public_sglang_run_error_band_of_the_untouched_model():
     assert abs(err["output_tokens_per_s value"]) < 0.15
     assert -0.50 < err["ttft p50"] < -0.25
     assert 0.10 < err["e2e p50"] < 0.40
+
+
+def test_frontend_latency_shifts_every_latency_percentile_by_itself(tmp_path):
+    # a constant per-request front-end time adds to each e2e percentile exactly, and
+    # throughput (a closed loop of one client here) is the GPU loop's, unchanged
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8", "--replications", "2"]
+    base = json.loads(_run("backtest", str(L4_SS), *args, "--format", "json").stdout)
+    res = _run("backtest", str(L4_SS), *args, "--frontend-ms", "0.25", "--format", "json")
+    assert res.exit_code == 0, res.output
+    shifted = json.loads(res.stdout)
+    for b, s in zip(base, shifted, strict=True):
+        add = 0.25e-3 if b["metric"] == "e2e" else 0.0
+        assert s["predicted"] == pytest.approx(b["predicted"] + add, rel=1e-12, abs=1e-15)
+
+
+def test_sglang_random_lengths_replay_as_the_uniform_range_at_the_runs_mean():
+    # SGLang's `random` dataset with range ratio 0 draws lengths uniformly from [1, 1024]; the
+    # importer records that range and the realised mean, the replay keeps both (a lognormal
+    # matched to the same mean and std has its median 13% lower: 444 against 509 tokens)
+    import numpy as np
+
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.replay import replay_plan
+    from capsim.spec.scenario import UniformTokens
+    from capsim.workload.tokens import token_lengths
+
+    run = apply_settings(read_runs(SGLANG)[0], SGLANG_SETTINGS)
+    plan = replay_plan(run)
+    assert plan.tokens == {"kind": "uniform", "prompt_min": 1, "prompt_max": 1024,
+                           "output_min": 23, "output_max": 1046}  # fmt: skip
+    p, o = token_lengths(UniformTokens(**plan.tokens), 200_000, np.random.default_rng(0))
+    assert p.min() == 1 and p.max() == 1024 and o.min() == 23 and o.max() == 1046
+    assert o.mean() == pytest.approx(run.workload.output_len.mean, rel=0.01)  # 534.49
+    # a run whose std is not a uniform's keeps the lognormal
+    w = run.workload.model_copy(
+        update={"output_len": run.workload.output_len.model_copy(update={"std": 100.0})}
+    )
+    assert replay_plan(run.model_copy(update={"workload": w})).tokens["kind"] == "lognormal"
