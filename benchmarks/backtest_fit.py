@@ -9,8 +9,10 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
   with a capsim model card, so it can only be fitted in-sample (nothing left to hold out);
 * with ``--sglang``: SGLang Llama-3.3-70B on 4x H200 (tests/data/bench/sglang, the public
   datacrunch-research rate sweep, served with the llama-3.1-70b card: the same architecture):
-  fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs (the first fit of
-  benchmarks/README.md, 2026-12-05).
+  fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs (benchmarks/README.md,
+  2026-12-05): the fit is written into a scratch catalog, then every run is backtested on the
+  shipped and on the fitted catalog with the fitted scenario-side numbers (CPU overhead,
+  per-sequence time, front-end latency), row by row.
 
 Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores; ``--sglang`` adds tens of
 minutes on a loaded 2-core machine).
@@ -52,8 +54,9 @@ def table(before: list[dict], after: list[dict]) -> None:
     print("| value | measured | before fit | after fit |")
     print("| --- | ---: | ---: | ---: |")
     for b, a in zip(before, after, strict=True):
-        name = f"{b['metric']} {b['stat']}".replace(" value", "")
-        unit = 1e3 if b["metric"] not in ("throughput_rps",) else 1.0
+        run = f"{b['load']:g} req/s " if b.get("load_kind") == "rate" else ""
+        name = run + f"{b['metric']} {b['stat']}".replace(" value", "")
+        unit = 1e3 if b["metric"] not in ("throughput_rps", "output_tokens_per_s") else 1.0
         print(
             f"| {name} | {b['measured'] * unit:.4g} | {b['rel_error']:+.1%} | "
             f"{a['rel_error']:+.1%} |"
@@ -68,8 +71,9 @@ def main() -> None:
         before = rows(cat, held, [])
         fit = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(STEPS / "fit.csv"),
                      "--holdout", held[0], "--gpu", "h200-sxm", "--format", "json")  # fmt: skip
-        oh = json.loads(fit)["values"]["overhead_ms"]
-        after = rows(cat, held, ["--overhead-ms", str(oh)])
+        v = json.loads(fit)["values"]
+        after = rows(cat, held, ["--overhead-ms", str(v["overhead_ms"]),
+                                 "--per-seq-us", str(v["per_seq_us"])])  # fmt: skip
         print("## H200 steps, held-out 2048-token rows (times in ms)\n")
         table(before, after)
         print("\n```json\n" + json.dumps(json.loads(fit)["held_out_runs"], indent=1) + "\n```\n")
@@ -80,19 +84,19 @@ def main() -> None:
         capsim("bench", "import", *l4, "--out", str(runs))
         fit = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(runs), "--gpu", "l4",
                      "--format", "json")  # fmt: skip
-        oh = json.loads(fit)["values"]["overhead_ms"]
-        after = rows(cat, l4, ["--overhead-ms", str(oh)])
+        v = json.loads(fit)["values"]
+        after = rows(cat, l4, ["--overhead-ms", str(v["overhead_ms"]),
+                               "--frontend-ms", str(v["frontend_ms"])])  # fmt: skip
         print("## L4 ResNet-50 SingleStream (MLPerf v4.1), in-sample (latencies in ms)\n")
         table(before, after)
-        v = json.loads(fit)["values"]
         print(f"\nfitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}")
         if "--sglang" in sys.argv:
             sglang(cat, Path(tmp))
 
 
 def sglang(cat: Path, tmp: Path) -> None:
-    """Fit the H200 entry to two SGLang runs and report the two held-out ones (on a fresh
-    copy of the shipped catalog, not the one the H200 steps were fitted into)."""
+    """Fit the H200 entry to two SGLang runs and report them and the two held-out ones, before
+    and after (on a fresh copy of the shipped catalog, not the one the H200 steps went into)."""
     cat = tmp / "cat_sglang"
     shutil.copytree(ROOT / "hardware_catalog", cat)
     runs = tmp / "sglang"
@@ -103,11 +107,22 @@ def sglang(cat: Path, tmp: Path) -> None:
         d.mkdir()
         for i in idx:
             shutil.copy(files[i], d)
-    args = ["--replications", "2", "--max-evaluations", "30", "--dry-run"]
-    report = capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
-                    "--holdout", str(held_dir), "--gpu", "h200-sxm", *args)  # fmt: skip
+    evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
+    args = ["--replications", "2", "--max-evaluations", evals, "--format", "json"]
+    fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
+                            "--holdout", str(held_dir), "--gpu", "h200-sxm", *args))  # fmt: skip
+    v = fit["values"]
+    after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
+                  "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
+    rep = ["--replications", "2"]
     print("## SGLang Llama-3.3-70B, 4x H200 TP 4 (fit on 1 and 4 req/s; 2 and 8 held out)\n")
-    print("```\n" + report.rstrip() + "\n```")
+    print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
+    for name, d in (("fit", fit_dir), ("held out", held_dir)):
+        before = rows(ROOT / "hardware_catalog", [str(d)], rep)
+        after = rows(cat, [str(d)], [*rep, *after_args])
+        print(f"### {name}\n")
+        table(before, after)
+        print()
 
 
 if __name__ == "__main__":

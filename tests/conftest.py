@@ -77,7 +77,7 @@ SLOW = (
     "tests/test_sessions.py::test_plan_compares_prefix_caching_from_the_cli",
     "tests/test_spot.py::test_whatif_reports_cost_by_tier_interruptions_and_requeues",
     "tests/test_speculative.py::test_scenario_gains_at_low_load_and_loses_at_high_load",
-    "tests/test_backtest.py::test_public_sglang_run_error_band_of_the_untouched_model",
+    "tests/test_backtest.py::test_public_sglang_run_error_band_before_and_after_fit_bench",
     # shown commands that plan a whole sweep or several mixed fleets (20-40 s each)
     "tests/test_readme_commands.py::test_shown_commands_run[capsim sweep --help]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:78]",

@@ -106,21 +106,75 @@ SGLANG = DATA / "sglang" / "h200x4_llama3.3-70b_online.jsonl"
 SGLANG_SETTINGS = {"gpu": "h200-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 4}
 
 
-def test_public_sglang_run_error_band_of_the_untouched_model():
-    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep (held out of the first
-    fit in benchmarks/README.md, 2026-12-05), replayed with the shipped catalog. The band is what
-    capsim does today, not the issue's target (10% latencies, 5% throughput), which it misses:
-    TTFT is 25-50% short (no per-request front-end time in capsim) and e2e 10-40% long (the
-    decode step is slower than SGLang's CUDA-graph step). A change that moves either is seen."""
+def test_public_sglang_run_error_band_before_and_after_fit_bench():
+    """The 2 req/s run of the public SGLang Llama-3.3-70B 4x H200 sweep, held out of the fit in
+    benchmarks/README.md (2026-12-05: fitted on the 1 and 4 req/s runs only), replayed with the
+    shipped catalog and with the fitted coefficients. The bands are what capsim does, not the
+    issue's target (10% latencies, 5% throughput), which e2e misses: before, TTFT is 34% short
+    (no front-end time) and e2e 47% long; after, TTFT and throughput are within 10% and e2e is
+    still ~25% long (the low-batch decode step is slower than SGLang's). A change that moves
+    any of them is seen."""
     from capsim.bench import apply_settings, read_runs
     from capsim.bench.backtest import backtest_run
+    from capsim.calibration.bench_fit import apply, with_entry
     from capsim.load import load_catalog
 
     run = apply_settings(read_runs(SGLANG)[1], SGLANG_SETTINGS)
     assert run.workload.load.rate_rps == 2.0
-    bt = backtest_run(run, load_catalog(), replications=2)
+    cat = load_catalog()
+    bt = backtest_run(run, cat, replications=2)
     err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
     assert set(err) == {"output_tokens_per_s value", "ttft p50", "e2e p50"}
-    assert abs(err["output_tokens_per_s value"]) < 0.15
-    assert -0.50 < err["ttft p50"] < -0.25
-    assert 0.10 < err["e2e p50"] < 0.40
+    assert abs(err["output_tokens_per_s value"]) < 0.08
+    assert -0.45 < err["ttft p50"] < -0.25
+    assert 0.35 < err["e2e p50"] < 0.60
+    # the 2026-12-05 fit (python benchmarks/backtest_fit.py --sglang), rounded as printed
+    fitted = {"compute_scale": 0.449, "memory_scale": 1.2314, "collective_latency_us": 12.7074,
+              "kernel_overhead_us": 8.3924}  # fmt: skip
+    cpu = {"constant_ms": 0.0263, "per_seq_us": 8.2321}
+    gpu = apply(cat["h200-sxm"], fitted)
+    bt = backtest_run(
+        run, with_entry(cat, gpu), replications=2, engine={"cpu_overhead": cpu}, frontend_ms=10.5744
+    )
+    err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
+    assert abs(err["output_tokens_per_s value"]) < 0.05
+    assert abs(err["ttft p50"]) < 0.10
+    assert 0.15 < err["e2e p50"] < 0.35
+
+
+def test_frontend_latency_shifts_every_latency_percentile_by_itself(tmp_path):
+    # a constant per-request front-end time adds to each e2e percentile exactly, and
+    # throughput (a closed loop of one client here) is the GPU loop's, unchanged
+    args = ["--gpu", "l4", "--model", "resnet-50", "--precision", "int8", "--replications", "2"]
+    base = json.loads(_run("backtest", str(L4_SS), *args, "--format", "json").stdout)
+    res = _run("backtest", str(L4_SS), *args, "--frontend-ms", "0.25", "--format", "json")
+    assert res.exit_code == 0, res.output
+    shifted = json.loads(res.stdout)
+    for b, s in zip(base, shifted, strict=True):
+        add = 0.25e-3 if b["metric"] == "e2e" else 0.0
+        assert s["predicted"] == pytest.approx(b["predicted"] + add, rel=1e-12, abs=1e-15)
+
+
+def test_sglang_random_lengths_replay_as_the_uniform_range_at_the_runs_mean():
+    # SGLang's `random` dataset with range ratio 0 draws lengths uniformly from [1, 1024]; the
+    # importer records that range and the realised mean, the replay keeps both (a lognormal
+    # matched to the same mean and std has its median 13% lower: 444 against 509 tokens)
+    import numpy as np
+
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.replay import replay_plan
+    from capsim.spec.scenario import UniformTokens
+    from capsim.workload.tokens import token_lengths
+
+    run = apply_settings(read_runs(SGLANG)[0], SGLANG_SETTINGS)
+    plan = replay_plan(run)
+    assert plan.tokens == {"kind": "uniform", "prompt_min": 1, "prompt_max": 1024,
+                           "output_min": 23, "output_max": 1046}  # fmt: skip
+    p, o = token_lengths(UniformTokens(**plan.tokens), 200_000, np.random.default_rng(0))
+    assert p.min() == 1 and p.max() == 1024 and o.min() == 23 and o.max() == 1046
+    assert o.mean() == pytest.approx(run.workload.output_len.mean, rel=0.01)  # 534.49
+    # a run whose std is not a uniform's keeps the lognormal
+    w = run.workload.model_copy(
+        update={"output_len": run.workload.output_len.model_copy(update={"std": 100.0})}
+    )
+    assert replay_plan(run.model_copy(update={"workload": w})).tokens["kind"] == "lognormal"

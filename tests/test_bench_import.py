@@ -446,10 +446,11 @@ def test_replay_plan_of_real_runs():
     sglang = [apply_settings(r, given) for r in read_runs(SGLANG)]
     plan = require_replayable(sglang[0])
     assert plan.arrivals == {"kind": "poisson", "rate_rps": 1.0} and plan.tp == 4
-    # lognormal matched to the uniform's mean and std
-    cv2 = (1024 / 12**0.5 / (152612 / 300)) ** 2
-    assert plan.tokens["prompt_median"] == pytest.approx(152612 / 300 / (1 + cv2) ** 0.5)
-    assert plan.assumptions == []
+    # uniform over the stated range [1, 1024], centred on the realised mean (clipped at 1)
+    lo = max(1, round(152612 / 300 - 1023 / 2))
+    assert plan.tokens["kind"] == "uniform"
+    assert (plan.tokens["prompt_min"], plan.tokens["prompt_max"]) == (lo, lo + 1023)
+    assert [a.split(":")[0] for a in plan.assumptions] == ["uniform lengths"]
     share = require_replayable(sglang[5])
     assert "prompt length spread not recorded: fixed at the mean" in share.assumptions
     rate = replay_plan(apply_settings(one(ASCEND), given))

@@ -52,7 +52,7 @@ def test_fit_on_h200_steps_improves_held_out_lengths_and_writes_with_backup(tmp_
     # nothing else in the entry changed
     old = yaml.safe_load(before_text)
     new = yaml.safe_load((catalog / "h200-sxm.yaml").read_text())
-    for key in set(old) - {"efficiency", "sources"}:
+    for key in set(old) - {"efficiency", "kernel_overhead_us", "sources"}:
         assert old[key] == new[key], key
 
 
@@ -81,9 +81,33 @@ def test_runs_from_another_gpu_exit_2(tmp_path, catalog):
     assert res.exit_code == 2 and "v100" in res.output
 
 
-def test_calibrated_entry_says_its_curves_take_precedence(tmp_path, catalog):
+def test_calibrated_entry_takes_the_scales_in_its_serving_block(tmp_path, catalog):
+    # the scales and the per-kernel cost compose with the measured calibration (they used to
+    # be ignored by it): written to the sidecar's serving block, and they change the times
     held = _import(tmp_path, STEPS / "holdout.csv", "held")
     args = ["--catalog", str(catalog), "calibrate", "fit-bench", str(held), "--gpu", "h200-sxm"]
-    res = CliRunner().invoke(main, [*args, "--dry-run", "--max-evaluations", "20"])
+    res = CliRunner().invoke(main, [*args, "--max-evaluations", "20"])
     assert res.exit_code == 0, res.output
-    assert "calibration block" in res.output and "take precedence" in res.output
+    assert "'serving' part" in res.output
+    assert (catalog / "h200-sxm.calibration.yaml.bak").exists()
+    cal = load_catalog(catalog)["h200-sxm"].calibration
+    assert cal is not None and cal.serving is not None
+    assert "fit-bench" in cal.serving.source
+    moved = (cal.serving.compute_scale, cal.serving.memory_scale, cal.serving.kernel_overhead_us)
+    assert moved != (1.0, 1.0, cal.kernel_overhead_us)
+
+
+def test_serving_scales_divide_calibrated_times_by_their_bound():
+    from capsim.calibration.bench_fit import apply
+    from capsim.load import load_model_card
+    from capsim.service.llm import LLMServiceModel
+
+    gpu = load_catalog()["h200-sxm"]
+    model = load_model_card("llama-3.1-70b")
+    base = LLMServiceModel(gpu, model, "bf16", tp=4).breakdown(decode=[600] * 8)
+    vals = {"compute_scale": 1.0, "memory_scale": 1.1, "kernel_overhead_us": 2.0}
+    fast = LLMServiceModel(apply(gpu, vals), model, "bf16", tp=4).breakdown(decode=[600] * 8)
+    up0 = next(ln.op for ln in base.lines if ln.op.name == "mlp_up")  # memory-bound at batch 8
+    up1 = next(ln.op for ln in fast.lines if ln.op.name == "mlp_up")
+    k0 = gpu.calibration.kernel_overhead_us * 1e-6
+    assert up1.time_s == pytest.approx((up0.time_s - k0) / 1.1 + 2e-6, rel=1e-6)

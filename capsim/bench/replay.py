@@ -7,7 +7,10 @@
 * a concurrency -> ``closed`` with that many clients and no think time;
 * offline (every request at t = 0) -> nothing yet: it is reported as missing;
 * lengths -> ``lognormal`` token lengths matched to the mean and standard deviation (a fixed
-  length is sigma 0).
+  length is sigma 0); lengths the run states to be uniform over [min, max] (both sides: a
+  range whose standard deviation is the uniform's, ``(max - min + 1) / sqrt(12)``, as SGLang's
+  and vLLM's ``random`` datasets) -> ``uniform`` over that range, shifted to the run's mean
+  (the realised mean of a few hundred draws: what the run's token totals say).
 
 Anything capsim would have to guess is listed in ``assumptions``; anything without which the run
 cannot be replayed is in ``missing``, and :func:`require_replayable` turns that into one error.
@@ -100,7 +103,46 @@ def _arrivals(run: BenchRun, plan: ReplayPlan) -> None:
         plan.missing.append("offline load (every request at t = 0): no arrivals kind for it yet")
 
 
+def uniform_range(d: LengthDist) -> tuple[int, int] | None:
+    """[lo, hi] of a uniform length distribution centred on ``d``'s mean, when ``d`` is one:
+    a min and max whose range has ``d``'s standard deviation (within 1%); else None.
+
+    >>> d = LengthDist(kind="stats", mean=534.49, std=295.6033, min=1, max=1024)
+    >>> uniform_range(d)
+    (23, 1046)
+    >>> uniform_range(LengthDist(kind="stats", mean=500.0, std=100.0, min=1, max=1024)) is None
+    True
+    """
+    if d.kind != "stats" or None in (d.mean, d.std, d.min, d.max) or not d.mean:
+        return None
+    assert d.min is not None and d.max is not None and d.std is not None and d.mean is not None
+    width = d.max - d.min
+    if width <= 0 or abs((width + 1) / math.sqrt(12) - d.std) > 0.01 * d.std:
+        return None
+    lo = max(1, round(d.mean - width / 2))
+    return lo, lo + round(width)
+
+
+def _uniform_tokens(run: BenchRun, plan: ReplayPlan) -> bool:
+    """Uniform lengths for both sides when the run's lengths are uniform (see the module)."""
+    w = run.workload
+    ranges = [uniform_range(d) if d is not None else None for d in (w.input_len, w.output_len)]
+    pr, orng = ranges
+    if pr is None or orng is None:
+        return False
+    (p0, p1), (o0, o1) = pr, orng
+    plan.tokens = {"kind": "uniform", "prompt_min": p0, "prompt_max": p1,
+                   "output_min": o0, "output_max": o1}  # fmt: skip
+    plan.assumptions.append(
+        f"uniform lengths: prompt [{p0}, {p1}], output [{o0}, {o1}] (the stated range, centred "
+        "on the run's mean)"
+    )
+    return True
+
+
 def _tokens(run: BenchRun, plan: ReplayPlan) -> None:
+    if _uniform_tokens(run, plan):
+        return
     sides = {"prompt": run.workload.input_len, "output": run.workload.output_len}
     tokens: dict = {"kind": "lognormal"}
     for side, dist in sides.items():

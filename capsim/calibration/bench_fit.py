@@ -4,15 +4,28 @@ The coefficients (:data:`COEFFICIENTS`), each through a field that exists today:
 
 * ``compute_scale`` multiplies the entry's ``efficiency.compute`` (and every
   ``compute_by_format`` override), capped so no efficiency exceeds 1;
-* ``memory_scale`` multiplies ``efficiency.memory`` (same cap);
+* ``memory_scale`` multiplies ``efficiency.memory`` (same cap). On an entry with a measured
+  calibration both scales also go to ``calibration.serving``, where they scale the measured
+  tables and fitted curves (:mod:`capsim.service.calibrated`) instead of being ignored by them;
+* ``kernel_overhead_us``: the engine's cost per kernel launch (``kernel_overhead_us``, or
+  ``calibration.serving.kernel_overhead_us`` over a calibration's measured eager launch time):
+  an engine replaying CUDA graphs pays much less per kernel than a harness launching eagerly;
 * ``overhead_ms``: CPU time per iteration the GPU waits for -- the LLM engine's
-  ``scheduler_overhead_ms``, or a fixed-shape fleet's ``batch_overhead_ms`` -- a scenario
+  ``cpu_overhead.constant_ms``, or a fixed-shape fleet's ``batch_overhead_ms`` -- a scenario
   setting, not a catalog field: it is reported (and recorded in the provenance) for scenarios
   to use;
-* ``collective_latency_us``: ``interconnect.latency_us``, fitted only when a run has tp > 1.
+* ``per_seq_us``: the LLM engine's ``cpu_overhead.per_seq_us``, time per sequence per
+  iteration (LLM runs only; a scenario setting too);
+* ``collective_latency_us``: ``interconnect.latency_us``, fitted only when a run has tp > 1;
+* ``frontend_ms``: a constant per-request front-end latency (HTTP, tokenisation, streaming:
+  time the GPU loop never sees), added to the predicted TTFT and e2e
+  (:func:`capsim.bench.backtest.with_frontend`), a scenario-side number like ``overhead_ms``.
+  Being additive, it needs no simulation: for each trial of the others it is solved exactly (a
+  bounded 1-D minimisation over the simulated rows).
 
-A per-sequence CPU overhead is not fitted: this branch's engine has no such field (add it to
-:data:`COEFFICIENTS` with its setter when it has one).
+Each per-iteration constant (CPU overhead, kernel launches, collective latency) costs the same
+in every decode step, so runs of decode-dominated serving identify mostly their sum; the split
+the fit reports between them is not unique (the report says so).
 
 The loss is the mean squared log ratio of predicted to measured over every compared value of
 the fitting runs (:func:`capsim.bench.backtest.backtest_run`; serving runs are simulated with
@@ -34,11 +47,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize
 
-from capsim.bench.backtest import Backtest, backtest_run
+from capsim.bench.backtest import (
+    FRONTEND_METRICS,
+    Backtest,
+    backtest_run,
+    engine_preset,
+    with_frontend,
+)
 from capsim.bench.model import BenchRun
 from capsim.errors import InputError
+from capsim.spec.calibration import ServingFit
 from capsim.spec.catalog import GPU, Catalog, Efficiency
-from capsim.spec.engine import LLMEngineSettings
+from capsim.spec.engine import CPU_PRESETS, LLMEngineSettings
 from capsim.spec.scenario import Fleet
 
 DEFAULT_OVERHEAD_MS = LLMEngineSettings().overhead.constant_ms
@@ -58,8 +78,12 @@ COEFFICIENTS = (
     Coefficient("compute_scale", 1.0, 0.2, 3.0, "x efficiency.compute (capped at 1)"),
     Coefficient("memory_scale", 1.0, 0.2, 3.0, "x efficiency.memory (capped at 1)"),
     Coefficient("overhead_ms", 0.0, 0.0, 30.0, "CPU time per iteration (scenario setting)"),
-    Coefficient("collective_latency_us", 5.0, 0.0, 500.0, "interconnect.latency_us"),
+    Coefficient("per_seq_us", 0.0, 0.0, 500.0, "CPU time per sequence per iteration (scenario)"),
+    Coefficient("collective_latency_us", 5.0, 0.0, 200.0, "interconnect.latency_us"),
+    Coefficient("kernel_overhead_us", 4.0, 0.0, 20.0, "cost per kernel launch in the engine"),
 )
+#: solved exactly inside each trial of the others (see the module doc)
+FRONTEND = Coefficient("frontend_ms", 0.0, 0.0, 1000.0, "front-end time per request (scenario)")
 
 
 def fitted_efficiency(eff: Efficiency, compute_scale: float, memory_scale: float) -> Efficiency:
@@ -73,10 +97,36 @@ def fitted_efficiency(eff: Efficiency, compute_scale: float, memory_scale: float
     )
 
 
-def apply(gpu: GPU, values: dict[str, float]) -> GPU:
-    """The entry with the fitted catalog coefficients in place."""
-    eff = fitted_efficiency(gpu.efficiency, values["compute_scale"], values["memory_scale"])
+def kernel_overhead_of(gpu: GPU) -> float:
+    """The per-kernel cost ``gpu``'s operators are timed with today (microseconds)."""
+    cal = gpu.calibration
+    if cal is None:
+        return gpu.kernel_overhead_us
+    if cal.serving is not None and cal.serving.kernel_overhead_us is not None:
+        return cal.serving.kernel_overhead_us
+    return cal.kernel_overhead_us
+
+
+def apply(gpu: GPU, values: dict[str, float], source: str = "") -> GPU:
+    """The entry with the fitted catalog coefficients in place (on a calibrated entry, the
+    scales and the per-kernel cost also in ``calibration.serving``, composed with any
+    earlier fit-bench scales there)."""
+    cs, ms = values["compute_scale"], values["memory_scale"]
+    eff = fitted_efficiency(gpu.efficiency, cs, ms)
     update: dict = {"efficiency": eff}
+    ko = values.get("kernel_overhead_us")
+    cal = gpu.calibration
+    if cal is not None:
+        old = cal.serving or ServingFit()
+        serving = ServingFit(
+            compute_scale=round(old.compute_scale * cs, 4),
+            memory_scale=round(old.memory_scale * ms, 4),
+            kernel_overhead_us=old.kernel_overhead_us if ko is None else round(ko, 3),
+            source=source or old.source,
+        )
+        update["calibration"] = cal.model_copy(update={"serving": serving})
+    elif ko is not None:
+        update["kernel_overhead_us"] = round(ko, 3)
     if "collective_latency_us" in values:
         ic = gpu.interconnect.model_copy(
             update={"latency_us": round(values["collective_latency_us"], 3)}
@@ -130,24 +180,71 @@ class BenchFit:
         return f"scheduler_overhead_ms / batch_overhead_ms: {self.values['overhead_ms']:.3g}"
 
 
+def best_frontend(bts: list[Backtest]) -> float:
+    """The front-end latency (ms, within :data:`FRONTEND`'s bounds) that minimises
+    :func:`log_error` of ``bts`` once added to their TTFT and e2e; 0 when they have none."""
+    if not any(r.metric in FRONTEND_METRICS for bt in bts for r in bt.rows):
+        return 0.0
+
+    def loss(ms: float) -> float:
+        return log_error([_shifted(bt, ms) for bt in bts])
+
+    res = optimize.minimize_scalar(
+        loss, bounds=(FRONTEND.low, FRONTEND.high), method="bounded", options={"xatol": 0.01}
+    )
+    best = float(res.x)
+    return best if loss(best) <= loss(0.0) else 0.0
+
+
+def _shifted(bt: Backtest, frontend_ms: float) -> Backtest:
+    """``bt`` with the front-end latency added to its rows (a copy)."""
+    out = Backtest(bt.run, bt.config, bt.load_kind, bt.load, assumptions=bt.assumptions)
+    out.rows, out.unstable = with_frontend(bt.rows, frontend_ms), bt.unstable
+    return out
+
+
 def _runner(
     runs: list[BenchRun], catalog: Catalog, gpu: GPU, replications: int
 ) -> Callable[[dict[str, float]], list[Backtest]]:
+    """Backtests of ``runs`` with the coefficients ``values`` (no front-end latency: it is
+    added afterwards, :func:`_shifted`)."""
+
     def run_all(values: dict[str, float]) -> list[Backtest]:
         cat = with_entry(catalog, apply(gpu, values))
-        ms = values["overhead_ms"]
+        ms, per_seq = values["overhead_ms"], values.get("per_seq_us", 0.0)
+        cpu = {"constant_ms": ms, "per_seq_us": per_seq, "source": "calibrate fit-bench"}
         return [
             backtest_run(
                 r,
                 cat,
                 replications=replications,
-                engine={"scheduler_overhead_ms": ms},
+                engine={"cpu_overhead": cpu},
                 overhead_ms=ms,
             )  # fmt: skip
             for r in runs
         ]
 
     return run_all
+
+
+def _coefficients(runs: list[BenchRun], llm: bool) -> list[Coefficient]:
+    """The coefficients the runs can inform (collective latency: only with a tp > 1 run;
+    the per-sequence CPU time: only for LLM runs)."""
+    skip = {"collective_latency_us"} if not any((r.settings.tp or 1) > 1 for r in runs) else set()
+    if not llm:
+        skip.add("per_seq_us")
+    return [c for c in COEFFICIENTS if c.name not in skip]
+
+
+def _start_cpu(runs: list[BenchRun], llm: bool) -> tuple[float, float]:
+    """(constant ms, per-sequence us) the fit starts from: the first run's engine preset (what
+    its untouched backtest uses), else the engine default, or a fixed-shape fleet's overhead."""
+    if not llm:
+        return DEFAULT_BATCH_OVERHEAD_MS, 0.0
+    s = runs[0].settings if runs else None
+    preset = engine_preset(s.engine, s.engine_version) if s is not None else None
+    cpu = CPU_PRESETS[preset] if preset in CPU_PRESETS else LLMEngineSettings().overhead
+    return cpu.constant_ms, cpu.per_seq_us
 
 
 def fit_bench(
@@ -159,21 +256,21 @@ def fit_bench(
     replications: int = 2,
     max_evaluations: int = 200,
 ) -> BenchFit:
-    """Fit :data:`COEFFICIENTS` for ``gpu_id`` on ``runs``; evaluate ``holdout`` too."""
+    """Fit :data:`COEFFICIENTS` (and :data:`FRONTEND`) for ``gpu_id`` on ``runs``; evaluate
+    ``holdout`` too, with the coefficients fitted on ``runs`` only."""
     if gpu_id not in catalog:
         raise InputError(f"unknown GPU {gpu_id!r}; the catalog has: {', '.join(catalog)}")
     other = sorted({str(r.settings.gpu) for r in runs + holdout if r.settings.gpu != gpu_id})
     if other:
         raise InputError(f"runs measured on {', '.join(other)} cannot fit {gpu_id}", where="--gpu")
     gpu = catalog[gpu_id]
-    coefs = [c for c in COEFFICIENTS if c.name != "collective_latency_us"]
-    if any((r.settings.tp or 1) > 1 for r in runs):
-        coefs.append(next(c for c in COEFFICIENTS if c.name == "collective_latency_us"))
-    start = {c.name: c.start for c in coefs}
-    start["collective_latency_us"] = gpu.interconnect.latency_us
-    # the fit starts at "before": the engine's (or a fixed-shape fleet's) default overhead
     llm = any(r.measured.iterations or r.workload.input_len for r in runs)
-    start["overhead_ms"] = DEFAULT_OVERHEAD_MS if llm else DEFAULT_BATCH_OVERHEAD_MS
+    coefs = _coefficients(runs, llm)
+    start = {c.name: c.start for c in COEFFICIENTS}
+    start["collective_latency_us"] = gpu.interconnect.latency_us
+    start["kernel_overhead_us"] = kernel_overhead_of(gpu)
+    # the fit starts at "before": the runs' engine preset (or a fixed-shape fleet's) overhead
+    start["overhead_ms"], start["per_seq_us"] = _start_cpu(runs, llm)
     base = {c.name: c.start for c in COEFFICIENTS} | start
     fit_runner = _runner(runs, catalog, gpu, replications)
     hold_runner = _runner(holdout, catalog, gpu, replications)
@@ -182,36 +279,53 @@ def fit_bench(
     before_hold = [backtest_run(r, catalog, replications=replications) for r in holdout]
     count = [0]
 
-    def loss(x: np.ndarray) -> float:
-        count[0] += 1
-        values = base | {c.name: float(v) for c, v in zip(coefs, x, strict=True)}
-        return log_error(fit_runner(values))
-
     x0 = np.array([start[c.name] for c in coefs])
     bounds = [_bounds(c, gpu) for c in coefs]
+    lo = np.array([min(b[0], x) for b, x in zip(bounds, x0, strict=True)])
+    hi = np.array([max(b[1], x) for b, x in zip(bounds, x0, strict=True)])
+    span = np.where(hi > lo, hi - lo, 1.0)
+
+    def values_of(u: np.ndarray) -> dict[str, float]:  # u: each coefficient mapped to [0, 1]
+        x = lo + np.asarray(u) * span
+        return base | {c.name: float(v) for c, v in zip(coefs, x, strict=True)}
+
+    def loss(x: np.ndarray) -> float:
+        count[0] += 1
+        bts = fit_runner(values_of(x))
+        return log_error([_shifted(bt, best_frontend(bts)) for bt in bts])
+
+    u0 = (x0 - lo) / span
     res = optimize.minimize(
-        loss, x0, method="Powell", bounds=bounds,
+        loss, u0, method="Powell", bounds=[(0.0, 1.0)] * len(coefs),
         options={"maxfev": max_evaluations, "xtol": 1e-3, "ftol": 1e-6},
     )  # fmt: skip
-    values = base | {c.name: float(v) for c, v in zip(coefs, res.x, strict=True)}
-    if not res.fun <= loss(x0):  # never worse than where it started
-        values = base | {c.name: float(v) for c, v in zip(coefs, x0, strict=True)}
+    values = values_of(res.x)
+    if not res.fun <= loss(u0):  # never worse than where it started
+        values = values_of(u0)
+    after_raw = fit_runner(values)
+    values["frontend_ms"] = best_frontend(after_raw)
     fit = BenchFit(
         gpu_before=gpu,
         gpu_after=apply(gpu, values),
         values=values,
         before_fit=before_fit,
-        after_fit=fit_runner(values),
+        after_fit=[_shifted(bt, values["frontend_ms"]) for bt in after_raw],
         before_holdout=before_hold,
-        after_holdout=hold_runner(values) if holdout else [],
+        after_holdout=[_shifted(bt, values["frontend_ms"]) for bt in hold_runner(values)]
+        if holdout
+        else [],
         evaluations=count[0],
     )
     if "collective_latency_us" not in {c.name for c in coefs}:
         fit.notes.append("collective latency not fitted: no run with tp > 1")
-    fit.notes.append("per-sequence CPU overhead not fitted: the engine has no such field yet")
+    if "kernel_overhead_us" in {c.name for c in coefs} and llm:
+        fit.notes.append(
+            "the per-iteration constants (CPU overhead, per-kernel cost, collective latency) "
+            "cost alike in every decode step: their sum is what the runs pin down, not the split"
+        )
     if gpu.calibration is not None:
         fit.notes.append(
-            f"{gpu_id} has a calibration block: its fitted curves take precedence over the "
-            "efficiency scales for the operators they cover"
+            f"{gpu_id} has a calibration block: the scales and the per-kernel cost go to its "
+            "'serving' part, over the measured tables and curves"
         )
     return fit

@@ -1,8 +1,11 @@
 """Writing a ``fit-bench`` result into a catalog entry: efficiency, collective latency and the
 provenance, atomically, keeping the previous file as ``<entry>.yaml.bak``.
 
-Only the ``efficiency:`` block, ``interconnect.latency_us`` and ``sources.bench_fit`` change;
-every other line, comments included, stays as it was.
+Only the ``efficiency:`` block, ``interconnect.latency_us``, ``kernel_overhead_us`` (an
+uncalibrated entry) and ``sources.bench_fit`` change; every other line, comments included,
+stays as it was. On a calibrated entry the scales and the per-kernel cost go to the sidecar's
+``serving:`` block (rewritten by :func:`~capsim.calibration.writer.write_calibration`, which
+keeps ``<id>.calibration.yaml.bak``).
 
 >>> text = "id: x\\nefficiency:\\n  compute: 0.7    # a note\\n  memory: 0.8\\nkernel_overhead_us: 4\\n"
 >>> print(splice_block(text, "efficiency", {"compute": 0.5, "memory": 0.9}), end="")
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from capsim.calibration.writer import _check_text, backup_path, dump_yaml
+from capsim.calibration.writer import _check_text, backup_path, dump_yaml, write_calibration
 from capsim.errors import InputError, atomic_write_bytes, atomic_write_text
 from capsim.load import load_gpu_file
 from capsim.spec.catalog import GPU
@@ -89,9 +92,26 @@ def _set_source(lines: list[str], key: str, value: str) -> list[str]:
     return lines[:last] + [new] + lines[last:]
 
 
-def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, Path]:
-    """Write ``new``'s efficiency (and interconnect latency) into the entry file ``path`` with
-    ``provenance`` as ``sources.bench_fit``; the old file becomes ``<path>.bak``."""
+def _set_scalar(text: str, key: str, value: float) -> str:
+    """``text`` with the top-level ``key: value`` line replaced (comment kept) or added.
+
+    >>> _set_scalar("id: x\\nkernel_overhead_us: 4   # note\\n", "kernel_overhead_us", 1.5)
+    'id: x\\nkernel_overhead_us: 1.5   # note\\n'
+    >>> _set_scalar("kernel_overhead_us: 4\\n# next\\n", "kernel_overhead_us", 2)
+    'kernel_overhead_us: 2\\n# next\\n'
+    """
+    new, n = re.subn(
+        rf"^{key}[ \t]*:[ \t]*[^#\n]*?([ \t]*#.*)?$", lambda m: f"{key}: {value:g}{m.group(1) or ''}",
+        text, count=1, flags=re.M,
+    )  # fmt: skip
+    return new if n else text + ("" if text.endswith("\n") else "\n") + f"{key}: {value:g}\n"
+
+
+def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, list[Path]]:
+    """Write ``new``'s efficiency (interconnect latency, per-kernel cost) into the entry file
+    ``path`` with ``provenance`` as ``sources.bench_fit``, and a calibrated entry's
+    ``calibration.serving`` into its sidecar; the old files become ``.bak``. Returns the entry
+    as loaded back and the paths written besides ``path``."""
     p = Path(path)
     old_gpu = load_gpu_file(p)
     old = p.read_bytes()
@@ -101,12 +121,14 @@ def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, P
     text = splice_block(old.decode("utf-8"), "efficiency", eff)
     if new.interconnect.latency_us != old_gpu.interconnect.latency_us:
         text = _set_latency(text, new.interconnect.latency_us)
+    if new.kernel_overhead_us != old_gpu.kernel_overhead_us:
+        text = _set_scalar(text, "kernel_overhead_us", new.kernel_overhead_us)
     try:
         text = "".join(_set_source(text.splitlines(keepends=True), "bench_fit", provenance))
     except ValueError:
         raise InputError("the entry has no block-style 'sources:' mapping", file=p) from None
     got = _check_text(text, p)
-    keep = {"efficiency", "interconnect", "sources", "calibration"}  # calibration: the sidecar
+    keep = {"efficiency", "interconnect", "kernel_overhead_us", "sources", "calibration"}
     if got.model_dump(exclude=keep) != old_gpu.model_dump(exclude=keep) or got.efficiency != (
         new.efficiency
     ):  # pragma: no cover - a bug in the splice, never write it
@@ -114,4 +136,9 @@ def write_bench_fit(path: str | Path, new: GPU, provenance: str) -> tuple[GPU, P
     backup = backup_path(p)
     atomic_write_bytes(backup, old)
     atomic_write_text(p, text)
-    return load_gpu_file(p), backup
+    written = [backup]
+    cal = new.calibration
+    if cal is not None and old_gpu.calibration is not None and cal != old_gpu.calibration:
+        _, side, side_bak = write_calibration(p, cal)
+        written += [side] + ([side_bak] if side_bak else [])
+    return load_gpu_file(p), written

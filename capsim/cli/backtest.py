@@ -54,6 +54,19 @@ def given_settings(kw: dict) -> dict:
     "fleet's batch_overhead_ms (default: theirs; fit-bench prints a fitted value).",
 )
 @click.option(
+    "--per-seq-us",
+    type=click.FloatRange(min=0),
+    help="LLM engine CPU time per sequence per iteration, with --overhead-ms as the constant "
+    "(cpu_overhead {constant_ms, per_seq_us}; fit-bench prints a fitted value).",
+)
+@click.option(
+    "--frontend-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Front-end latency per request (HTTP, tokenisation: outside the GPU loop), added to "
+    "TTFT and e2e (default 0; fit-bench prints a fitted value).",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write backtest.csv, backtest.json and one plot per metric here.",
@@ -76,7 +89,11 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
     given = given_settings(kw)
     catalog = catalog_of(ctx)
     loaded = load_runs(runs, given, kw["source_format"])
-    oh = kw["overhead_ms"]
+    oh, per_seq = kw["overhead_ms"], kw["per_seq_us"]
+    engine = None if oh is None else {"scheduler_overhead_ms": oh}
+    if per_seq is not None:
+        cpu = {"constant_ms": oh or 0.0, "per_seq_us": per_seq, "source": "--per-seq-us"}
+        engine = {"cpu_overhead": cpu}
     if not loaded:
         raise InputError("no runs in the files given", where="RUN")
     results = [
@@ -86,8 +103,9 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
             replicas=kw["replicas"],
             seed=kw["seed"],
             replications=kw["replications"],
-            engine=None if oh is None else {"scheduler_overhead_ms": oh},
+            engine=engine,
             overhead_ms=oh,
+            frontend_ms=kw["frontend_ms"],
         )
         for r in loaded
     ]

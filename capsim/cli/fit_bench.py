@@ -17,6 +17,17 @@ from capsim.report.bench_fit import provenance as bench_provenance
 from capsim.report.bench_fit import report_lines as bench_report
 from capsim.report.bench_fit import summary as bench_summary
 from capsim.report.output import to_json
+from capsim.spec.catalog import GPU
+
+
+def _with_source(gpu: GPU, provenance: str) -> GPU:
+    """``gpu`` with its ``calibration.serving`` (if any) pointing at this fit's provenance."""
+    cal = gpu.calibration
+    if cal is None or cal.serving is None:
+        return gpu
+    src = f"{provenance.split(':', 1)[0]}: see sources.bench_fit of {gpu.id}.yaml"
+    serving = cal.serving.model_copy(update={"source": src})
+    return gpu.model_copy(update={"calibration": cal.model_copy(update={"serving": serving})})
 
 
 @click.command("fit-bench")
@@ -46,8 +57,10 @@ def fit_bench_cmd(
 ):
     """Fit an entry's engine-level coefficients to imported serving runs.
 
-    Fits the compute and bandwidth efficiency scales, the per-iteration CPU overhead and (when
-    a run has tp > 1) the collective latency to minimise the error of `capsim backtest` over
+    Fits the compute and bandwidth efficiency scales (on a calibrated entry: over its
+    measurements), the per-kernel launch cost, the per-iteration CPU overhead, a per-request
+    front-end latency and (when a run has tp > 1) the collective latency to minimise the error
+    of `capsim backtest` over
     RUN... (files written by `capsim bench import --out`, or directories of them). Reports the
     untouched entry's error beside the fitted one's, and --holdout runs separately. Writes the
     entry atomically, keeping <entry>.yaml.bak, with the runs, dates and engine in
@@ -76,10 +89,9 @@ def fit_bench_cmd(
     written = []
     if not dry_run:
         try:
-            _, backup = write_bench_fit(
-                path, fit.gpu_after, bench_provenance(fit, fit_runs, hold_runs)
-            )
-            written = [str(path), str(backup)]
+            prov = bench_provenance(fit, fit_runs, hold_runs)
+            _, others = write_bench_fit(path, _with_source(fit.gpu_after, prov), prov)
+            written = [str(path), *map(str, others)]
         except OSError as exc:
             raise _write_error(exc, cat_dir) from None
     if fmt == "json":

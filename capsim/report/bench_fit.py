@@ -67,8 +67,10 @@ def provenance(fit: BenchFit, runs, holdout) -> str:
     text = (
         f"capsim calibrate fit-bench {_dt.date.today().isoformat()} on "
         f"{'; '.join(desc(r) for r in runs)}: compute x{v['compute_scale']:.4g}, memory "
-        f"x{v['memory_scale']:.4g}, per-iteration CPU overhead {v['overhead_ms']:.3g} ms "
-        f"(a scenario setting)"
+        f"x{v['memory_scale']:.4g}, per-kernel cost {v['kernel_overhead_us']:.3g} us, "
+        f"per-iteration CPU overhead {v['overhead_ms']:.3g} ms + "
+        f"{v.get('per_seq_us', 0.0):.3g} us per sequence and front-end latency "
+        f"{v.get('frontend_ms', 0.0):.3g} ms per request (scenario settings)"
     )
     if "collective latency not fitted: no run with tp > 1" not in fit.notes:
         text += f", collective latency {v['collective_latency_us']:.3g} us"
@@ -81,6 +83,13 @@ def provenance(fit: BenchFit, runs, holdout) -> str:
     return text
 
 
+def _kernel_us(gpu) -> float:
+    cal = gpu.calibration
+    if cal is not None and cal.serving is not None and cal.serving.kernel_overhead_us is not None:
+        return cal.serving.kernel_overhead_us
+    return cal.kernel_overhead_us if cal is not None else gpu.kernel_overhead_us
+
+
 def report_lines(fit: BenchFit) -> list[str]:
     """The text report."""
     v, e0, e1 = fit.values, fit.gpu_before.efficiency, fit.gpu_after.efficiency
@@ -88,9 +97,13 @@ def report_lines(fit: BenchFit) -> list[str]:
         f"capsim calibrate fit-bench: {fit.gpu_after.id} ({fit.evaluations} evaluations)",
         f"  efficiency.compute {e0.compute:g} -> {e1.compute:g} (x{v['compute_scale']:.4g}), "
         f"efficiency.memory {e0.memory:g} -> {e1.memory:g} (x{v['memory_scale']:.4g})",
-        f"  per-iteration CPU overhead {v['overhead_ms']:.3g} ms: set it in scenarios as "
-        "fleet.batching.engine.scheduler_overhead_ms (LLM) or fleet.batch_overhead_ms, and pass "
-        "it to capsim backtest --overhead-ms",
+        f"  per-iteration CPU overhead {v['overhead_ms']:.3g} ms + {v.get('per_seq_us', 0.0):.3g} "
+        "us per sequence: set them in scenarios as fleet.batching.engine.cpu_overhead "
+        "{constant_ms, per_seq_us} (LLM) or fleet.batch_overhead_ms, and pass them to capsim "
+        "backtest --overhead-ms --per-seq-us",
+        f"  front-end latency {v.get('frontend_ms', 0.0):.3g} ms per request (TTFT and e2e): "
+        "pass it to capsim backtest --frontend-ms",
+        f"  per-kernel cost {_kernel_us(fit.gpu_before):g} -> {_kernel_us(fit.gpu_after):g} us",
     ]
     if fit.gpu_after.interconnect.latency_us != fit.gpu_before.interconnect.latency_us:
         out.append(

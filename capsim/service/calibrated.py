@@ -25,6 +25,11 @@ timed by the first rule that applies, and :attr:`OpTime.source` says which:
 3. ``roofline`` -- nothing calibrated applies: the spec-sheet roofline with the entry's default
    efficiencies, exactly as for an uncalibrated entry (and ring collectives for communication).
 
+Served runs (``capsim calibrate fit-bench``) may add ``calibration.serving``: scales over the
+measured and fitted efficiencies (a compute-bound time over ``compute_scale``, a memory-bound one
+over ``memory_scale``) and the engine's per-kernel cost in place of the harness's launch time.
+They compose with the measurements instead of being ignored by them.
+
 :func:`timer_for` gives the timer of a calibrated entry (None for an uncalibrated one);
 :class:`~capsim.service.llm.LLMServiceModel` and :class:`~capsim.service.fixed.FixedServiceModel`
 use it automatically. Pass ``timer=default_op_timer`` (LLM) or ``timer=roofline_op_time`` (fixed)
@@ -110,7 +115,13 @@ class CalibratedTimer:
             raise ValueError(f"{gpu.id} has no calibration")
         self.gpu = gpu
         self.cal: Calibration = gpu.calibration
-        self.overhead = self.cal.kernel_overhead_us * 1e-6
+        #: the harness's measured launch time (inside every measured time) and the per-kernel
+        #: cost added to fitted times: the serving engine's when fit-bench set one
+        self.harness_overhead = self.cal.kernel_overhead_us * 1e-6
+        sv = self.cal.serving
+        engine_us = sv.kernel_overhead_us if sv is not None else None
+        self.overhead = self.harness_overhead if engine_us is None else engine_us * 1e-6
+        self.scales = (sv.compute_scale, sv.memory_scale) if sv is not None else None
         self.tables = list(self.cal.tables)
         self._gemm: dict[tuple[int, int, str], list[OpTable]] = {}
         self._named: dict[str, list[OpTable]] = {}
@@ -179,7 +190,7 @@ class CalibratedTimer:
             lo, hi = float(tab.tokens[0]), float(tab.tokens[-1])
             inside = same & (tk >= lo) & (tk <= hi)
             if inside.any():
-                self._put_measured(out, inside, self._interp(tab, tk), F, B, fmt)
+                self._put_measured(out, inside, self._interp(tab, tk), F, B, fmt, kernels)
             beyond = same & ~inside
             if beyond.any():
                 self._put_scaled(out, beyond, tab, tk, F, B, fmt, kernels)
@@ -266,9 +277,25 @@ class CalibratedTimer:
         lx = np.log(np.maximum(tk, 1e-300))
         return np.exp(np.interp(lx, self._lt[id(tab)], self._ly[id(tab)]))
 
-    def _put_measured(self, out: Timing, mask, t, F, B, fmt) -> None:
+    def _bound_scale(self, rc, rm):
+        """fit-bench's scale of each element: compute-bound -> compute, else memory (1: none)."""
+        if self.scales is None:
+            return 1.0
+        return np.where(rc >= rm, self.scales[0], self.scales[1])
+
+    def _served(self, t, rc, rm, kernels: int):
+        """A measured time as the serving engine runs it: the body (the time less the
+        harness's launches) over the fitted scale, plus the engine's per-kernel cost; the
+        time itself when fit-bench set nothing."""
+        if self.scales is None:
+            return t
+        body = np.maximum(t - kernels * self.harness_overhead, _MIN_BODY * t)
+        return body / self._bound_scale(rc, rm) + kernels * self.overhead
+
+    def _put_measured(self, out: Timing, mask, t, F, B, fmt, kernels: int = 1) -> None:
         rc, rm = self._unit(F, B, fmt)
         r = np.maximum(np.maximum(rc, rm), 1e-300)
+        t = self._served(t, rc, rm, kernels)
         out.time_s[mask] = t[mask]
         out.compute_s[mask] = (t * rc / r)[mask]
         out.memory_s[mask] = (t * rm / r)[mask]
@@ -283,7 +310,8 @@ class CalibratedTimer:
         fr, br = tab.cost(tc)
         rc0, rm0 = self._unit(fr, br, tab.format)
         rc, rm = self._unit(F, B, fmt)
-        body_ref = np.maximum(t_ref - tab.kernels * self.overhead, _MIN_BODY * t_ref)
+        body_ref = np.maximum(t_ref - tab.kernels * self.harness_overhead, _MIN_BODY * t_ref)
+        body_ref = body_ref / self._bound_scale(rc, rm)
         ratio = np.maximum(rc, rm) / np.maximum(np.maximum(rc0, rm0), 1e-300)
         scale = body_ref / np.maximum(np.maximum(rc, rm), 1e-300)
         over = kernels * self.overhead
@@ -305,6 +333,9 @@ class CalibratedTimer:
                 x = x * self.gpu.peak_flops(cfmt) / self.gpu.peak_flops(fmt)
         e = curve.evaluate(x)
         c, m = rc / e, rm / e
+        if self.scales is not None:  # fit-bench's scales, never past 100% (or the curve)
+            c = rc / np.minimum(e * self.scales[0], np.maximum(e, 1.0))
+            m = rm / np.minimum(e * self.scales[1], np.maximum(e, 1.0))
         over = kernels * self.overhead
         out.compute_s[mask] = c[mask]
         out.memory_s[mask] = m[mask]

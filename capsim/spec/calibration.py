@@ -180,6 +180,27 @@ class OpTable(Strict):
         return f"{self.op} {self.format} tp={self.tp}{shape}"
 
 
+class ServingFit(Strict):
+    """What ``capsim calibrate fit-bench`` fitted over the measured calibration, from served runs.
+
+    The harness measures operators one at a time in eager mode; a serving engine runs them in
+    CUDA graphs, with its own fusions. These scale the calibration instead of being ignored by
+    it: the calibrated timer divides a compute-bound time by ``compute_scale`` and a
+    memory-bound one by ``memory_scale`` (a curve's efficiency times the scale, at most 1), and
+    replaces the harness's per-kernel launch time by ``kernel_overhead_us`` when that is set.
+
+    >>> ServingFit(compute_scale=1.1).memory_scale
+    1.0
+    """
+
+    compute_scale: float = Field(1.0, gt=0, description="x the measured compute efficiency")
+    memory_scale: float = Field(1.0, gt=0, description="x the measured memory efficiency")
+    kernel_overhead_us: float | None = Field(
+        None, ge=0, description="the engine's per-kernel cost (default: the measured launch time)"
+    )
+    source: str = Field("", description="the fit-bench run that set these (sources.bench_fit)")
+
+
 class Calibration(Strict):
     """Measured tables and fitted curves of one card, with provenance."""
 
@@ -190,6 +211,9 @@ class Calibration(Strict):
     measured: MeasuredPeaks = MeasuredPeaks()
     curves: list[EfficiencyCurve] = Field(default_factory=list)
     tables: list[OpTable] = Field(default_factory=list)
+    serving: ServingFit | None = Field(
+        None, description="fit-bench's scales over the measurements (served runs)"
+    )
 
     def curve(self, kind: str, fmt: str) -> EfficiencyCurve | None:
         """The curve of this operator class and math format, if fitted."""

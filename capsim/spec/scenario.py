@@ -177,6 +177,27 @@ class EmpiricalTokens(Strict):
     output_max: int = Field(2048, gt=0)
 
 
+class UniformTokens(Strict):
+    """Prompt and output lengths drawn independently and uniformly from whole numbers in
+    [min, max] (what benchmark clients such as SGLang's and vLLM's ``random`` dataset send).
+
+    >>> UniformTokens(kind="uniform", prompt_min=1, prompt_max=1024, output_min=1, output_max=1024).output_max
+    1024
+    """
+
+    kind: Literal["uniform"]
+    prompt_min: int = Field(1, gt=0)
+    prompt_max: int = Field(gt=0)
+    output_min: int = Field(1, gt=0)
+    output_max: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformTokens:
+        if self.prompt_min > self.prompt_max or self.output_min > self.output_max:
+            raise ValueError("uniform token lengths need min <= max (prompt and output)")
+        return self
+
+
 def _tokens_kind(v: Any) -> str:
     if isinstance(v, dict):
         return str(v.get("kind", "lognormal"))
@@ -184,7 +205,9 @@ def _tokens_kind(v: Any) -> str:
 
 
 Tokens = Annotated[
-    Annotated[TokenLengths, Tag("lognormal")] | Annotated[EmpiricalTokens, Tag("empirical")],
+    Annotated[TokenLengths, Tag("lognormal")]
+    | Annotated[EmpiricalTokens, Tag("empirical")]
+    | Annotated[UniformTokens, Tag("uniform")],
     Discriminator(_tokens_kind),
 ]
 

@@ -11,6 +11,7 @@ import numpy as np
 from capsim.spec.scenario import (
     EmpiricalTokens,
     TokenLengths,
+    UniformTokens,
 )
 from capsim.workload.traces import TraceData, _token_column, check_trace_path, read_csv_text
 
@@ -34,10 +35,15 @@ def token_pairs(spec: EmpiricalTokens) -> tuple[np.ndarray, np.ndarray]:
 
 
 def token_lengths(
-    spec: TokenLengths | EmpiricalTokens, n: int, rng: np.random.Generator
+    spec: TokenLengths | EmpiricalTokens | UniformTokens, n: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt and output lengths, clipped to [1, max]: lognormal (medians and sigmas as given)
-    or (prompt, output) pairs drawn jointly, with replacement, from a trace's rows."""
+    """Prompt and output lengths, clipped to [1, max]: lognormal (medians and sigmas as given),
+    uniform whole numbers in [min, max], or (prompt, output) pairs drawn jointly, with
+    replacement, from a trace's rows."""
+    if isinstance(spec, UniformTokens):
+        up = rng.integers(spec.prompt_min, spec.prompt_max + 1, size=n, dtype=np.int64)
+        uo = rng.integers(spec.output_min, spec.output_max + 1, size=n, dtype=np.int64)
+        return up, uo
     if isinstance(spec, EmpiricalTokens):
         prompts, outputs = token_pairs(spec)
         pick = rng.integers(0, len(prompts), size=n)
