@@ -85,7 +85,19 @@ def peak(starts: np.ndarray, ends: np.ndarray) -> int:
 
 
 def per_window_sum(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Sums of ``x`` over index ranges ``[idx[k], idx[k+1])`` (``idx`` non-decreasing)."""
+    """Sums of ``x`` over index ranges ``[idx[k], idx[k+1])`` (``idx`` non-decreasing).
+
+    A boolean ``x`` is counted range by range (no float copy of it).
+
+    >>> per_window_sum(np.array([True, False, True, True]), np.array([0, 2, 2, 4])).tolist()
+    [1.0, 0.0, 2.0]
+    """
+    if x.dtype == bool:
+        bounds = idx.tolist()
+        return np.array(
+            [np.count_nonzero(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+            dtype=float,
+        )
     out = np.zeros(len(idx) - 1)
     full = idx[1:] > idx[:-1]
     if full.any():
@@ -138,9 +150,13 @@ def _latency(
 ) -> _Latency:
     """SLO statistics of the served requests (``lat`` aligned with the sorted ``arr_served``)."""
     n = len(arrival)
-    ok = np.ones(len(arr_served), dtype=bool)
+    ok = None  # no float-sized temporaries: one boolean array per target, reused
     for m, target in targets.items():
-        ok &= ~(lat[m] > target)  # NaN (no TPOT for a one-token output) meets it
+        good = np.greater(lat[m], target)
+        np.logical_not(good, out=good)  # NaN (no TPOT for a one-token output) meets it
+        ok = good if ok is None else np.logical_and(ok, good, out=ok)
+    if ok is None:
+        ok = np.ones(len(arr_served), dtype=bool)
     hours = np.append(np.arange(0.0, horizon, HOUR), horizon)
     per_hour_all = np.diff(np.searchsorted(arrival, hours, side="left"))
     per_hour_ok = per_window_sum(ok, np.searchsorted(arr_served, hours, side="left"))
@@ -151,9 +167,10 @@ def _latency(
     ps = sorted(set(PERCENTILES) | {pct})
     rng = np.random.default_rng(replication)
     quantiles, p_win, sample = {}, {}, {}
+    nans: dict[str, bool] = {}
     for m, target in targets.items():
         x = lat[m]
-        has_nan = bool(np.isnan(x).any())  # only an LLM's TPOT of one-token outputs
+        has_nan = nans[m] = bool(np.isnan(x).any())  # only an LLM's TPOT of one-token outputs
         pw = np.full(len(wlen), np.nan)
         for k in range(len(wlen)):
             seg = x[widx[k] : widx[k + 1]]
@@ -173,7 +190,7 @@ def _latency(
     x0 = lat[first]
     mean = math.nan
     if len(arr_served):  # nanmean copies the array: only where there is a NaN
-        mean = float(np.nanmean(x0) if np.isnan(x0).any() else np.mean(x0))
+        mean = float(np.nanmean(x0) if nans[first] else np.mean(x0))
     scalars = {
         "attainment": float(ok.sum() / n) if n else 1.0,
         "worst_hour_attainment": float(np.nanmin(hourly)) if np.isfinite(hourly).any() else 1.0,

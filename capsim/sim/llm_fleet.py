@@ -35,6 +35,8 @@ yet admitted to a batch; a request preempted later counts as in service.
 
 from __future__ import annotations
 
+import gc
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +47,7 @@ import simpy
 from capsim.sim.lifecycle import FleetSample
 from capsim.sim.llm_engine import LLMFleet, run_result
 from capsim.sim.llm_result import check_chains
-from capsim.sim.llm_types import EngineLimits, IterationTimer, LLMRunResult, _Replica
+from capsim.sim.llm_types import INF, EngineLimits, IterationTimer, LLMRunResult, _Replica
 from capsim.workload.prefixes import Chain
 
 
@@ -83,22 +85,65 @@ class ScalableLLMFleet(LLMFleet):
         self.started = False
         self.requeued = 0  # requests taken back from reclaimed spot replicas and re-routed
         self.ticks: dict[str, list[float]] = {"t": [], "busy_s": [], "queue_s": []}
+        self.inline = True  # sync: a step that ends first runs at once
+        self.na = INF  # the next arrival's time (INF: none left, or not started)
+        self._live: list[_Replica] = []  # the active replicas, in index order (the router's)
 
     # ------------------------------------------------------------------ ScalableFleet
     def sync(self, until: float) -> None:
-        """Run the engine up to ``until`` (to the end of the stream when it is infinite)."""
+        """Run the engine up to ``until`` (to the end of the stream when it is infinite).
+
+        ``run_llm``'s loop, bounded: it pops the event heap itself, takes arrivals in the loop
+        and runs a replica's next step at once when it ends before any other event and before
+        ``until``. The order of events is that of ``env.run(until=until)``: a step at the
+        stop time waits for the next call, an arrival there is taken when it was scheduled
+        before this call (SimPy's stop event is urgent and comes after it)."""
+        env = self.env
         if not self.started:
             self.started = True
-            self.start()
+            self.na = self.arr[0] if self.n else INF
         if math.isinf(until):
-            self.env.run()
-        elif until > self.env.now:
-            self.env.run(until=until)
+            stop = INF
+        elif until > env._now:
+            stop = env._now + (until - env._now)  # where SimPy's stop event lands
+        else:
+            return
+        q, pop = env._queue, heapq.heappop
+        first = True  # the pending arrival was scheduled before this call
+        gc_was = gc.isenabled()
+        gc.disable()  # many small objects, none freed in cycles
+        try:
+            while True:
+                na = self.na
+                if na < stop or (first and na == stop):
+                    self.ta = na
+                    if q and q[0][0] < na:  # an arrival at the same time goes first (URGENT)
+                        env._now, _, _, ev = pop(q)
+                        ev.callbacks[0](ev)
+                        continue
+                    if na == INF:
+                        break
+                    env._now = na
+                    self.na = INF if self.done else self._arrive(na)
+                    first = False
+                    continue
+                self.ta = stop  # a step inline only before the stop
+                if q and q[0][0] < stop:
+                    env._now, _, _, ev = pop(q)
+                    ev.callbacks[0](ev)
+                    continue
+                break
+        finally:
+            if gc_was:
+                gc.enable()
+        if stop < INF:
+            env._now = stop
 
     def add_replica(self, now: float) -> int:
         """A ready replica joins at ``now`` (after ``sync(now)``); buffered requests go to it."""
         rp = _Replica(len(self.reps), self.bs)
         self.reps.append(rp)
+        self._live.append(rp)
         self.n_active += 1
         while self.buffer:
             i = self.buffer.popleft()
@@ -110,11 +155,12 @@ class ScalableLLMFleet(LLMFleet):
 
     def retire_replica(self, now: float, on_released: Callable[[int, float], None]) -> int | None:
         """Stop routing to one replica (idle if any, else the least loaded); it drains."""
-        active = [rp for rp in self.reps if rp.active]
+        active = self._live
         if not active:
             return None
         rp = min(reversed(active), key=lambda r: r.n_out)  # ties: the newest
         rp.active = False
+        active.remove(rp)
         self._any_retired = True
         self.n_active -= 1
         if rp.n_out == 0:
@@ -132,6 +178,7 @@ class ScalableLLMFleet(LLMFleet):
         rp = self.reps[fid]
         if rp.active:
             rp.active = False
+            self._live.remove(rp)
             self._any_retired = True
             self.n_active -= 1
         if rp.n_out == 0:

@@ -35,6 +35,7 @@ class ReplicaOps:
     max_wait: Any
     unstable_reason: Any
     _any_retired: Any
+    _live: Any
     adm: Any
     first: Any
     n_adm: Any
@@ -341,7 +342,7 @@ class ReplicaOps:
 
     # -- arrivals and routing -----------------------------------------------------------------
     def _pick(self, i: int) -> _Replica | None:
-        reps = [r for r in self.reps if r.active] if self._any_retired else self.reps
+        reps = self._live if self._any_retired else self.reps  # _live: the active ones
         if not reps:
             return None
         c = len(reps)

@@ -84,11 +84,12 @@ def arrival_times(
         cum = np.concatenate([[0.0], np.cumsum(0.5 * (lam[1:] + lam[:-1]) * np.diff(grid))])
     total = cum[-1]
     n_guess = int(total + 6 * np.sqrt(total) + 100)
-    points = np.cumsum(_unit_gaps(arr, n_guess, rng))
+    gaps = _unit_gaps(arr, n_guess, rng)
+    points = np.cumsum(gaps, out=gaps)  # in place: no second array of 10^7 floats
     while points[-1] < total:
         more = np.cumsum(_unit_gaps(arr, n_guess, rng)) + points[-1]
         points = np.concatenate([points, more])
-    points = points[points < total]
+    points = points[: np.searchsorted(points, total, side="left")]  # sorted: a view, no copy
     if stationary:
         return points / arr.rate_rps
     return np.interp(points, cum, grid)
