@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +59,7 @@ from capsim.planning.autoscaled_screen import (
     screen_job,
     target_grid,
 )
-from capsim.planning.parallel import PinnedPools, run_tasks
+from capsim.planning.parallel import PinnedPools, process_pool, run_tasks
 from capsim.planning.whatif import PolicyResult
 from capsim.planning.whatif_run import run_policy, weight_bytes
 from capsim.spec.autoscaling import (
@@ -233,7 +233,7 @@ def plan_autoscaled(
     if executor is not None or (jobs > 1 and len(args) > 1):
         done = iter(run_tasks(screen_job, args, executor, jobs=jobs))
     else:  # in this process, with the screen's own progress lines (and a spare core's guesses)
-        spare = ProcessPoolExecutor(max_workers=1) if jobs > 1 and executor is None else None
+        spare = process_pool(1) if jobs > 1 and executor is None else None
         try:
             done = iter([screen_candidate(*a, progress=progress, spare=spare) for a in args])
         finally:

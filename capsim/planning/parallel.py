@@ -23,10 +23,42 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 Progress = Callable[[int, int, Any], None]
+
+
+def worker_init() -> None:
+    """Set up one of capsim's own worker processes: numpy's transparent-huge-page advice off.
+
+    numpy advises the kernel to back every array of 4 MiB or more with huge pages; where the
+    kernel's THP ``defrag`` setting is ``madvise`` (as on the project's 2-core VM) each such
+    array then waits for direct memory compaction. A real-time day allocates arrays of 10^7
+    values by the dozen: on that VM the advice cost ~0.6 s of system time per day, ~0.5 s of
+    wall time per autoscaled embedding plan (benchmarks/README.md, 2026-12-05). Values are
+    unchanged. ``NUMPY_MADVISE_HUGEPAGE`` set in the environment is left to decide.
+
+    >>> worker_init()
+    """
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(False)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A local process pool of ``workers`` processes set up by :func:`worker_init`.
+
+    >>> with process_pool(1) as pool:
+    ...     pool.submit(abs, -2).result()
+    2
+    """
+    return ProcessPoolExecutor(max_workers=workers, initializer=worker_init)
 
 
 def local_executor(jobs: int, tasks: int) -> Executor | None:
@@ -37,7 +69,7 @@ def local_executor(jobs: int, tasks: int) -> Executor | None:
     """
     if jobs <= 1 or tasks <= 1:
         return None
-    return ProcessPoolExecutor(max_workers=min(jobs, tasks, os.cpu_count() or 1))
+    return process_pool(min(jobs, tasks, os.cpu_count() or 1))
 
 
 def run_tasks(
@@ -84,7 +116,7 @@ class PinnedPools:
 
     def __init__(self, jobs: int):
         n = max(1, min(jobs, os.cpu_count() or 1))
-        self.pools = [ProcessPoolExecutor(max_workers=1) for _ in range(n)]
+        self.pools = [process_pool(1) for _ in range(n)]
 
     def run(self, fn: Callable[[T], R], keyed: Iterable[tuple[int, T]]) -> list[R]:
         """``[fn(t) for k, t in keyed]``, task ``t`` on worker ``k mod jobs``, in order."""

@@ -76,6 +76,7 @@ class ClosedLLMFleet(LLMFleet):
             getattr(self, name).append(v)
         self.P.append(p)
         self.O.append(o)
+        self.refuse.append(self._refuses(p, o))
         self.target.append(p)
         self.arr.append(now)
         self.client.append(client)

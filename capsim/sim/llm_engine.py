@@ -147,6 +147,7 @@ class LLMFleet(ReplicaOps):
         self.max_seqs = limits.max_num_seqs or UNLIMITED
         self.chunked = limits.chunked_prefill
         self.max_len = limits.max_model_len or UNLIMITED
+        self.refuse = self._refusals(prompt, output)
         self.limits = limits
         if router in ROUTER_ALIASES:
             router = ROUTER_ALIASES[router]

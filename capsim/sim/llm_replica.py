@@ -7,6 +7,7 @@ import math
 from bisect import bisect_left
 from typing import Any, Literal
 
+import numpy as np
 import simpy
 
 from capsim.sim.llm_types import (
@@ -36,6 +37,7 @@ class ReplicaOps:
     unstable_reason: Any
     _any_retired: Any
     _live: Any
+    refuse: list[bool]
     adm: Any
     first: Any
     n_adm: Any
@@ -362,10 +364,23 @@ class ReplicaOps:
                 best, key = rp, v
         return best
 
+    def _refusals(self, prompt: np.ndarray, output: np.ndarray) -> list[bool]:
+        """What every replica refuses at arrival (vLLM), per request: longer than
+        ``max_model_len`` or than the whole KV cache, or (without chunked prefill) a prompt
+        over the token budget. Fixed for the run: computed once (``self.refuse``)."""
+        p = np.asarray(prompt).astype(np.int64)
+        po = p + np.asarray(output).astype(np.int64)
+        out = (po > self.max_len) | (-(-po // self.bs) > self.total)
+        if not self.chunked:
+            out |= p > self.budget
+        return out.tolist()
+
     def _refused(self, i: int) -> bool:
-        """What every replica refuses at arrival (vLLM): longer than ``max_model_len`` or than
-        the whole KV cache, or (without chunked prefill) a prompt over the token budget."""
-        p, o = self.P[i], self.O[i]
+        """Request ``i`` is refused by every replica (see :meth:`_refusals`)."""
+        return self.refuse[i]
+
+    def _refuses(self, p: int, o: int) -> bool:
+        """:meth:`_refusals` of one request of ``p`` prompt and ``o`` output tokens."""
         return (
             p + o > self.max_len
             or -(-(p + o) // self.bs) > self.total
@@ -374,7 +389,7 @@ class ReplicaOps:
 
     def _accept(self, rp: _Replica, i: int) -> bool:
         """Request i reaches replica rp: queue it, or reject it (too long, queue full)."""
-        if self._refused(i) or (self.max_queue is not None and len(rp.waiting) >= self.max_queue):
+        if self.refuse[i] or (self.max_queue is not None and len(rp.waiting) >= self.max_queue):
             self.rejected[i] = True
             return False
         self.rep[i] = rp.idx
