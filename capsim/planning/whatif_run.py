@@ -193,15 +193,39 @@ def _to_real_horizon(run: AutoscaledRun, compression: float) -> AutoscaledRun:
     return run
 
 
+#: per process, one jitter source per (seed, replication, cv): factor k is the same for every
+#: policy (common random numbers), so a later run reuses the factors an earlier one drew (a
+#: second real-time round on a pinned worker draws none)
+_JITTER_SOURCES: dict[tuple[int, int, float], Jitter] = {}
+
+
+def jitter_source(s: Scenario, replication: int) -> Jitter | None:
+    """Replication ``replication``'s service-time jitter factors (None without jitter).
+
+    >>> from capsim.load import load_scenario
+    >>> s = load_scenario("scenarios/embedding_autoscaled.yaml")
+    >>> jitter_source(s, 0) is jitter_source(s, 0) is not jitter_source(s, 1)
+    True
+    """
+    cv = s.fleet.service_time_cv
+    if cv <= 0:
+        return None
+    key = (s.simulation.seed, replication, cv)
+    src = _JITTER_SOURCES.get(key)
+    if src is None:
+        if len(_JITTER_SOURCES) >= 8:
+            _JITTER_SOURCES.clear()
+        src = _JITTER_SOURCES[key] = Jitter(jitter_rng(s, replication), cv)
+    return src
+
+
 def _batched_fleet(s: Scenario, svc, stream, replication: int, vectorise: bool) -> BatchedFleet:
     return BatchedFleet(
         stream.arrival,
         svc.batch_times(s.fleet.max_batch),
         max_queue_delay_s=s.fleet.max_queue_delay_s,
         max_queue_length=s.fleet.max_queue_length,
-        jitter=Jitter(jitter_rng(s, replication), s.fleet.service_time_cv)
-        if s.fleet.service_time_cv > 0
-        else None,
+        jitter=jitter_source(s, replication),
         vectorise=vectorise,
     )
 

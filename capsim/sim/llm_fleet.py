@@ -114,25 +114,17 @@ class ScalableLLMFleet(LLMFleet):
         gc.disable()  # many small objects, none freed in cycles
         try:
             while True:
-                na = self.na
-                if na < stop or (first and na == stop):
-                    self.ta = na
-                    if q and q[0][0] < na:  # an arrival at the same time goes first (URGENT)
-                        env._now, _, _, ev = pop(q)
-                        ev.callbacks[0](ev)
-                        continue
-                    if na == INF:
-                        break
-                    env._now = na
-                    self.na = INF if self.done else self._arrive(na)
-                    first = False
-                    continue
-                self.ta = stop  # a step inline only before the stop
-                if q and q[0][0] < stop:
+                na = self.na  # steps do not change it: only arrivals do
+                arrive = na < stop or (first and na == stop)
+                bound = self.ta = na if arrive else stop  # a step inline only before it
+                while q and q[0][0] < bound:  # an arrival at the same time goes first (URGENT)
                     env._now, _, _, ev = pop(q)
                     ev.callbacks[0](ev)
-                    continue
-                break
+                if not arrive or na == INF:
+                    break
+                env._now = na
+                self.na = INF if self.done else self._arrive(na)
+                first = False
         finally:
             if gc_was:
                 gc.enable()
