@@ -33,7 +33,7 @@ from operator import mul
 
 import numpy as np
 
-from capsim.sim.batched_readout import FleetReadout
+from capsim.sim.batched_readout import FleetReadout, Jitter
 
 _SCHEDULES: dict[tuple[int, int, int, float], tuple[np.ndarray, tuple]] = {}
 
@@ -74,28 +74,6 @@ def greedy_schedule(arrival: np.ndarray, K: int, d: float) -> tuple:
         _SCHEDULES.clear()
     _SCHEDULES[key] = (arrival, out)
     return out
-
-
-class Jitter:
-    """Multiplicative service-time factors, drawn on demand in chunks from one generator.
-
-    Chunked draws give the same sequence as one large draw, so factor k is the same for every
-    policy (and equals ``capsim.evaluate``'s factor k for the fixed-fleet engine).
-    """
-
-    def __init__(self, rng: np.random.Generator, cv: float):
-        self.rng, self.cv = rng, cv
-        self.buf = np.empty(0)
-        self.max_factor = 1.0
-
-    def ensure(self, count: int) -> memoryview:
-        if count > len(self.buf):
-            more = max(count - len(self.buf), len(self.buf), 65536)
-            shape = 1.0 / self.cv**2
-            chunk = self.rng.gamma(shape, 1.0 / shape, size=more)
-            self.max_factor = max(self.max_factor, float(chunk.max()))
-            self.buf = np.concatenate([self.buf, chunk])
-        return memoryview(self.buf)  # type: ignore[arg-type]  # numpy's stubs omit __buffer__ before 3.12
 
 
 class BatchedFleet(FleetReadout):
@@ -325,11 +303,8 @@ class BatchedFleet(FleetReadout):
         head, now, nb = self.head - base, self.now, self.nb
         jit, j0 = self._jitter_list(until)
         ishead = self._sched[3] if self._sched is not None else None
-        # the batches go to plain lists (an array's append parses its argument: ~3x slower),
-        # moved into the C arrays in one conversion when the call ends
-        tl: list[float] = []
-        sl: list[float] = []
-        bl: list[int] = []
+        # the batches go to plain lists (array.append parses its argument: ~3x slower)
+        tl, sl, bl = self._new_log()
         lt, ls, lb = tl.append, sl.append, bl.append
         hr = heapq.heapreplace
         Km1 = K - 1
@@ -372,10 +347,7 @@ class BatchedFleet(FleetReadout):
         finally:
             if gc_was:
                 gc.enable()
-            if tl:
-                self._lt.frombytes(np.array(tl, dtype=float).tobytes())
-                self._ls.frombytes(np.array(sl, dtype=float).tobytes())
-                self._lb.frombytes(np.array(bl, dtype=np.int64).tobytes())
+            self._keep_log(tl, sl, bl)
         self.head, self.now, self.nb = head + base, now, nb
         if self._sched is not None and (not reached or self.head >= self.n):
             self._k = int(np.searchsorted(self._sched[0], self.head))

@@ -1,4 +1,4 @@
-"""What a batched fleet reports: samples of its state for the controller, the batch log, the service order."""
+"""What a batched fleet reports (samples for the controller, the batch log, the service order), and its service-time jitter factors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,28 @@ import numpy as np
 from capsim.sim.lifecycle import FleetSample
 
 
+class Jitter:
+    """Multiplicative service-time factors, drawn on demand in chunks from one generator.
+
+    Chunked draws give the same sequence as one large draw, so factor k is the same for every
+    policy (and equals ``capsim.evaluate``'s factor k for the fixed-fleet engine).
+    """
+
+    def __init__(self, rng: np.random.Generator, cv: float):
+        self.rng, self.cv = rng, cv
+        self.buf = np.empty(0)
+        self.max_factor = 1.0
+
+    def ensure(self, count: int) -> memoryview:
+        if count > len(self.buf):
+            more = max(count - len(self.buf), len(self.buf), 65536)
+            shape = 1.0 / self.cv**2
+            chunk = self.rng.gamma(shape, 1.0 / shape, size=more)
+            self.max_factor = max(self.max_factor, float(chunk.max()))
+            self.buf = np.concatenate([self.buf, chunk])
+        return memoryview(self.buf)  # type: ignore[arg-type]  # numpy's stubs omit __buffer__ before 3.12
+
+
 class FleetReadout:
     """Methods of :class:`BatchedFleet` (mixed in); they use its attributes, declared here for
     the type checker (set by ``BatchedFleet.__init__``)."""
@@ -19,6 +41,9 @@ class FleetReadout:
     _carry: list[tuple[float, int]]
     _flush: Any
     _jsrc: Any
+    _lt: Any
+    _ls: Any
+    _lb: Any
     _mv: Any
     _seen: Any
     _seen_sum: Any
@@ -36,6 +61,19 @@ class FleetReadout:
     sum_bs: Any
     sum_btg: Any
     sum_s: Any
+
+    @staticmethod
+    def _new_log() -> tuple[list[float], list[float], list[int]]:
+        """Empty lists for a loop's batches: start, duration, size."""
+        return [], [], []
+
+    def _keep_log(self, tl: list[float], sl: list[float], bl: list[int]) -> None:
+        """Move a loop's batches into the pending log (C arrays: no float objects kept), one
+        conversion per list."""
+        if tl:
+            self._lt.frombytes(np.array(tl, dtype=float).tobytes())
+            self._ls.frombytes(np.array(sl, dtype=float).tobytes())
+            self._lb.frombytes(np.array(bl, dtype=np.int64).tobytes())
 
     def _longest(self) -> float:
         f = self._jsrc.max_factor if self._jsrc is not None else self.max_factor
