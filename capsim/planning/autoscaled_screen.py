@@ -127,8 +127,9 @@ def screen_candidate(
     """Search the policy's settings on one compressed day each (see the module docstring).
 
     With a ``spare`` worker, the setting the search would screen next if the current one
-    failed (else its cap) is screened there at the same time: the search and its result are
-    those of the sequential search; a guess it does not use is dropped.
+    failed (else its cap) is screened there at the same time (here, when the current one is
+    itself still running there as an earlier guess): the search and its result are those of
+    the sequential search; a guess it does not use is dropped.
     """
     base = s.autoscaling
     assert base is not None
@@ -143,9 +144,13 @@ def screen_candidate(
             if progress:
                 progress(f"{gpu} {precision}: screen {spec.kind} {knobs(spec)}")
             gkey = guess.model_dump_json() if guess is not None else None
-            if spare is not None and gkey is not None and gkey not in cache and gkey not in ahead:
-                ahead[gkey] = spare.submit(screen_one, (s, cat, gpu, precision, tp, guess, comp))
             fut = ahead.pop(key, None)
+            if spare is not None and gkey is not None and gkey not in cache and gkey not in ahead:
+                gargs = (s, cat, gpu, precision, tp, guess, comp)
+                if fut is not None and not fut.done():  # this one runs there: guess here
+                    ahead[gkey] = _done(screen_one(gargs))
+                else:
+                    ahead[gkey] = spare.submit(screen_one, gargs)
             args = (s, cat, gpu, precision, tp, spec, comp)
             res = fut.result() if fut is not None else screen_one(args)
             cache[key] = Trial(spec, res)
@@ -182,6 +187,17 @@ def screen_candidate(
             pick, ladder = _try_cap(pick, ladder, peak, screen, cache)
             return Screened(pick, ladder, trials, comp, "passed the screen")
     return Screened(None, [], trials, comp, "no setting met the SLO")
+
+
+def _done(value: Any) -> Future:
+    """A future that already holds ``value``.
+
+    >>> _done(3).result()
+    3
+    """
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
 
 
 def screen_one(args) -> PolicyResult:
