@@ -44,6 +44,26 @@ def test_a_fixed_count_gives_the_static_engines_times(router):
     assert got.iterations == ref.iterations
 
 
+def test_syncing_in_steps_gives_the_run_of_one_sync():
+    """The engine runs to each sync time (some exactly at an arrival) and on from there: the
+    same event order, so the same run as one sync to the end."""
+    arr, p, o = _poisson(2000, 20.0, seed=5)
+    whole = ScalableLLMFleet(arr, p, o, LinearTimer(), LIMITS)
+    _fixed(whole, 2)
+    steps = ScalableLLMFleet(arr, p, o, LinearTimer(), LIMITS)
+    steps.sync(0.0)
+    for _ in range(2):
+        steps.add_replica(0.0)
+    times = np.sort(np.concatenate([np.arange(0.0, float(arr[-1]) + 5.0, 0.37), arr[::50]]))
+    for t in times.tolist():
+        steps.sync(t)
+    steps.sync(math.inf)
+    a, b = whole.result(float(arr[-1])), steps.result(float(arr[-1]))
+    for name in ("replica", "admitted", "first_token", "finish"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
+    assert (b.iterations, b.events) == (a.iterations, a.events)
+
+
 def test_counters_are_the_integrals_of_the_per_request_arrays():
     arr, p, o = _poisson(2000, 20.0, seed=7)
     f = ScalableLLMFleet(arr, p, o, LinearTimer(), LIMITS)
