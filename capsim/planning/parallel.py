@@ -37,8 +37,8 @@ def worker_init() -> None:
     numpy advises the kernel to back every array of 4 MiB or more with huge pages; where the
     kernel's THP ``defrag`` setting is ``madvise`` (as on the project's 2-core VM) each such
     array then waits for direct memory compaction. A real-time day allocates arrays of 10^7
-    values by the dozen: on that VM the advice cost ~0.6 s of system time per day, ~0.5 s of
-    wall time per autoscaled embedding plan (benchmarks/README.md, 2026-12-05). Values are
+    values by the dozen: on that VM the advice cost ~1.2 s of system time and ~0.5 s of wall
+    time per autoscaled embedding plan (benchmarks/README.md, 2026-12-05). Values are
     unchanged. ``NUMPY_MADVISE_HUGEPAGE`` set in the environment is left to decide.
 
     >>> worker_init()
