@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -193,10 +194,11 @@ def _to_real_horizon(run: AutoscaledRun, compression: float) -> AutoscaledRun:
     return run
 
 
-#: per process, one jitter source per (seed, replication, cv): factor k is the same for every
+#: per thread, one jitter source per (seed, replication, cv): factor k is the same for every
 #: policy (common random numbers), so a later run reuses the factors an earlier one drew (a
-#: second real-time round on a pinned worker draws none)
-_JITTER_SOURCES: dict[tuple[int, int, float], Jitter] = {}
+#: second real-time round on a pinned worker draws none); a source draws as it goes, so
+#: threads (a multi-threaded Dask worker) do not share one
+_JITTER_SOURCES: dict[tuple[int, int, int, float], Jitter] = {}
 
 
 def jitter_source(s: Scenario, replication: int) -> Jitter | None:
@@ -210,7 +212,7 @@ def jitter_source(s: Scenario, replication: int) -> Jitter | None:
     cv = s.fleet.service_time_cv
     if cv <= 0:
         return None
-    key = (s.simulation.seed, replication, cv)
+    key = (threading.get_ident(), s.simulation.seed, replication, cv)
     src = _JITTER_SOURCES.get(key)
     if src is None:
         if len(_JITTER_SOURCES) >= 8:
