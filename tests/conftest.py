@@ -83,11 +83,12 @@ SLOW = (
     "tests/test_readme_commands.py::test_shown_commands_run[capsim sweep --help]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:78]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:122]",
-    "tests/test_readme_commands.py::test_shown_commands_run[README.md:200]",
+    "tests/test_readme_commands.py::test_shown_commands_run[README.md:202]",
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/plan.md:144]",
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/mixed.md:11]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:137]",  # ~17 s plan
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/disaggregated.md:11]",
+    "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/disaggregated.md:104]",  # whatif
     "tests/test_readme_commands.py::test_shown_commands_run[capsim plan --help]",
     "tests/test_readme_commands.py::test_shown_commands_run[capsim whatif --help]",
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,6 @@ from capsim.analysis.whatif_metrics import (
     peak,
     window_edges,
 )
-from capsim.sim.llm_disagg import DisaggRunResult
 from capsim.spec.catalog import GPU
 
 #: fleet scalars that add up over the two pools
@@ -72,7 +72,7 @@ class _Status:
     unstable_reason: str
 
 
-def _status(pools: list[PoolRun], res: DisaggRunResult) -> _Status:
+def _status(pools: list[PoolRun], res: Any) -> _Status:
     for p in pools:
         if p.lc.unstable:  # type: ignore[attr-defined]
             return _Status(True, f"{p.name} pool: {p.lc.unstable_reason}")  # type: ignore[attr-defined]
@@ -113,7 +113,7 @@ def _merge_fleet(
 def measure_disagg_autoscaled(
     s,
     pools: list[PoolRun],
-    res: DisaggRunResult,
+    res: Any,
     horizon: float,
     targets: dict[str, float],
     *,
@@ -121,7 +121,8 @@ def measure_disagg_autoscaled(
     replication: int,
     window_s: float,
 ) -> AutoscaledRun:
-    """An autoscaled run of a disaggregated fleet (see the module docstring)."""
+    """An autoscaled run of a disaggregated fleet (see the module docstring); ``res`` is the
+    run's :class:`capsim.sim.llm_disagg.DisaggRunResult`."""
     pct = s.slo.percentile
     arrival = res.arrival
     served_mask = res.served

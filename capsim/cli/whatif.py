@@ -161,7 +161,6 @@ def whatif(
     \b
     Example:
       capsim whatif scenarios/embedding_autoscaled.yaml --out results/
-      capsim whatif scenarios/chatbot_disagg_autoscaled.yaml --jobs 2
       capsim whatif scenarios/embedding_autoscaled.yaml --policy fixed:replicas=peak \\
           --policy hpa:target=60,max_replicas=8 --policy kpa:target=8,max_replicas=8
     """

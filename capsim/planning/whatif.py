@@ -395,7 +395,7 @@ def whatif(
     base, why = pick_baseline(specs, baseline, w.baseline if w else None, policies is None)
     notes = [why]
     setup = None
-    if mode != "colocated":
+    if dcfg is not None:
         if progress and any(r.serving == "disaggregated" and r.peak for r in rows):
             progress("sizing the prefill and decode pools for the peak (disaggregated plan)")
         setup = disagg_setup(
