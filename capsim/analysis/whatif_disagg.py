@@ -12,7 +12,6 @@ cost (``prefill_replicas_avg``, ``decode_cost_usd``, ...) and the KV transfer's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from capsim.analysis.whatif_metrics import (
     _latency,
     _offered,
     peak,
+    token_scalars,
     window_edges,
 )
 from capsim.spec.catalog import GPU
@@ -147,17 +147,11 @@ def measure_disagg_autoscaled(
         parts.append(_fleet(s, p.gpu, p.lc, horizon, edges, b, e_busy, p.tp))
         busy.append(b)
     fleet = _merge_fleet(parts, busy, pools, horizon)
-    out_tok = float(res.output[served_mask].sum())
-    all_tok = out_tok + float(res.prompt[served_mask].sum())
-    cost = fleet[0]["cost_usd"]
     moved = res.transfer_s[~np.isnan(res.transfer_s)]
     dec_res = res.decode
     extra = {
         "mean_batch": dec_res.seq_iterations / dec_res.iterations if dec_res.iterations else 0.0,
-        "output_tokens": out_tok,
-        "output_tokens_per_s": out_tok / horizon if horizon else 0.0,
-        "usd_per_1m_output_tokens": cost / out_tok * 1e6 if out_tok else math.nan,
-        "usd_per_1m_tokens": cost / all_tok * 1e6 if all_tok else math.nan,
+        **token_scalars(res, served_mask, fleet[0]["cost_usd"], horizon),
         "preemptions": float(res.prefill.preemptions.sum() + dec_res.preemptions.sum()),
         "kv_transfer_p99_ms": float(np.percentile(moved, 99)) * 1000 if len(moved) else 0.0,
     }
