@@ -401,7 +401,7 @@ def whatif(
         setup = disagg_setup(
             s, cat, Candidate(g, p, t, e), dcfg,
             placement or (s.disaggregation.placement if s.disaggregation else "auto"),
-            sized=any(r.serving == "disaggregated" and r.peak for r in rows),
+            [r.spec for r in rows if r.serving == "disaggregated"],
         )  # fmt: skip
         notes.append(pool_sizes_note(setup))
     fixed_n = None

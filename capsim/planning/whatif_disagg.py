@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,23 +120,47 @@ def disagg_setup(
     prefill: Candidate,
     decode: Candidate,
     placement: str,
-    sized: bool,
+    specs: Sequence,
 ) -> DisaggSetup:
-    """Resolve the placement (refusing a KV path the catalog cannot give) and, when a policy
-    is sized for the peak (``sized``), the pool sizes."""
+    """Size the pools for the peak when a policy (``specs``: those run disaggregated) needs it,
+    and resolve the placement for the largest fleet any policy may reach (``auto``: one node
+    only if every pool size fits), refusing a KV path the catalog cannot give."""
     for name, c in (("prefill", prefill), ("decode", decode)):
         try:
             runnable_service(s, cat[c.gpu], c.precision, c.tp, c.ep)
         except Unsupported as exc:
             raise Unsupported(f"{name} pool ({c.label()}): {exc}") from None
-    f = DisaggFleet(prefill, 1, decode, 1)
+    sized = any(needs_peak(sp) for sp in specs)
+    peak = peak_pools(s, cat, prefill, decode, placement) if sized else None
+    x, y = largest_pools(s, specs, peak)
+    f = DisaggFleet(prefill, x, decode, y)
     where = resolve_placement(cat, f, placement)
     try:
         kv_link(cat, f, where)
     except LinkProblem as exc:
         raise InputError(str(exc), where="--placement") from None
-    peak = peak_pools(s, cat, prefill, decode, placement) if sized else None
     return DisaggSetup(prefill, decode, where, peak)
+
+
+def largest_pools(s: Scenario, specs: Sequence, peak: tuple[int, int] | None) -> tuple[int, int]:
+    """The most replicas each pool may have under any of ``specs`` (a fixed count, the peak
+    sizes, or an autoscaler's ``max_replicas``, default ``candidates.max_replicas``).
+
+    >>> from capsim.load import load_scenario
+    >>> s = load_scenario("scenarios/chatbot_disagg_autoscaled.yaml")
+    >>> largest_pools(s, s.whatif.policies[:1], (4, 6)), largest_pools(s, s.whatif.policies, (4, 6))
+    ((4, 6), (24, 24))
+    """
+    out = [1, 1]
+    for sp in specs:
+        for i, pool in enumerate(POOLS):
+            p = pool_spec(sp, pool)
+            if isinstance(p, FixedSpec):
+                n = p.replicas if isinstance(p.replicas, int) else (peak[i] if peak else 1)
+            else:
+                n = p.max_replicas or s.candidates.max_replicas
+            out[i] = max(out[i], n)
+    return out[0], out[1]
 
 
 def _rate0(s: Scenario, t: np.ndarray) -> float:
@@ -253,6 +278,6 @@ def pool_sizes_note(setup: DisaggSetup) -> str:
     )
     return (
         f"disaggregated [P/D]: prefill {setup.prefill.label()}, decode {setup.decode.label()}, "
-        f"KV over {setup.placement.replace('_', ' ')}{size}; a policy that is not split runs "
-        "on each pool"
+        f"KV {'within one node' if setup.placement == 'same_node' else 'across nodes'}{size}; a "
+        "policy that is not split runs on each pool"
     )
