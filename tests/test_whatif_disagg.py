@@ -16,7 +16,7 @@ from capsim.load import load_catalog, load_scenario
 from capsim.planning.disagg_sim import DisaggFleet, kv_link, run_fleet
 from capsim.planning.static import Candidate
 from capsim.planning.whatif_config import policy_rows, serving_mode
-from capsim.planning.whatif_disagg import DisaggSetup, run_disagg_policy
+from capsim.planning.whatif_disagg import DisaggSetup, disagg_setup, run_disagg_policy
 from capsim.spec.autoscaling import FixedSpec, HPASpec, SplitSpec, WhatIf
 from capsim.workload.streams import real_time
 
@@ -142,3 +142,20 @@ def test_cli_whatif_runs_both_fleets_on_the_same_traffic(tmp_path):
     assert colo["meets_slo"] and dis["meets_slo"] and dis["serving"] == "disaggregated"
     price = price_per_gpu_hour(load_catalog()["h100-sxm"], None).usd_per_hour
     assert dis["saving_usd"]["mean"] == pytest.approx(price * 240 / 3600)
+
+
+def test_auto_placement_is_resolved_for_the_largest_fleet_a_policy_may_reach(cat, minute):
+    """Fixed 3 + 4 H100s fit one 8-GPU node (NVLink); an autoscaler that may grow the pools to
+    12 + 16 replicas cannot, so the KV cache goes over the NICs for every row."""
+    fixed = SplitSpec(
+        kind="split",
+        prefill=FixedSpec(kind="fixed", replicas=3),
+        decode=FixedSpec(kind="fixed", replicas=4),
+    )
+    auto = SplitSpec(
+        kind="split",
+        prefill=HPASpec(kind="hpa", metric="rps", target=8, max_replicas=12),
+        decode=HPASpec(kind="hpa", metric="rps", target=7, max_replicas=16),
+    )
+    assert disagg_setup(minute, cat, H100, H100, "auto", [fixed]).placement == "same_node"
+    assert disagg_setup(minute, cat, H100, H100, "auto", [fixed, auto]).placement == "cross_node"
