@@ -55,6 +55,7 @@ SLOW = (
     "tests/test_mixed.py::test_mixed_fleet_scenario_a_mix_wins",  # a mixed plan, ~35 s
     "tests/test_mixed.py::test_mixed_fleet_no_win_scenario_says_no_mix_wins",  # ~20 s
     "tests/test_disagg.py::test_plan_disaggregates_at_a_tight_tpot_with_long_prompts",  # ~5 s plan
+    "tests/test_whatif_disagg.py::test_cli_whatif_runs_both_fleets_on_the_same_traffic",  # ~9 s
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_catalog_entries",
     "tests/fuzz/test_fuzz_cli.py::test_fuzz_scenarios",
     "tests/test_calibration_cpu.py::",  # a module fixture measures this CPU for ~27 s
@@ -82,11 +83,12 @@ SLOW = (
     "tests/test_readme_commands.py::test_shown_commands_run[capsim sweep --help]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:78]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:122]",
-    "tests/test_readme_commands.py::test_shown_commands_run[README.md:200]",
+    "tests/test_readme_commands.py::test_shown_commands_run[README.md:202]",
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/plan.md:144]",
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/mixed.md:11]",
     "tests/test_readme_commands.py::test_shown_commands_run[README.md:137]",  # ~17 s plan
     "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/disaggregated.md:11]",
+    "tests/test_readme_commands.py::test_shown_commands_run[docs/tutorials/disaggregated.md:104]",  # whatif
     "tests/test_readme_commands.py::test_shown_commands_run[capsim plan --help]",
     "tests/test_readme_commands.py::test_shown_commands_run[capsim whatif --help]",
 )

@@ -74,7 +74,12 @@ HELP_SKIPS = {
 }
 # commands that only read the shipped files and print (run once per session, output reused)
 PURE = ("plan", "simulate", "whatif", "estimate", "validate")
-FAST_SCENARIOS = ("embedding_autoscaled.yaml", "chatbot_autoscaled.yaml", "spot.yaml")
+FAST_SCENARIOS = (
+    "embedding_autoscaled.yaml",
+    "chatbot_autoscaled.yaml",
+    "spot.yaml",
+    "chatbot_disagg_autoscaled.yaml",
+)
 CPU_RUN = (
     "capsim calibrate run --out meas/ --backend numpy --quick --precisions fp32 "
     "--budget-seconds 20 --threads 1"

@@ -22,7 +22,8 @@ Predictors, one small function per group (see ``PREDICTORS``):
 - ``llm_decode_step`` (ms per decode step, B sequences at context C): ``decode_step_s`` at
   ``--batch B --prompt C --output 1``.
 - The engine column picks the CPU-overhead preset (``--engine``): a bare torch forward is
-  ``none``, TensorRT-LLM ``tensorrt-llm``, else ``vllm-v1``.
+  ``none``, TensorRT-LLM ``tensorrt-llm`` (``tensorrt-llm-0.6`` before 0.8: no XQA kernel, GQA
+  decode re-reads the KV cache), else ``vllm-v1``.
 - ``llm_static_batch`` (one static batch of B requests): B x OSL / (``prefill_batch_s`` +
   OSL x ``decode_step_s``) at ``--batch B``, per GPU where the row's unit is.
 - ``nccl_allreduce`` (us per call), ``nccl_allreduce_algbw`` (GB/s): the catalog interconnect's
@@ -40,6 +41,7 @@ import itertools
 import json
 import math
 import multiprocessing
+import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -103,13 +105,24 @@ def llm_throughput(row: pd.Series) -> float:
     return _number(out, "max_tokens_per_s")
 
 
+#: TensorRT-LLM releases before 0.8, whose GQA decode attention had no XQA kernel
+LEGACY_TRTLLM = re.compile(r"tensorrt-llm v0\.[0-7]\b")
+
+
 def _engine(row: pd.Series) -> str:
-    """capsim's CPU-overhead preset for the row's engine (``none`` for a bare torch forward)."""
+    """capsim's engine preset for the row's engine (``none`` for a bare torch forward;
+    ``tensorrt-llm-0.6`` for TensorRT-LLM before 0.8, whose GQA decode re-reads the KV cache).
+
+    >>> _engine(pd.Series(dict(engine="TensorRT-LLM v0.6.1 (gptSessionBenchmark)")))
+    'tensorrt-llm-0.6'
+    >>> _engine(pd.Series(dict(engine="TensorRT-LLM 0.21 (trtllm-bench)")))
+    'tensorrt-llm'
+    """
     eng = str(row.get("engine", "")).lower()
     if eng.startswith("torch"):
         return "none"
     if "tensorrt" in eng:
-        return "tensorrt-llm"
+        return "tensorrt-llm-0.6" if LEGACY_TRTLLM.search(eng) else "tensorrt-llm"
     if "sglang" in eng:
         return "sglang"
     return "vllm-v1"

@@ -378,6 +378,18 @@ def measure_batched(
 
 
 # --------------------------------------------------------------------------- LLM fleets
+def token_scalars(res, served: np.ndarray, cost: float, horizon: float) -> dict[str, float]:
+    """Output tokens served, their rate, and the cost per million (output, and all) tokens."""
+    out_tok = float(res.output[served].sum())
+    all_tok = out_tok + float(res.prompt[served].sum())
+    return {
+        "output_tokens": out_tok,
+        "output_tokens_per_s": out_tok / horizon if horizon else 0.0,
+        "usd_per_1m_output_tokens": cost / out_tok * 1e6 if out_tok else math.nan,
+        "usd_per_1m_tokens": cost / all_tok * 1e6 if all_tok else math.nan,
+    }
+
+
 def measure_llm(
     s,
     gpu: GPU,
@@ -418,15 +430,9 @@ def measure_llm(
     share = busy_s / (pre + dec) if pre + dec > 0 else 0.0  # the part within the horizon
     e_busy = llm_busy_energy_j(gpu, pre, dec, tp) * share
     fscalars, occ = _fleet(s, gpu, lc, horizon, edges, busy_s, e_busy, tp)
-    out_tok = float(res.output[served_mask].sum())
-    all_tok = out_tok + float(res.prompt[served_mask].sum())
-    cost = fscalars["cost_usd"]
     extra = {
         "mean_batch": res.seq_iterations / res.iterations if res.iterations else 0.0,
-        "output_tokens": out_tok,
-        "output_tokens_per_s": out_tok / horizon if horizon else 0.0,
-        "usd_per_1m_output_tokens": cost / out_tok * 1e6 if out_tok else math.nan,
-        "usd_per_1m_tokens": cost / all_tok * 1e6 if all_tok else math.nan,
+        **token_scalars(res, served_mask, fscalars["cost_usd"], horizon),
         "preemptions": float(res.preemptions.sum()),
     }
     if getattr(res, "prefix_caching", False):

@@ -24,6 +24,7 @@ from capsim.errors import (
     InputError,
 )
 from capsim.spec.calibration import (
+    MAX_CURVE_EFFICIENCY,
     Calibration,
     CurveKind,
     EfficiencyCurve,
@@ -275,6 +276,9 @@ def _curves(
             eff = _checked(
                 achieved_efficiency(gpu, f, b, fmt, t, overhead_s), sel, "achieved efficiency"
             )
+            if peaks_are_measured(gpu):
+                eff, note = _clip_cached(eff, kind, fmt)
+                notes += note
             curve = make_curve(kind, fmt, "intensity", x, eff)
             curves.append(curve)
             notes += _outlier_notes(curve, x, eff, sel)
@@ -289,6 +293,28 @@ def _curves(
         fmt = next((f for f in formats), "fp32")
         curves.append(make_curve("memory", fmt, "bytes", b, eff))
     return curves, notes
+
+
+def _clip_cached(eff: np.ndarray, kind: str, fmt: str) -> tuple[np.ndarray, list[str]]:
+    """Efficiencies over :data:`MAX_CURVE_EFFICIENCY` of an entry whose peaks were measured in
+    the same run, clipped there, with a note. Such points are small operands held in a cache,
+    read faster than the measured memory bandwidth (a host CPU's large last-level cache, or a
+    bandwidth test slowed by other work); units cannot be wrong, as the peaks come from the same
+    timings.
+
+    >>> e, notes = _clip_cached(np.array([0.8, 1.9]), "gemm", "fp32")
+    >>> e.tolist(), notes[0][:44]
+    ([0.8, 1.5], '1 gemm fp32 point(s) ran 1.9x the roofline o')
+    """
+    over = eff > MAX_CURVE_EFFICIENCY
+    if not over.any():
+        return eff, []
+    note = (
+        f"{int(over.sum())} {kind} {fmt} point(s) ran {float(eff.max()):.2g}x the roofline of the "
+        "measured peaks (operands held in a cache, faster than the measured memory bandwidth, or "
+        f"a bandwidth test slowed by other work): clipped at {MAX_CURVE_EFFICIENCY:g}"
+    )
+    return np.minimum(eff, MAX_CURVE_EFFICIENCY), [note]
 
 
 #: a curve breakpoint resting on one point this many times below both neighbours is flagged

@@ -97,6 +97,22 @@ def parse_policy(text: str) -> Any:
 )
 @click.option("--baseline", help="Policy name savings are measured against (default: a fixed one).")
 @click.option(
+    "--serving",
+    type=click.Choice(["colocated", "disaggregated", "both"]),
+    default=None,
+    help="Run the policies on co-located replicas, on a prefill pool + decode pool, or both "
+    "(default: both when the scenario has disaggregation:, else colocated).",
+)
+@click.option("--decode-gpu", help="Disaggregated: the decode pool's card (default: --gpu).")
+@click.option("--decode-precision", help="Disaggregated: the decode pool's precision.")
+@click.option("--decode-tp", type=click.IntRange(1, 8), default=None, help="Decode pool's tp.")
+@click.option(
+    "--placement",
+    type=click.Choice(["auto", "same_node", "cross_node"]),
+    default=None,
+    help="Disaggregated: where the KV cache travels (default: disaggregation.placement).",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 @click.option(
@@ -121,6 +137,11 @@ def whatif(
     replications: int | None,
     window_s: float | None,
     baseline: str | None,
+    serving: str | None,
+    decode_gpu: str | None,
+    decode_precision: str | None,
+    decode_tp: int | None,
+    placement: str | None,
     fmt: str,
     out: Path | None,
     jobs: int,
@@ -133,7 +154,9 @@ def whatif(
     Per policy: SLO attainment over the horizon and per hour, p99 with its confidence
     interval, time in violation, rejections, GPU-hours, cost (billed from request to release,
     so cold starts count), average and peak replicas, idle share, and the saving against a
-    fixed fleet.
+    fixed fleet. With --serving disaggregated (or both), each policy also runs on a prefill
+    pool and a decode pool, each under its own controller (a `split` policy gives each pool its
+    own spec).
 
     \b
     Example:
@@ -161,6 +184,9 @@ def whatif(
             jobs=jobs,
             progress=progress_printer(quiet),
             executor=ex,
+            serving=serving,
+            decode=(decode_gpu, decode_precision, decode_tp),
+            placement=placement,
         )
     if fmt == "json":
         emit(to_json(whatif_dict(result)))

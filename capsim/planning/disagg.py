@@ -279,10 +279,11 @@ def _size(
 def plan_disagg(
     s: Scenario,
     cat: Catalog,
-    colocated: PlanResult,
+    colocated: PlanResult | None,
     progress: Callable[[str], None] | None = None,
 ) -> DisaggPlan:
-    """Size the prefill and decode pools, simulate the best pairs, compare with co-located."""
+    """Size the prefill and decode pools, simulate the best pairs, compare with co-located
+    (``colocated``: the co-located plan; None: the pools alone, as what-if sizes them)."""
     d = s.disaggregation
     assert d is not None
     sr = _Searcher(s, cat, d.placement)
@@ -328,6 +329,8 @@ def plan_disagg(
                 continue
     feasible = [e for e in tried if e.feasible]
     best = min(feasible, key=lambda e: (e.usd_per_hour, e.fleet.gpus), default=None)
+    if colocated is None:
+        return DisaggPlan(p_drop + pre, d_drop + dec, tried, best, None, "", "")
     colo = colocated.recommendation.best if colocated.recommendation is not None else None
     winner, reason = compare(s, colo, best, colocated)
     return DisaggPlan(p_drop + pre, d_drop + dec, tried, best, colo, winner, reason)

@@ -40,9 +40,18 @@ from capsim.errors import InputError
 from capsim.evaluate import check_measurable, make_service, runnable_service, slo_targets
 from capsim.load import load_catalog
 from capsim.planning.parallel import run_tasks
-from capsim.planning.static import Candidate, search_candidate
+from capsim.planning.static import Candidate
+from capsim.planning.whatif_config import (
+    decode_config,
+    peak_fixed_replicas,
+    pick_baseline,
+    policies_for,
+    policy_rows,
+    resolve_config,
+    serving_mode,
+)
+from capsim.planning.whatif_disagg import disagg_setup, pool_sizes_note, run_disagg_policy
 from capsim.planning.whatif_run import run_policy
-from capsim.spec.autoscaling import FixedSpec
 from capsim.spec.catalog import Catalog
 from capsim.spec.precision import PRECISIONS
 from capsim.spec.scenario import Scenario
@@ -80,6 +89,8 @@ class PolicyResult:
     saving: CI | None = None  # vs the baseline, $ over the horizon (paired differences)
     saving_share: float | None = None
     compression: float = 1.0  # > 1: screened on a day compressed this many times
+    serving: str = "co-located"  # or "disaggregated" (a prefill pool and a decode pool)
+    pools: tuple[int, int] | None = None  # disaggregated, replicas: peak: (prefill, decode)
 
     @classmethod
     def of(
@@ -89,9 +100,10 @@ class PolicyResult:
         runs: list[AutoscaledRun],
         fixed_replicas: int | None = None,
         compression: float = 1.0,
+        name: str | None = None,
     ) -> PolicyResult:
         return cls(
-            spec.label,
+            name or spec.label,
             spec,
             runs,
             s.simulation.confidence,
@@ -273,88 +285,6 @@ class WhatIfResult:
 
 
 # =========================================================================== the library call
-def policies_for(s: Scenario) -> list:
-    """The scenario's what-if policies, else its autoscaling policy plus a peak-sized fixed fleet."""
-    if s.whatif is not None and s.whatif.policies:
-        return list(s.whatif.policies)
-    out: list = [FixedSpec(kind="fixed", name="fixed-peak", replicas="peak")]
-    if s.autoscaling is not None and not isinstance(s.autoscaling, FixedSpec):
-        out.append(s.autoscaling)
-    return out
-
-
-def pick_baseline(
-    specs: Sequence[Any], named: str | None, scenario_baseline: str | None, own: bool
-) -> tuple[str, str]:
-    """The policy savings are measured against, and a line saying why it was chosen.
-
-    ``named`` (the CLI's ``--baseline``) wins; else the scenario's ``whatif.baseline`` when its own
-    policies run (``own``); else the first fixed policy; else the first policy.
-
-    >>> from capsim.spec.autoscaling import KPASpec
-    >>> specs = [KPASpec(kind="kpa", target=6), FixedSpec(kind="fixed", replicas="peak")]
-    >>> pick_baseline(specs, None, "fixed-peak", own=False)[0]
-    'fixed'
-    >>> pick_baseline(specs[:1], None, None, own=False)
-    ('kpa', 'baseline: kpa, the first policy (none is fixed)')
-    """
-    names = [sp.label for sp in specs]
-    if named is not None:
-        if named not in names:
-            raise InputError(f"baseline '{named}' is not one of {names}", param="baseline")
-        return named, f"baseline: {named}, as named"
-    if own and scenario_baseline is not None:
-        return scenario_baseline, f"baseline: {scenario_baseline} (whatif.baseline)"
-    dropped = (
-        f"; the scenario's whatif.baseline '{scenario_baseline}' is not used, as the policies "
-        "given replace its own"
-        if scenario_baseline is not None and not own
-        else ""
-    )
-    fixed = next((sp.label for sp in specs if isinstance(sp, FixedSpec)), None)
-    if fixed is not None:
-        return fixed, f"baseline: {fixed}, the first fixed policy{dropped}"
-    return names[0], f"baseline: {names[0]}, the first policy (none is fixed){dropped}"
-
-
-def resolve_config(
-    s: Scenario, gpu: str | None, precision: str | None, tp: int | None
-) -> tuple[str, str, int]:
-    w = s.whatif
-    g = gpu or (w.gpu if w else None)
-    p = precision or (w.precision if w else None)
-    t = tp or (w.tp if w else 1)
-    if g is None:
-        if len(s.candidates.gpus) != 1:
-            raise InputError(
-                "which GPU? candidates.gpus lists several; set whatif.gpu or name the gpu to run",
-                where="whatif.gpu",
-            )
-        g = s.candidates.gpus[0]
-    if p is None:
-        if len(s.candidates.precisions) != 1:
-            raise InputError(
-                "which precision? candidates.precisions lists several; set whatif.precision "
-                "or name the precision to run",
-                where="whatif.precision",
-            )
-        p = s.candidates.precisions[0]
-    return g, p, t
-
-
-def peak_fixed_replicas(
-    s: Scenario, cat: Catalog, gpu: str, precision: str, tp: int, ep: int = 1
-) -> int:
-    """The static planner's replica count for this configuration (sized for the peak)."""
-    r = search_candidate(s, Candidate(gpu, precision, tp, ep), cat)
-    if r.best is None:
-        raise InputError(
-            f"cannot size a fixed fleet of {gpu} {precision} for the peak: {r.reason}",
-            where="whatif (fixed, replicas: peak)",
-        )
-    return r.best.config.replicas
-
-
 def evaluate_policy(
     s: Scenario,
     cat: Catalog,
@@ -396,7 +326,9 @@ def evaluate_policy(
 
 
 def _job(args) -> AutoscaledRun:
-    s, cat, gpu, precision, tp, spec, rep, fixed_n, window_s, ep = args
+    s, cat, gpu, precision, tp, spec, rep, fixed_n, window_s, ep, setup, name, serving = args
+    if serving == "disaggregated":
+        return run_disagg_policy(s, cat, setup, spec, rep, label=name, window_s=window_s)
     svc = make_service(s, cat[gpu], precision, tp, ep)
     return run_policy(s, cat[gpu], svc, spec, rep, tp=tp, fixed_replicas=fixed_n, window_s=window_s)
 
@@ -416,8 +348,16 @@ def whatif(
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
     executor: Executor | None = None,
+    serving: str | None = None,
+    decode: tuple[str | None, str | None, int | None] = (None, None, None),
+    placement: str | None = None,
 ) -> WhatIfResult:
-    """Run each policy over ``replications`` real-time replications of the same traffic."""
+    """Run each policy over ``replications`` real-time replications of the same traffic.
+
+    ``serving``: ``colocated``, ``disaggregated`` or ``both`` (default: both when the scenario
+    has ``disaggregation:``, else co-located). A disaggregated fleet's prefill pool runs the
+    configuration above and its decode pool ``decode`` = (gpu, precision, tp), each defaulting
+    to the prefill pool's; ``placement`` defaults to ``disaggregation.placement``."""
     s = scenario
     cat = catalog if catalog is not None else load_catalog()
     check_traffic(real_time(s), file="(what-if: the horizon in real time)", jobs=jobs)
@@ -442,6 +382,9 @@ def whatif(
     names = [sp.label for sp in specs]
     if len(set(names)) != len(names):
         raise InputError(f"policy names must be unique: {names}", where="whatif.policies")
+    mode = serving_mode(s, serving)
+    rows = policy_rows(specs, mode)
+    dcfg = decode_config(s, cat, (g, p, t), decode) if mode != "colocated" else None
     w = s.whatif
     reps = (
         replications
@@ -450,12 +393,30 @@ def whatif(
     )
     win = window_s or (w.window_s if w else 300.0)
     base, why = pick_baseline(specs, baseline, w.baseline if w else None, policies is None)
+    notes = [why]
+    setup = None
+    if dcfg is not None:
+        if progress and any(r.serving == "disaggregated" and r.peak for r in rows):
+            progress("sizing the prefill and decode pools for the peak (disaggregated plan)")
+        setup = disagg_setup(
+            s, cat, Candidate(g, p, t, e), dcfg,
+            placement or (s.disaggregation.placement if s.disaggregation else "auto"),
+            [r.spec for r in rows if r.serving == "disaggregated"],
+        )  # fmt: skip
+        notes.append(pool_sizes_note(setup))
     fixed_n = None
-    if any(isinstance(sp, FixedSpec) and sp.replicas == "peak" for sp in specs):
+    if any(r.serving == "co-located" and r.peak for r in rows):
         if progress:
             progress(f"sizing a fixed {g} {p} fleet for the peak (static plan)")
         fixed_n = peak_fixed_replicas(s, cat, g, p, t, e)
-    tasks = [(s, cat, g, p, t, sp, rep, fixed_n, win, e) for rep in range(reps) for sp in specs]
+    skipped = [sp.label for sp in specs if not any(r.spec is sp for r in rows)]
+    if skipped:
+        notes.append(f"not run co-located (split policies are for disaggregated fleets): {skipped}")
+    tasks = [
+        (s, cat, g, p, t, r.spec, rep, fixed_n, win, e, setup, r.name, r.serving)
+        for rep in range(reps)
+        for r in rows
+    ]
 
     def done(i: int, n: int, r: AutoscaledRun) -> None:
         if progress:
@@ -463,16 +424,16 @@ def whatif(
 
     runs: list[AutoscaledRun] = run_tasks(_job, tasks, executor, done, jobs=jobs)
     results = []
-    for sp in specs:
-        mine = sorted((r for r in runs if r.policy == sp.label), key=lambda r: r.replication)
-        results.append(
-            PolicyResult.of(
-                s,
-                sp,
-                mine,
-                fixed_n if isinstance(sp, FixedSpec) and sp.replicas == "peak" else None,
-            )
-        )
+    for row in rows:
+        mine = sorted((x for x in runs if x.policy == row.name), key=lambda x: x.replication)
+        res = PolicyResult.of(
+            s, row.spec, mine, fixed_n if row.serving == "co-located" and row.peak else None,
+            name=row.name,
+        )  # fmt: skip
+        res.serving = row.serving
+        if row.serving == "disaggregated" and setup is not None:
+            res.pools = setup.peak
+        results.append(res)
     if base is not None:
         b = next(r for r in results if r.name == base)
         for r in results:
@@ -486,7 +447,6 @@ def whatif(
             bc = b.ci("cost_usd").mean
             r.saving_share = r.saving.mean / bc if bc > 0 else None
     price = price_per_gpu_hour(cat[g], price_provider(s)).usd_per_hour
-    notes = [why]
     if s.capacity is not None:
         price = tiers.on_demand_usd
         notes.append(

@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 
 from capsim.errors import atomic_write_text
 from capsim.planning.whatif import WhatIfResult
+from capsim.report.autoscaled import autoscaled_frame
 from capsim.report.disagg import disagg_eval_dict
 from capsim.report.html import plan_html
 from capsim.report.output import write_csv, write_figure, write_json, write_panels
@@ -18,7 +19,6 @@ from capsim.report.plots import plot_cost_vs_p99, plot_latency_cdf
 from capsim.report.text import evaluation_dict, format_plan, plan_dict, plan_frame
 from capsim.report.whatif import (
     _describe,
-    autoscaled_frame,
     plot_cdfs,
     plot_load,
     plot_replicas,

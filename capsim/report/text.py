@@ -8,10 +8,10 @@ import pandas as pd
 
 from capsim.evaluate import Evaluation, slo_targets
 from capsim.planning.static import CandidateResult, PlanResult
+from capsim.report.autoscaled import autoscaled_dict, format_autoscaled
 from capsim.report.disagg import disagg_dict, format_disagg
 from capsim.report.mixed import format_mix, mix_dict
 from capsim.report.tables import MS, _ms, _table
-from capsim.report.whatif import autoscaled_dict, format_autoscaled
 
 
 def evaluation_row(e: Evaluation) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -150,6 +151,10 @@ class LLMServiceModel:
         #: bytes of one stored KV element (``settings.kv_cache_dtype``): KV writes and reads
         self.kv_bytes = kv_cache_bits(self.precision, self.settings.kv_cache_dtype) / 8
         self.formats = _formats(gpu, self.precision)
+        #: reads of each KV head's cache per decode step (engine; capped at the group size)
+        reads, self.kv_reads_source = self.settings.kv_reads
+        group = self.shard.q_heads / max(self.shard.kv_heads, 1)
+        self.kv_reads = max(1.0, min(reads, group))
         self._vectorized = self.timer is default_op_timer
         self._table_times = getattr(self.timer, "table_times", None)  # vectorised custom timer
         self.overhead = self.settings.overhead
@@ -211,7 +216,7 @@ class LLMServiceModel:
                 kv = n_pre if prefill_kv is None else prefill_kv
                 t += layers * (max(prefill_work * per_flop, n_pre * per_q + kv * per_kv) + ko)
             if num_decode > 0:
-                mem = num_decode * per_q + decode_context * per_kv
+                mem = num_decode * per_q + decode_context * per_kv * self.kv_reads
                 t += layers * (max(decode_context * per_flop, mem) + ko)
         else:
             for op, ctx in self._attention_ops(
@@ -267,7 +272,9 @@ class LLMServiceModel:
                 nbytes += op.count * (float(base.bytes) * iterations + per_row_b * rows)
         s = self.shard
         flops += s.layers * 4.0 * s.q_heads * s.attn_dim * (decode_context + prefill_work)
-        nbytes += s.layers * s.kv_width * self.kv_bytes * (decode_context + prefill_kv)
+        nbytes += (
+            s.layers * s.kv_width * self.kv_bytes * (decode_context * self.kv_reads + prefill_kv)
+        )
         return flops, nbytes
 
     # -- the explicit breakdown --------------------------------------------------------------
@@ -302,7 +309,7 @@ class LLMServiceModel:
                 (op, self._context(op, shape.num_logits))
                 for op in self._logit_ops(shape.num_logits)
             ]
-        lines = tuple(OpLine(self._time_op(op, ctx), op.count, ctx) for op, ctx in ops_ctx)
+        lines = tuple(OpLine(self._labelled(op, ctx), op.count, ctx) for op, ctx in ops_ctx)
         cpu = self.cpu_overhead_s(max(shape.num_logits or 0, len(decode)))
         return IterationBreakdown(lines, cpu, shape)
 
@@ -359,7 +366,7 @@ class LLMServiceModel:
         s, p = self.shard, self.precision
         o, d = stream_bytes(p), s.head_dim
         flops = 4.0 * s.q_heads * s.attn_dim * ctx
-        nbytes = 2.0 * n_dec * s.q_heads * d * o + s.kv_width * self.kv_bytes * ctx
+        nbytes = 2.0 * n_dec * s.q_heads * d * o + s.kv_width * self.kv_bytes * ctx * self.kv_reads
         return _Op("attn_decode", s.layers, flops, nbytes, self.formats.attn)
 
     def _attention_ops(
@@ -402,6 +409,15 @@ class LLMServiceModel:
 
     def _context(self, op: _Op, rows: int) -> OpContext:
         return OpContext(op.name, int(rows), self.tp, int(rows), op.n, op.k, ep=self.ep)
+
+    def _labelled(self, op: _Op, ctx: OpContext) -> OpTime:
+        """:meth:`_time_op`, its source naming the engine's KV re-reads where they apply."""
+        t = self._time_op(op, ctx)
+        if op.name != "attn_decode" or self.kv_reads == 1.0:
+            return t
+        by = self.kv_reads_source if self.settings.decode_kv_reads else self.settings.preset
+        why = f"{t.source}, GQA KV read x{self.kv_reads:.2f}/step ({by})"
+        return replace(t, source=why)
 
     def _time_op(self, op: _Op, ctx: OpContext) -> OpTime:
         cost = OpCost(op.name, float(op.flops), float(op.bytes), op.fmt, op.kernels)

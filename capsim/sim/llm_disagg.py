@@ -203,23 +203,65 @@ def run_disagg(
     pre = prefill
     if isinstance(pre, PoolSetup):
         pre = run_prefill_pool(arrival, prompt, pre, horizon=h, chains=chains, **kw)  # type: ignore[arg-type]
+    hand = handoff(pre, output, kv_bytes_per_token, link, max_wait_s)
+    t_kv = hand.kv_arrival
+    dec = run_llm(
+        t_kv, prompt[hand.idx], output[hand.idx], decode.timer, decode.limits, decode.replicas,
+        horizon=max(h, float(t_kv[-1]) if len(t_kv) else h),
+        prefilled=np.ones(len(t_kv), dtype=bool), **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return combine(pre, dec, hand, arrival, prompt, output)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """The prefill pool's output for the decode pool: per request (arrival order) the first
+    token delivered, the KV transfer time and bytes; ``idx``: the requests that move, in the
+    order their KV caches reach the decode pool; ``reason``: why the link is overloaded."""
+
+    first: np.ndarray
+    moved: np.ndarray
+    nbytes: np.ndarray
+    idx: np.ndarray
+    reason: str
+
+    @property
+    def kv_arrival(self) -> np.ndarray:
+        """When each moving request's KV cache reaches the decode pool (sorted)."""
+        return self.first[self.idx]
+
+
+def handoff(
+    pre: LLMRunResult,
+    output: np.ndarray,
+    kv_bytes_per_token: float,
+    link: KVLink,
+    max_wait_s: float,
+) -> Handoff:
+    """:func:`first_tokens` and the decode pool's arrivals after a prefill pool run."""
     first, moved, nbytes = first_tokens(pre, output, kv_bytes_per_token, link)
     why = link_overload(moved, nbytes, link, max_wait_s)
     idx = np.flatnonzero(~np.isnan(moved))
     idx = idx[np.argsort(first[idx], kind="stable")]
-    t_kv = first[idx]
-    dec = run_llm(
-        t_kv, prompt[idx], output[idx], decode.timer, decode.limits, decode.replicas,
-        horizon=max(h, float(t_kv[-1]) if len(idx) else h),
-        prefilled=np.ones(len(idx), dtype=bool), **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+    return Handoff(first, moved, nbytes, idx, why)
+
+
+def combine(
+    pre: LLMRunResult,
+    dec: LLMRunResult,
+    hand: Handoff,
+    arrival: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
+) -> DisaggRunResult:
+    """The fleet-level result of a prefill pool run and the decode pool's run of ``hand``."""
     finish = np.where(np.asarray(output) > 1, math.nan, pre.first_token)
-    finish[idx] = dec.finish
+    finish[hand.idx] = dec.finish
     rejected = pre.rejected.copy()
-    rejected[idx] |= dec.rejected
+    rejected[hand.idx] |= dec.rejected
     return DisaggRunResult(
         pre, dec, np.asarray(arrival, dtype=float), np.asarray(prompt), np.asarray(output),
-        moved, first, finish, rejected, nbytes, why,
+        hand.moved, hand.first, finish, rejected, hand.nbytes, hand.reason,
     )  # fmt: skip
 
 

@@ -66,12 +66,14 @@ class ScalableLLMFleet(LLMFleet):
         max_wait_s: float = math.inf,
         max_queue_length: int | None = None,
         chains: list[Chain | None] | None = None,
+        prefilled: np.ndarray | None = None,
     ):
         if chains is not None:
             check_chains(chains, prompt, output, limits.block_size)
         super().__init__(
             simpy.Environment(), arrival, prompt, output, timer, limits, 0, router,
             max_wait_s, max_queue_length, fuse=True, static=False, chains=chains,
+            prefilled=prefilled,
         )  # fmt: skip
         self.inputs = (arrival, prompt, output)
         self.buffer: deque[int] = deque()  # arrived while no replica was ready

@@ -327,6 +327,42 @@ PolicySpec = Annotated[
 ]
 
 
+class SplitSpec(Strict):
+    """A what-if policy for a disaggregated fleet: one policy per pool.
+
+    A prefill replica holds a request for its prefill only (a fraction of a second) and a decode
+    replica for its whole output, so one signal and target rarely suits both pools (llm-d and
+    NVIDIA Dynamo scale the two pools on separate signals). A policy that is not ``split``
+    applies the same spec to each pool. A co-located fleet skips a ``split`` policy.
+
+    >>> p = SplitSpec(kind="split", name="per-pool",
+    ...     prefill={"kind": "hpa", "metric": "inflight", "target": 4},
+    ...     decode={"kind": "hpa", "metric": "inflight", "target": 60})
+    >>> p.label, p.prefill.target, p.decode.target
+    ('per-pool', 4.0, 60.0)
+    """
+
+    kind: Literal["split"]
+    name: str | None = Field(None, description="label in what-if output (default: the kind)")
+    prefill: PolicySpec
+    decode: PolicySpec
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+    @property
+    def cold_start(self) -> ColdStart | None:
+        return None
+
+
+#: a what-if policy: any autoscaling policy, or one per pool of a disaggregated fleet
+WhatIfPolicy = Annotated[
+    FixedSpec | HPASpec | KPASpec | ScheduledSpec | PredictiveSpec | SplitSpec,
+    Field(discriminator="kind"),
+]
+
+
 class WhatIf(Strict):
     """``whatif:`` — the configuration and the policy variants that ``capsim whatif`` compares."""
 
@@ -334,7 +370,7 @@ class WhatIf(Strict):
     precision: str | None = Field(None, description="default: the only candidate precision")
     tp: int = Field(1, ge=1)
     ep: int = Field(1, ge=1, description="expert parallelism inside the tp GPUs (MoE models)")
-    policies: list[PolicySpec] = Field(default_factory=list)
+    policies: list[WhatIfPolicy] = Field(default_factory=list)
     baseline: str | None = Field(None, description="policy name savings are measured against")
     window_s: float = Field(300.0, gt=0, description="windows for p99 over time")
     replications: int | None = Field(None, ge=2, description="default: simulation.replications")

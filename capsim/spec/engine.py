@@ -78,6 +78,31 @@ CPU_PRESETS: dict[str, CpuOverhead] = {
             "tuned on test rows. Values are estimates"
         ),
     ),
+    "tensorrt-llm-0.6": CpuOverhead(
+        constant_ms=0.89,
+        per_seq_us=2.0,
+        source=(
+            "TensorRT-LLM before 0.8, GptSession (the v0.5/v0.6 gptSessionBenchmark tables): "
+            "constant_ms 0.89 fitted with DECODE_KV_READS by benchmarks/accuracy/"
+            "fit_decode_attention.py on the split=fit llm_prefill and llm_static_batch rows of "
+            "those tables (L40S, H100 TP2); per_seq_us the tensorrt-llm estimate"
+        ),
+    ),
+}
+
+#: Engines whose decode attention reads each KV head's cache more than once per step for a
+#: grouped-query model: (reads per KV head per step, source). Every other preset: once.
+DECODE_KV_READS: dict[str, tuple[float, str]] = {
+    "tensorrt-llm-0.6": (
+        4.99,
+        "TensorRT-LLM before 0.8 decodes GQA with the masked MHA kernel, one thread block per "
+        "query head, so each KV head's cache is read once per query head sharing it (up to 8 "
+        "for Llama-2-70B) less L2 hits; the XQA kernel that reads it once came in 0.8 (NVIDIA "
+        "TensorRT-LLM docs/source/blogs/XQA-kernel.md: Llama-70B 128/2048 on H200 1,227 -> "
+        "2,941 tok/s/GPU). 4.99 fitted by benchmarks/accuracy/fit_decode_attention.py with the "
+        "preset's constant_ms on the split=fit TensorRT-LLM v0.5/v0.6 rows (its 3 Llama-2-70B "
+        "llm_static_batch rows, H100 TP2, set it)",
+    ),
 }
 
 #: The preset used when a scenario names none (documented in docs and the field description).
@@ -163,11 +188,23 @@ class LLMEngineSettings(Strict):
             "by position), draft_model (kind draft)}; off when unset"
         ),
     )
-    preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm"] = Field(
-        DEFAULT_PRESET,
+    preset: Literal["none", "vllm-v0", "vllm-v1", "sglang", "tensorrt-llm", "tensorrt-llm-0.6"] = (
+        Field(
+            DEFAULT_PRESET,
+            description=(
+                "engine whose per-iteration CPU overhead applies (CPU_PRESETS: vllm-v0, vllm-v1, "
+                "sglang, tensorrt-llm, tensorrt-llm-0.6 (before XQA: GQA decode re-reads the KV "
+                "cache, DECODE_KV_READS), or none for a bare forward pass); default vllm-v1"
+            ),
+        )
+    )
+    decode_kv_reads: float | None = Field(
+        None,
+        ge=1,
         description=(
-            "engine whose per-iteration CPU overhead applies (CPU_PRESETS: vllm-v0, vllm-v1, "
-            "sglang, tensorrt-llm, or none for a bare forward pass); default vllm-v1"
+            "times decode attention reads each KV head's cache per step (capped at the query "
+            "heads per KV head): 1 for a grouped kernel (FlashAttention, FlashInfer, XQA); "
+            "overrides the preset's (DECODE_KV_READS)"
         ),
     )
     cpu_overhead: CpuOverhead | None = Field(
@@ -204,6 +241,21 @@ class LLMEngineSettings(Strict):
                 constant_ms=self.scheduler_overhead_ms, source="settings.scheduler_overhead_ms"
             )
         return CPU_PRESETS[self.preset]
+
+    @property
+    def kv_reads(self) -> tuple[float, str]:
+        """(reads of each KV head's cache per decode step, where that came from).
+
+        >>> LLMEngineSettings().kv_reads
+        (1.0, '')
+        >>> LLMEngineSettings(preset="tensorrt-llm-0.6").kv_reads[0]
+        4.99
+        >>> LLMEngineSettings(decode_kv_reads=2).kv_reads
+        (2.0, 'settings.decode_kv_reads')
+        """
+        if self.decode_kv_reads is not None:
+            return float(self.decode_kv_reads), "settings.decode_kv_reads"
+        return DECODE_KV_READS.get(self.preset, (1.0, ""))
 
     def for_gpu(self, gpu: GPU) -> LLMEngineSettings:
         """These settings on ``gpu``: what was not set takes vLLM V1's card-dependent default
