@@ -45,7 +45,7 @@ from capsim.planning.disagg_sim import (
 )
 from capsim.planning.static import Candidate, PlanResult, _screen
 from capsim.sim.llm_adapter import llm_tokens, token_sample
-from capsim.sim.llm_disagg import first_tokens, link_overload, run_prefill_pool
+from capsim.sim.llm_disagg import handoff, run_prefill_pool
 from capsim.sim.overload import alarm_level
 from capsim.spec.catalog import Catalog
 from capsim.spec.disagg import PoolChoices
@@ -161,11 +161,14 @@ class _Searcher:
                 self.last_miss[c] = f"overloaded at {x} replicas ({pre.unstable_reason})"
                 return False
             _, output = llm_tokens(stream_for(s, rep))
-            first, moved, nbytes = first_tokens(pre, output, transfer_bytes_per_token(s, f), link)
-            why = link_overload(moved, nbytes, link, alarm_level(s.simulation.max_wait_s, 1.0))
-            if why:
-                self.last_miss[c] = f"{why} at {x} replicas"
+            hand = handoff(
+                pre, output, transfer_bytes_per_token(s, f), link,
+                alarm_level(s.simulation.max_wait_s, 1.0),
+            )  # fmt: skip
+            if hand.reason:
+                self.last_miss[c] = f"{hand.reason} at {x} replicas"
                 return False
+            first = hand.first
             ok = ~np.isnan(first)
             ttft = (first - pre.arrival)[ok]
             cut = warmup_cut(ttft, s.simulation.warmup, pre.arrival[ok]) if s.stationary else 0

@@ -42,7 +42,13 @@ from capsim.planning.disagg_sim import (
     transfer_bytes_per_token,
 )
 from capsim.planning.static import Candidate
-from capsim.planning.whatif_run import _prior, cold_start_of, initial_replicas, weight_bytes
+from capsim.planning.whatif_run import (
+    _prior,
+    cold_start_of,
+    initial_replicas,
+    rate_at_start,
+    weight_bytes,
+)
 from capsim.service.fixed import Unsupported
 from capsim.sim.lifecycle import ColdStartSampler, cold_start_seed, run_lifecycle
 from capsim.sim.llm_adapter import llm_tokens
@@ -54,7 +60,7 @@ from capsim.spec.autoscaling import FixedSpec, PredictiveSpec, SplitSpec
 from capsim.spec.catalog import Catalog
 from capsim.spec.disagg import Disaggregation, PoolChoices
 from capsim.spec.scenario import Scenario
-from capsim.workload.arrivals import RequestStream, rate_multiplier
+from capsim.workload.arrivals import RequestStream
 from capsim.workload.streams import real_time
 
 POOLS = ("prefill", "decode")
@@ -163,34 +169,23 @@ def largest_pools(s: Scenario, specs: Sequence, peak: tuple[int, int] | None) ->
     return out[0], out[1]
 
 
-def _rate0(s: Scenario, t: np.ndarray) -> float:
-    """The offered rate at the first arrival time of a pool (rate curve, or first minute)."""
-    a = s.traffic.arrivals
-    rate = getattr(a, "rate_rps", None)
-    if rate is not None:
-        return float(rate * rate_multiplier(a, np.array([0.0]))[0])  # type: ignore[arg-type]
-    return float(np.searchsorted(t, 60.0) / 60.0)
-
-
 def _run_pool(
     s: Scenario,
-    cat: Catalog,
-    c: Candidate,
+    svc,
     spec,
     fixed: int | None,
     arrival: np.ndarray,
     prompt: np.ndarray,
     output: np.ndarray,
     *,
-    replication: int,
     horizon: float,
     seed: np.random.SeedSequence,
-    capacity_rps: float | None,
+    capacity_rps: float,
     chains=None,
     prefilled: np.ndarray | None = None,
 ):
-    """One pool under its controller over the run: (fleet, lifecycle, engine result, pool)."""
-    _setup, svc = _pool(s, cat, c, 1)
+    """One pool (service ``svc``) under its controller over the run: (fleet, lifecycle,
+    engine result)."""
     cs = cold_start_of(s, spec)
     wb = weight_bytes(s, svc)
     policy = make_policy(
@@ -201,20 +196,19 @@ def _run_pool(
         prior=_prior(s, spec.season_s) if isinstance(spec, PredictiveSpec) else None,
     )
     fleet = ScalableLLMFleet(
-        arrival, prompt, output, svc, svc.limits,  # type: ignore[attr-defined, arg-type]
+        arrival, prompt, output, svc, svc.limits,
         router=s.fleet.router, max_queue_length=s.fleet.max_queue_length, chains=chains,
         prefilled=prefilled,
     )  # fmt: skip
-    cap = capacity_rps if capacity_rps is not None else svc.max_throughput_rps(s)  # type: ignore[attr-defined]
     lc = run_lifecycle(
         fleet,
         policy,
         ColdStartSampler(cs, seed, wb),
         horizon=horizon,
-        initial=initial_replicas(spec, policy, _rate0(s, arrival), cap),
-        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),  # type: ignore[attr-defined]
+        initial=initial_replicas(spec, policy, rate_at_start(s, arrival), capacity_rps),
+        max_wait_s=alarm_level(s.simulation.max_wait_s, svc.time_scale_s(s)),
     )
-    return fleet, lc, fleet.result(horizon), svc
+    return fleet, lc, fleet.result(horizon)
 
 
 def run_disagg_policy(
@@ -236,12 +230,13 @@ def run_disagg_policy(
     p_spec, d_spec = pool_spec(spec, "prefill"), pool_spec(spec, "decode")
     peak = setup.peak or (None, None)
     seed = cold_start_seed(s.simulation.seed, replication)
-    _, psvc = _pool(s, cat, setup.prefill, 1)
+    _, psvc = _pool(sr, cat, setup.prefill, 1)
+    _, dsvc = _pool(sr, cat, setup.decode, 1)
     mp = float(np.mean(prompt)) if len(prompt) else 1.0
     mo = float(np.mean(output)) if len(output) else 1.0
-    p_fleet, p_lc, pre, _ = _run_pool(
-        sr, cat, setup.prefill, p_spec, peak[0], st.arrival, prompt,
-        np.ones(len(prompt), dtype=np.int64), replication=replication, horizon=horizon,
+    p_fleet, p_lc, pre = _run_pool(
+        sr, psvc, p_spec, peak[0], st.arrival, prompt,
+        np.ones(len(prompt), dtype=np.int64), horizon=horizon,
         seed=seed, capacity_rps=psvc.throughput_for(mp, 1.0),  # type: ignore[attr-defined]
         chains=prefill_chains(sr, st, psvc, prompt, output),
     )  # fmt: skip
@@ -251,10 +246,9 @@ def run_disagg_policy(
         pre, output, transfer_bytes_per_token(s, f), link, alarm_level(s.simulation.max_wait_s, 1.0)
     )
     t_kv, idx = hand.kv_arrival, hand.idx
-    _, dsvc = _pool(s, cat, setup.decode, 1)
-    d_fleet, d_lc, dec, _ = _run_pool(
-        sr, cat, setup.decode, d_spec, peak[1], t_kv, prompt[idx], output[idx],
-        replication=replication, horizon=max(horizon, float(t_kv[-1]) if len(t_kv) else 0.0),
+    d_fleet, d_lc, dec = _run_pool(
+        sr, dsvc, d_spec, peak[1], t_kv, prompt[idx], output[idx],
+        horizon=max(horizon, float(t_kv[-1]) if len(t_kv) else 0.0),
         seed=seed.spawn(1)[0], capacity_rps=dsvc.throughput_for(mp, mo, 0.0),  # type: ignore[attr-defined]
         prefilled=np.ones(len(idx), dtype=bool),
     )  # fmt: skip
