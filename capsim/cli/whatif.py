@@ -163,6 +163,7 @@ def whatif(
       capsim whatif scenarios/embedding_autoscaled.yaml --out results/
       capsim whatif scenarios/embedding_autoscaled.yaml --policy fixed:replicas=peak \\
           --policy hpa:target=60,max_replicas=8 --policy kpa:target=8,max_replicas=8
+      capsim whatif scenarios/chatbot_disagg.yaml --serving disaggregated --decode-tp 1
     """
     parse_executor(executor)  # a bad --executor fails before the scenario is read
     cat = catalog_of(ctx)
