@@ -12,7 +12,11 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
   fit on the 1 and 4 req/s runs, report the held-out 2 and 8 req/s runs (benchmarks/README.md,
   2026-12-05): the fit is written into a scratch catalog, then every run is backtested on the
   shipped and on the fitted catalog with the fitted scenario-side numbers (CPU overhead,
-  per-sequence time, front-end latency), row by row.
+  per-sequence time, front-end latency), row by row;
+* with ``--vllm-a100``: vLLM 0.8.3 Llama-3.3-70B on 8x A100-SXM4-40GB, TP 8 (tests/data/bench/vllm/
+  a100x8_llama3.3-70b_tp8, the public surajssd/llm-k8s ShareGPT sweep, with per-request lengths,
+  TTFTs and ITLs; the llama-3.1-70b card): fit on the 1 and 16 req/s runs, report the held-out
+  4 req/s run (benchmarks/README.md, 2026-12-06), the same way as ``--sglang``.
 
 Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores; ``--sglang`` adds tens of
 minutes on a loaded 2-core machine).
@@ -34,6 +38,11 @@ SGLANG = ROOT / "tests" / "data" / "bench" / "sglang" / "h200x4_llama3.3-70b_onl
 SGLANG_SETTINGS = ["--gpu", "h200-sxm", "--model", "llama-3.1-70b", "--precision", "bf16",
                    "--tp", "4", "--engine", "sglang"]  # fmt: skip
 SGLANG_FIT, SGLANG_HELD = (0, 2), (1, 3)  # lines of the file: 1 and 4 req/s; 2 and 8 req/s
+A100 = ROOT / "tests" / "data" / "bench" / "vllm" / "a100x8_llama3.3-70b_tp8"
+A100_SETTINGS = ["--gpu", "a100-40gb-sxm", "--model", "llama-3.1-70b", "--precision", "bf16",
+                 "--tp", "8", "--engine", "vllm", "--engine-version", "0.8.3"]  # fmt: skip
+A100_RUN = "serving_meta-llama-Llama-3.3-70B-Instruct_tp8_pp1_sharegpt_qps_{}.json"
+A100_FIT, A100_HELD = ("01", "16"), ("04",)  # qps_inf (all at once) cannot be replayed yet
 
 
 def capsim(*args: str) -> str:
@@ -92,6 +101,35 @@ def main() -> None:
         print(f"\nfitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}")
         if "--sglang" in sys.argv:
             sglang(cat, Path(tmp))
+        if "--vllm-a100" in sys.argv:
+            vllm_a100(Path(tmp))
+
+
+def vllm_a100(tmp: Path) -> None:
+    """Fit the A100-40GB entry to the 1 and 16 req/s vLLM runs and report them and the held-out
+    4 req/s run, before and after (on a fresh copy of the shipped catalog)."""
+    cat = tmp / "cat_a100"
+    shutil.copytree(ROOT / "hardware_catalog", cat)
+    fit_dir, held_dir = tmp / "a100_fit", tmp / "a100_held"
+    for d, rates in ((fit_dir, A100_FIT), (held_dir, A100_HELD)):
+        files = [str(A100 / A100_RUN.format(q)) for q in rates]
+        capsim("bench", "import", *files, *A100_SETTINGS, "--out", str(d))
+    evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
+    args = ["--replications", "2", "--max-evaluations", evals, "--format", "json"]
+    fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
+                            "--holdout", str(held_dir), "--gpu", "a100-40gb-sxm", *args))  # fmt: skip
+    v = fit["values"]
+    after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
+                  "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
+    rep = ["--replications", "2"]
+    print("## vLLM 0.8.3 Llama-3.3-70B, 8x A100-40GB TP 8 (fit on 1 and 16 req/s; 4 held out)\n")
+    print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
+    for name, d in (("fit", fit_dir), ("held out", held_dir)):
+        before = rows(ROOT / "hardware_catalog", [str(d)], rep)
+        after = rows(cat, [str(d)], [*rep, *after_args])
+        print(f"### {name}\n")
+        table(before, after)
+        print()
 
 
 def sglang(cat: Path, tmp: Path) -> None:

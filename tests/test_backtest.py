@@ -142,6 +142,47 @@ def test_public_sglang_run_error_band_before_and_after_fit_bench():
     assert 0.15 < err["e2e p50"] < 0.35
 
 
+A100_04 = (
+    DATA / "vllm" / "a100x8_llama3.3-70b_tp8"
+    / "serving_meta-llama-Llama-3.3-70B-Instruct_tp8_pp1_sharegpt_qps_04.json"
+)  # fmt: skip
+A100_SETTINGS = {"gpu": "a100-40gb-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 8,
+                 "engine": "vllm", "engine_version": "0.8.3"}  # fmt: skip
+
+
+def test_public_vllm_a100_run_error_band_before_and_after_fit_bench():
+    """The 4 req/s run of the public vLLM 0.8.3 Llama-3.3-70B 8x A100-40GB sweep, held out of
+    the fit in benchmarks/README.md (2026-12-06: fitted on the 1 and 16 req/s runs only),
+    replayed with the shipped catalog and with the fitted coefficients. The bands are what
+    capsim does: after the fit the medians and e2e p99 are within 10%, TTFT p99 is about twice
+    the measured, TPOT p99 ~16% long and throughput ~8% high (the issue's target is missed
+    there). A change that moves any of them is seen."""
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.backtest import backtest_run
+    from capsim.calibration.bench_fit import apply, with_entry
+    from capsim.load import load_catalog
+
+    run = apply_settings(read_runs(A100_04)[0], A100_SETTINGS)
+    cat = load_catalog()
+    bt = backtest_run(run, cat, replications=2)
+    err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
+    assert abs(err["throughput_rps value"]) < 0.08
+    assert 0.05 < err["ttft p50"] < 0.20 and 0.8 < err["ttft p99"] < 1.6
+    assert 0.08 < err["tpot p50"] < 0.22 and 0.2 < err["tpot p99"] < 0.5
+    assert 0.12 < err["e2e p50"] < 0.28 and 0.06 < err["e2e p99"] < 0.22
+    # the 2026-12-06 fit (python benchmarks/backtest_fit.py --vllm-a100), rounded as printed
+    fitted = {"compute_scale": 0.9266, "memory_scale": 1.085, "collective_latency_us": 30.7352,
+              "kernel_overhead_us": 4.1854}  # fmt: skip
+    cpu = {"constant_ms": 0.8264, "per_seq_us": 4.0653}
+    gpu = apply(cat["a100-40gb-sxm"], fitted)
+    bt = backtest_run(run, with_entry(cat, gpu), replications=2, engine={"cpu_overhead": cpu})
+    err = {f"{r.metric} {r.stat}": r.rel_error for r in bt.rows}
+    assert 0.03 < err["throughput_rps value"] < 0.12
+    assert abs(err["ttft p50"]) < 0.06 and 0.8 < err["ttft p99"] < 1.6
+    assert abs(err["tpot p50"]) < 0.08 and 0.08 < err["tpot p99"] < 0.25
+    assert abs(err["e2e p50"]) < 0.05 and abs(err["e2e p99"]) < 0.08
+
+
 def test_frontend_latency_shifts_every_latency_percentile_by_itself(tmp_path):
     # a constant per-request front-end time adds to each e2e percentile exactly, and
     # throughput (a closed loop of one client here) is the GPU loop's, unchanged

@@ -22,6 +22,11 @@ PERF = DATA / "perf_analyzer" / "inception_graphdef_concurrency.csv"
 SERVER = DATA / "mlperf" / "h100x8_llama2-70b_server"
 OFFLINE = DATA / "mlperf" / "h100x8_llama2-70b_offline" / "mlperf_log_summary.txt"
 L4 = DATA / "mlperf" / "l4_resnet50_singlestream"
+A100 = DATA / "vllm" / "a100x8_llama3.3-70b_tp8"
+A100_RUNS = {
+    q: A100 / f"serving_meta-llama-Llama-3.3-70B-Instruct_tp8_pp1_sharegpt_qps_{q}.json"
+    for q in ("01", "04", "16", "inf")
+}
 FIXTURES = {
     VLLM: "vllm",
     ASCEND: "vllm",
@@ -32,6 +37,7 @@ FIXTURES = {
     OFFLINE: "mlperf-summary",
     L4 / "mlperf_log_summary.txt": "mlperf-summary",
     L4 / "mlperf_log_detail.txt": "mlperf-detail",
+    **{path: "vllm" for path in A100_RUNS.values()},
 }
 
 
@@ -136,6 +142,42 @@ def test_vllm_detailed_arrays_become_samples(tmp_path):
     assert r.measured.samples.ttft_s == [0.05, 0.06]
     assert len(r.measured.samples.itl_s[1]) == 14
     assert r.workload.output_len.kind == "per_request" and r.workload.output_len.values == [16, 15]
+
+
+def test_vllm_a100_run_per_request_arrays_give_e2e_percentiles():
+    """vLLM 0.8.3 saved per-request lengths, TTFTs and ITLs but no e2e statistics: the importer
+    derives each request's e2e as TTFT + sum(ITLs) and its percentiles as numpy does."""
+    np = pytest.importorskip("numpy")
+    raw = json.loads(A100_RUNS["04"].read_text())
+    r = one(A100_RUNS["04"])
+    assert r.settings.model == "meta-llama/Llama-3.3-70B-Instruct"
+    assert r.workload.load.rate_rps == 4.0 and r.workload.num_requests == 200
+    m = r.measured
+    assert m.request_throughput_rps == pytest.approx(3.1751913448302957)
+    assert m.ttft_s.p50 == pytest.approx(0.04950005649993727)
+    assert m.ttft_s.p99 == pytest.approx(0.06756385031015722)
+    assert m.tpot_s.p99 == pytest.approx(0.027912823145449423)
+    assert r.workload.input_len.values[:3] == [13, 25, 27]
+    assert r.workload.output_len.values[:3] == [120, 770, 81]
+    e2e = [t + sum(g) for t, g in zip(raw["ttfts"], raw["itls"], strict=True)]
+    assert m.samples.e2e_s == pytest.approx(e2e)
+    assert m.e2e_s.p50 == pytest.approx(float(np.percentile(e2e, 50)))
+    assert m.e2e_s.p99 == pytest.approx(float(np.percentile(e2e, 99)))
+    assert 4.0 < m.e2e_s.p50 < 4.3 and 20.0 < m.e2e_s.p99 < 22.0
+    assert any("ttft + sum(itls)" in n for n in r.notes)
+    # a file with e2el statistics keeps them and gets no note
+    assert not any("sum(itls)" in n for n in one(VLLM).notes)
+
+
+def test_vllm_a100_run_replays_its_own_length_pairs():
+    from capsim.bench.replay import require_replayable
+
+    given = {"gpu": "a100-40gb-sxm", "model": "llama-3.1-70b", "precision": "bf16", "tp": 8}
+    plan = require_replayable(apply_settings(one(A100_RUNS["04"]), given))
+    assert plan.arrivals == {"kind": "poisson", "rate_rps": 4.0} and plan.tp == 8
+    assert plan.tokens["kind"] == "empirical" and len(plan.pairs) == 200
+    assert plan.pairs[:2] == [(13, 120), (25, 770)]
+    assert plan.tokens["output_max"] == max(b for _, b in plan.pairs)
 
 
 # ---------------------------------------------------------------- SGLang

@@ -19,7 +19,9 @@ than compared with a different quantity.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from capsim.bench.model import BenchRun, Dist, IterationTime
 from capsim.bench.replay import ReplayPlan, require_replayable
@@ -304,16 +306,22 @@ def backtest_run(
             file=run.source.file,
             where="settings.gpu",
         )
-    scen = replay_scenario(
-        run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
-    )
     cfg = Config(str(s.gpu), str(s.precision), replicas, plan.tp)
-    try:
-        ev = simulate(scen, cfg, catalog=catalog, replications=replications, sequential=False)
-    except Unsupported as exc:
-        raise InputError(
-            f"capsim cannot run {cfg.label()}: {exc}", file=run.source.file, where="settings"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="capsim-backtest-") as tmp:
+        if plan.pairs is not None and plan.tokens is not None:
+            trace = Path(tmp) / "lengths.csv"
+            rows_csv = "".join(f"{a},{b}\n" for a, b in plan.pairs)
+            trace.write_text("input_len,output_len\n" + rows_csv)
+            plan = replace(plan, tokens={**plan.tokens, "trace": str(trace)})
+        scen = replay_scenario(
+            run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
+        )
+        try:
+            ev = simulate(scen, cfg, catalog=catalog, replications=replications, sequential=False)
+        except Unsupported as exc:
+            raise InputError(
+                f"capsim cannot run {cfg.label()}: {exc}", file=run.source.file, where="settings"
+            ) from None
     summ = ev.summary
     pq = {name: {p: ci.mean for p, ci in d.items()} for name, d in summ.quantiles.items()}
     if "latency" in pq:

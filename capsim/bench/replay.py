@@ -10,7 +10,10 @@
   length is sigma 0); lengths the run states to be uniform over [min, max] (both sides: a
   range whose standard deviation is the uniform's, ``(max - min + 1) / sqrt(12)``, as SGLang's
   and vLLM's ``random`` datasets) -> ``uniform`` over that range, shifted to the run's mean
-  (the realised mean of a few hundred draws: what the run's token totals say).
+  (the realised mean of a few hundred draws: what the run's token totals say);
+* per-request lengths saved for both sides (vLLM ``--save-result`` ``input_lens`` /
+  ``output_lens``) -> ``empirical`` (prompt, output) pairs drawn jointly from the run's own
+  requests (``pairs``; :func:`capsim.bench.backtest.backtest_run` writes them to a scratch CSV).
 
 Anything capsim would have to guess is listed in ``assumptions``; anything without which the run
 cannot be replayed is in ``missing``, and :func:`require_replayable` turns that into one error.
@@ -46,6 +49,7 @@ class ReplayPlan:
     arrivals: dict | None = None
     tokens: dict | None = None
     num_requests: int | None = None
+    pairs: list[tuple[int, int]] | None = None
     tp: int = 1
     assumptions: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -140,8 +144,27 @@ def _uniform_tokens(run: BenchRun, plan: ReplayPlan) -> bool:
     return True
 
 
+def _pair_tokens(run: BenchRun, plan: ReplayPlan) -> bool:
+    """Empirical (prompt, output) pairs when the run saved both lengths for every request."""
+    w = run.workload
+    i, o = w.input_len, w.output_len
+    if i is None or o is None or i.kind != "per_request" or o.kind != "per_request":
+        return False
+    if not i.values or not o.values or len(i.values) != len(o.values):
+        return False
+    plan.pairs = [(max(1, a), max(1, b)) for a, b in zip(i.values, o.values, strict=True)]
+    plan.tokens = {"kind": "empirical", "prompt_column": "input_len",
+                   "output_column": "output_len",
+                   "prompt_max": max(a for a, _ in plan.pairs),
+                   "output_max": max(b for _, b in plan.pairs)}  # fmt: skip
+    plan.assumptions.append(
+        f"lengths: the run's own {len(plan.pairs)} (prompt, output) pairs, drawn with replacement"
+    )
+    return True
+
+
 def _tokens(run: BenchRun, plan: ReplayPlan) -> None:
-    if _uniform_tokens(run, plan):
+    if _uniform_tokens(run, plan) or _pair_tokens(run, plan):
         return
     sides = {"prompt": run.workload.input_len, "output": run.workload.output_len}
     tokens: dict = {"kind": "lognormal"}

@@ -21,6 +21,7 @@ from typing import Any
 from capsim.bench.common import dist_from_keys, to_float, to_int
 from capsim.bench.model import (
     ConcurrencyLoad,
+    Dist,
     LengthDist,
     Load,
     Measured,
@@ -118,6 +119,11 @@ def measured_from(d: Mapping[str, Any], e2e_metric: str, *, file: Path | str) ->
     in_tps = num("input_throughput")
     if in_tps is None and total is not None and out_tps is not None:
         in_tps = total - out_tps
+    samples = samples_from(d, file=file)
+    e2e = dist_from_keys(d, e2e_metric, 1e-3, file=file)
+    if e2e is None and samples is not None:
+        samples = e2e_samples(samples)
+        e2e = dist_of(samples.e2e_s) if samples.e2e_s else None
     return Measured(
         request_throughput_rps=num("request_throughput"),
         output_tokens_per_s=out_tps,
@@ -126,6 +132,52 @@ def measured_from(d: Mapping[str, Any], e2e_metric: str, *, file: Path | str) ->
         ttft_s=dist_from_keys(d, "ttft", 1e-3, file=file),
         tpot_s=dist_from_keys(d, "tpot", 1e-3, file=file),
         itl_s=dist_from_keys(d, "itl", 1e-3, file=file),
-        e2e_s=dist_from_keys(d, e2e_metric, 1e-3, file=file),
-        samples=samples_from(d, file=file),
+        e2e_s=e2e,
+        samples=samples,
+    )
+
+
+#: how :func:`e2e_samples` derives a request's end-to-end latency (recorded in a run's notes)
+E2E_FROM_SAMPLES = (
+    "e2e derived per request as ttft + sum(itls) (the time of the last streamed chunk), "
+    "percentiles by linear interpolation as numpy.percentile (the file has no e2el statistics)"
+)
+
+
+def e2e_samples(s: Samples) -> Samples:
+    """``s`` with ``e2e_s`` filled in as each request's TTFT plus its inter-token gaps.
+
+    ``benchmark_serving.py`` takes the ITLs as the gaps between streamed chunks after the first,
+    so TTFT + sum(ITLs) is the arrival of the last chunk: the request's latency, up to the
+    end-of-stream message. Requests without a TTFT (failed) are skipped.
+
+    >>> e2e_samples(Samples(ttft_s=[0.05, 0.0], itl_s=[[0.02, 0.03], []])).e2e_s
+    [0.1]
+    """
+    if s.e2e_s or not s.ttft_s or s.itl_s is None or len(s.itl_s) != len(s.ttft_s):
+        return s
+    e2e = [t + sum(gaps) for t, gaps in zip(s.ttft_s, s.itl_s, strict=True) if t > 0]
+    return s.model_copy(update={"e2e_s": e2e}) if e2e else s
+
+
+def percentile(values: list[float], p: float) -> float:
+    """``numpy.percentile(values, p)`` (linear interpolation), as the benchmark client computes.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50.0), percentile([1.0, 2.0, 3.0, 4.0], 99.0)
+    (2.5, 3.97)
+    """
+    xs = sorted(values)
+    k = (len(xs) - 1) * p / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return round(xs[lo] + (xs[hi] - xs[lo]) * (k - lo), 12)
+
+
+def dist_of(values: list[float]) -> Dist:
+    """Mean, p50, p90 and p99 of per-request samples (seconds)."""
+    return Dist(
+        mean=sum(values) / len(values),
+        p50=percentile(values, 50.0),
+        p90=percentile(values, 90.0),
+        p99=percentile(values, 99.0),
     )

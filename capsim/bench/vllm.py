@@ -16,6 +16,7 @@ from capsim.bench.common import compact_date, to_float, to_int
 from capsim.bench.jsonio import json_records
 from capsim.bench.model import BenchRun, Settings, Source, Tool, Workload
 from capsim.bench.serving_common import (
+    E2E_FROM_SAMPLES,
     ENGINES,
     length_from,
     load_from,
@@ -88,11 +89,15 @@ def _run(d: Mapping[str, Any], path: Path, sha: str, index: int) -> BenchRun:
         output_len=length_from(d, "output_lens", "total_output_tokens", file=path),
     )
     tool = "vllm bench serve" if "endpoint_type" in d else "vllm benchmark_serving.py"
+    measured = measured_from(d, "e2el", file=path)
+    derived = measured.samples is not None and measured.samples.e2e_s is not None
+    notes = [E2E_FROM_SAMPLES] if derived and not any(k.endswith("_e2el_ms") for k in d) else []
     return BenchRun(
         source=Source(file=str(path), format="vllm", sha256=sha, index=index),
         tool=Tool(name=tool),
         date=compact_date(d.get("date") if isinstance(d.get("date"), str) else None),
         settings=settings,
         workload=workload,
-        measured=measured_from(d, "e2el", file=path),
+        measured=measured,
+        notes=notes,
     )
