@@ -561,3 +561,36 @@ def test_import_vidur_refuses_the_wrong_card(tmp_path, runner):
     # a directory is not "file not found"
     res = runner.invoke(main, ["calibrate", "import-vidur", str(VIDUR), "--gpu", "a100-80gb-sxm", "--dry-run"])  # fmt: skip
     _assert_one_line_error(res, "is a directory: give the profile file itself")
+
+
+def test_not_native_kernels_are_not_fitted_from_their_compute_capability_on():
+    """torch._int_mm rows are kept out of the fit on sm_90+ (they measure PyTorch's INT8 path at
+    about half Hopper's INT8 peak, not the card), with a note; before sm_90 they are fitted."""
+    from capsim.calibration.rows import not_native
+
+    rows = [
+        {"kind": "gemm", "precision": "int8", "impl": "torch._int_mm int8 -> int32"},
+        {
+            "kind": "gemm",
+            "precision": "int8",
+            "impl": "torch._int_mm int8 -> int32 (M padded 1 -> 32)",
+        },  # fmt: skip
+        {"kind": "gemm", "precision": "fp8", "impl": "torch._scaled_mm e4m3 -> bf16"},
+    ]
+    kept, notes = not_native({"device": {"compute_capability": "9.0"}}, rows)
+    assert [r["precision"] for r in kept] == ["fp8"]
+    assert len(notes) == 1 and notes[0].startswith("2 torch._int_mm rows not fitted")
+    for meta in ({"device": {"compute_capability": "8.0"}}, {"device": {}}, {}):
+        assert not_native(meta, rows) == (rows, [])
+
+
+def test_h200_int8_is_roofline_not_the_torch_int_mm_curve():
+    """The shipped H200 calibration has no INT8 curve or table: BERT-Large INT8 on the H200 is
+    timed like the H100 SXM's (same GH100 die), not at torch._int_mm's half-peak rate."""
+    cat = load_catalog()
+    cal = cat["h200-sxm"].calibration
+    assert cal is not None and "int8" not in cal.formats() and "fp8" in cal.formats()
+    card = load_model_card("bert-large").at_sequence_length(177)
+    h100 = FixedServiceModel(cat["h100-sxm"], card, "int8").batch(128).throughput
+    h200 = FixedServiceModel(cat["h200-sxm"], card, "int8").batch(128).throughput
+    assert 1.0 <= h200 / h100 <= 1.15

@@ -36,10 +36,12 @@ def test_resnet50_offline_test_rows_within_band():
 @pytest.mark.skipif(not DATA.is_file(), reason="benchmarks/accuracy/measurements.csv absent")
 def test_bert_offline_test_rows_within_band():
     """BERT-Large Offline at the SQuAD v1.1 mean length (177 real tokens, MLPerf's harness drops
-    the padding; Hopper "fp16" rows in FP8 as NVIDIA's harness runs them). 2026-12-05: INT8 71
-    rows median 12.1%, worst +27.9%, ordering 34/36; FP16 54 rows median 14.1%, worst +50.1%
-    (H100-PCIe), ordering 19/21. Before (every sample costed at 384 padded tokens): INT8 median
-    49.9%, worst -66.3%; FP16 median 61.1%, worst -78.5%."""
+    the padding; Hopper "fp16" rows in FP8 as NVIDIA's harness runs them). 2026-12-06 (H200 INT8
+    no longer timed by the torch._int_mm curve; H100-PCIe at its published power-limited clock):
+    INT8 71 rows median 10.4%, worst +27.9% (L4), ordering 35/36; FP16 54 rows median 14.0%,
+    worst +29.2% (H200), ordering 19/21. 2026-12-05: INT8 median 12.1%, worst +27.9%, 34/36; FP16
+    median 14.1%, worst +50.1% (H100-PCIe). Before (every sample costed at 384 padded tokens):
+    INT8 median 49.9%, worst -66.3%; FP16 median 61.1%, worst -78.5%."""
     import pandas as pd
 
     spec = importlib.util.spec_from_file_location(
@@ -50,7 +52,7 @@ def test_bert_offline_test_rows_within_band():
     df = pd.read_csv(DATA, dtype={"precision": str})
     rows = df[(df.group == "bert_offline") & (df.split == "test")]
     scored = fsa.predict(rows, fsa.layers.FAMILY_FACTORS["conv"])
-    bands = {"int8": (0.14, 0.33, 2), "fp16": (0.16, 0.55, 2)}  # median, worst, wrong pairs
+    bands = {"int8": (0.12, 0.30, 1), "fp16": (0.16, 0.32, 2)}  # median, worst, wrong pairs
     for prec, (median, worst, wrong) in bands.items():
         g = scored[scored.precision == prec]
         assert g.err.abs().median() <= median, prec

@@ -55,6 +55,7 @@ from capsim.calibration.rows import (
     _row_label,
     check_spec_peaks,
     gemm_tables,
+    not_native,
     peaks_are_measured,
     run_notes,
 )
@@ -176,6 +177,8 @@ def _fit(meta, rows, data, gpu, new_id, holdout, price_usd_per_hour, power_w, to
         r for r in timed if r not in held and r["kind"] not in COMPOSITE_KINDS and _usable(r)
     ]
     validate = held + [r for r in timed if r["kind"] in COMPOSITE_KINDS and r not in held]
+    fit_rows, native_notes = not_native(meta, fit_rows)
+    notes += native_notes
     if not any(r["kind"] == "gemm" for r in fit_rows):
         raise InputError(
             "no GEMM measurements left to fit (in a capsim math format: "

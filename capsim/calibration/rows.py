@@ -187,6 +187,47 @@ def _run_info(meta: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+#: Harness kernels that do not run the card's own tensor-core path from some compute capability
+#: on: (kernel name as the harness writes it in ``impl``, lowest compute capability, why). Their
+#: rows stay in the measurements but are not fitted, so the entry keeps its spec roofline for that
+#: format instead of a curve that describes the framework, not the card.
+NOT_NATIVE_KERNELS = (
+    (
+        "torch._int_mm",
+        9.0,
+        "torch._int_mm reaches about half the INT8 peak on Hopper (H200 run 2026-12-04: 952 TOP/s "
+        "of 1,979) where torch._scaled_mm FP8 reaches 0.66-0.72 of the same dense peak (H100 "
+        "whitepaper: FP8 and INT8 both 1,979 dense); TensorRT's INT8 kernels run MLPerf BERT as "
+        "fast on the H200 as on the H100 SXM; on sm_103 torch dispatches _int_mm to Ampere-era "
+        "cutlass_80 kernels (github.com/pytorch/pytorch/issues/187094)",
+    ),
+)
+
+
+def not_native(
+    meta: dict[str, Any], rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``rows`` without those of :data:`NOT_NATIVE_KERNELS` on this device, and a note per kernel
+    left out (the device's ``compute_capability`` from meta.json; none known: nothing left out)."""
+    text = str((meta.get("device") or {}).get("compute_capability") or "0")
+    try:
+        cc = float(text)
+    except ValueError:
+        cc = 0.0
+    notes, keep = [], rows
+    for kernel, from_cc, why in NOT_NATIVE_KERNELS:
+        if cc < from_cc:
+            continue
+        out = [r for r in keep if str(r.get("impl") or "").startswith(kernel)]
+        if out:
+            keep = [r for r in keep if r not in out]
+            notes.append(
+                f"{len(out)} {kernel} rows not fitted on compute capability {text} (the format "
+                f"keeps the spec roofline): {why}"
+            )
+    return keep, notes
+
+
 def run_notes(meta: dict[str, Any], data: str) -> list[str]:
     """Notes on runs that did not measure their whole plan (meta.json ``interrupted`` and
     ``budget.exhausted``)."""
