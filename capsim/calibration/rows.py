@@ -218,9 +218,10 @@ def not_native(
     for kernel, from_cc, why in NOT_NATIVE_KERNELS:
         if cc < from_cc:
             continue
-        out = [r for r in keep if str(r.get("impl") or "").startswith(kernel)]
+        native = [not str(r.get("impl") or "").startswith(kernel) for r in keep]
+        out = [r for r, ok in zip(keep, native, strict=True) if not ok]
         if out:
-            keep = [r for r in keep if r not in out]
+            keep = [r for r, ok in zip(keep, native, strict=True) if ok]
             notes.append(
                 f"{len(out)} {kernel} rows not fitted on compute capability {text} (the format "
                 f"keeps the spec roofline): {why}"
