@@ -59,7 +59,14 @@ def rows(catalog: Path, runs: list[str], extra: list[str]) -> list[dict]:
     return json.loads(out)
 
 
+def _spread(r: dict) -> str:
+    """The prediction's std across replications, relative to it (finite runs), or ''."""
+    sd = r.get("predicted_std")
+    return f" (±{sd / r['predicted']:.1%})" if sd is not None and r["predicted"] else ""
+
+
 def table(before: list[dict], after: list[dict]) -> None:
+    """Errors before and after; with the std across replications (finite runs) in brackets."""
     print("| value | measured | before fit | after fit |")
     print("| --- | ---: | ---: | ---: |")
     for b, a in zip(before, after, strict=True):
@@ -67,8 +74,8 @@ def table(before: list[dict], after: list[dict]) -> None:
         name = run + f"{b['metric']} {b['stat']}".replace(" value", "")
         unit = 1e3 if b["metric"] not in ("throughput_rps", "output_tokens_per_s") else 1.0
         print(
-            f"| {name} | {b['measured'] * unit:.4g} | {b['rel_error']:+.1%} | "
-            f"{a['rel_error']:+.1%} |"
+            f"| {name} | {b['measured'] * unit:.4g} | {b['rel_error']:+.1%}{_spread(b)} | "
+            f"{a['rel_error']:+.1%}{_spread(a)} |"
         )
 
 
@@ -115,14 +122,17 @@ def vllm_a100(tmp: Path) -> None:
         files = [str(A100 / A100_RUN.format(q)) for q in rates]
         capsim("bench", "import", *files, *A100_SETTINGS, "--out", str(d))
     evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
-    args = ["--replications", "2", "--max-evaluations", evals, "--format", "json"]
+    # finite 200-request runs (capsim.bench.finite): cheap, and one run's throughput spreads
+    # by ~5%, so the fit averages 10 seeded replications and the report 20
+    args = ["--replications", "10", "--max-evaluations", evals, "--format", "json"]
     fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
                             "--holdout", str(held_dir), "--gpu", "a100-40gb-sxm", *args))  # fmt: skip
     v = fit["values"]
     after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
                   "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
-    rep = ["--replications", "2"]
+    rep = ["--replications", "20"]
     print("## vLLM 0.8.3 Llama-3.3-70B, 8x A100-40GB TP 8 (fit on 1 and 16 req/s; 4 held out)\n")
+    print(f"{fit['evaluations']} evaluations; ", end="")
     print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
     for name, d in (("fit", fit_dir), ("held out", held_dir)):
         before = rows(ROOT / "hardware_catalog", [str(d)], rep)

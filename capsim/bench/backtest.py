@@ -7,6 +7,12 @@ tensor parallelism and batch cap; :func:`backtest_run` simulates it and lines up
 the TTFT / TPOT / e2e percentiles the run measured with capsim's. The relative error is
 ``(predicted - measured) / measured``.
 
+A finite run of a benchmark client that sends a fixed number of requests at a rate (vLLM's
+``benchmark_serving.py``, SGLang's ``bench_serving``) is replayed as that client ran it, not as a
+steady state: :mod:`capsim.bench.finite` (exactly ``n`` arrivals, no warm-up cut, every request
+served, throughput over the run's duration, each value the mean of seeded replications with its
+standard deviation in :attr:`Row.spread`). Other runs keep the steady-state replay.
+
 Per-token ITL percentiles are not predicted: capsim records each request's mean time per output
 token (TPOT), not the distribution of single inter-token gaps, so ITL rows are left out rather
 than compared with a different quantity.
@@ -23,10 +29,11 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from capsim.bench.finite import FiniteLoad, finite_load, replay_finite
 from capsim.bench.model import BenchRun, Dist, IterationTime
 from capsim.bench.replay import ReplayPlan, require_replayable
 from capsim.errors import InputError
-from capsim.evaluate import Config, make_service, simulate
+from capsim.evaluate import Config, make_service, runnable_service, simulate
 from capsim.load import load_model_card
 from capsim.service.fixed import Unsupported
 from capsim.spec.catalog import Catalog
@@ -49,6 +56,7 @@ class Row:
     stat: str
     measured: float
     predicted: float
+    spread: float | None = None  # std of the prediction across replications (finite runs)
 
     @property
     def rel_error(self) -> float:
@@ -316,25 +324,44 @@ def backtest_run(
         scen = replay_scenario(
             run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
         )
+        finite = finite_load(run, scen.is_llm)
         try:
-            ev = simulate(scen, cfg, catalog=catalog, replications=replications, sequential=False)
+            if finite is not None:
+                pq, qs, ps, ss, unstable = _finite(
+                    scen, catalog, cfg, plan, finite, seed, replications
+                )
+            else:
+                ev = simulate(
+                    scen, cfg, catalog=catalog, replications=replications, sequential=False
+                )
         except Unsupported as exc:
             raise InputError(
                 f"capsim cannot run {cfg.label()}: {exc}", file=run.source.file, where="settings"
             ) from None
-    summ = ev.summary
-    pq = {name: {p: ci.mean for p, ci in d.items()} for name, d in summ.quantiles.items()}
-    if "latency" in pq:
-        pq["e2e"] = pq.pop("latency")
-    ps = {k: ci.mean for k, ci in summ.scalars.items()}
+    if finite is None:
+        summ = ev.summary
+        pq = {name: {p: ci.mean for p, ci in d.items()} for name, d in summ.quantiles.items()}
+        if "latency" in pq:
+            pq["e2e"] = pq.pop("latency")
+        ps = {k: ci.mean for k, ci in summ.scalars.items()}
+        qs, ss = {}, {}
+        unstable = summ.unstable_reason if summ.unstable else ""
     series, scalars = _measured(run, scen.is_llm)
     load = run.workload.load
     kind = load.kind if load is not None else "offline"
     value = {"rate": getattr(load, "rate_rps", 0.0), "concurrency": getattr(load, "concurrency", 0)}
     bt = Backtest(run, cfg, kind, float(value.get(kind, 0.0) or 0.0))
-    bt.rows = with_frontend(compare(pq, series, ps, scalars), frontend_ms)
+    rows = [_with_spread(r, qs, ss) for r in compare(pq, series, ps, scalars)]
+    bt.rows = with_frontend(rows, frontend_ms)
     bt.assumptions = list(plan.assumptions)
-    bt.unstable = summ.unstable_reason if summ.unstable else ""
+    if finite is not None:
+        if plan.pairs is not None and len(plan.pairs) == finite.n:
+            bt.assumptions = [a for a in bt.assumptions if not a.startswith("lengths: ")]
+            bt.assumptions.append(
+                f"lengths: the run's own {finite.n} (prompt, output) pairs, in the order sent"
+            )
+        bt.assumptions.append(f"{finite.describe()}; mean of {replications} seeded replications")
+    bt.unstable = unstable
     if not bt.rows:
         raise InputError(
             "the run measured nothing capsim predicts (throughput, TTFT, TPOT or e2e)",
@@ -342,3 +369,29 @@ def backtest_run(
             where="measured",
         )
     return bt
+
+
+def _finite(
+    scen: Scenario,
+    catalog: Catalog,
+    cfg: Config,
+    plan: ReplayPlan,
+    finite: FiniteLoad,
+    seed: int,
+    replications: int,
+) -> tuple[dict, dict, dict, dict, str]:
+    """(mean percentiles, their std, mean scalars, their std, why unstable) of the finite
+    replay (:func:`capsim.bench.finite.replay_finite`)."""
+    svc = runnable_service(scen, catalog[cfg.gpu], cfg.precision, cfg.tp)
+    fr = replay_finite(
+        scen, svc, plan, finite, replicas=cfg.replicas, seed=seed, replications=replications
+    )
+    qm, qs, sm, ss = fr.mean_std()
+    return qm, qs, sm, ss, fr.unstable
+
+
+def _with_spread(r: Row, qs: dict, ss: dict) -> Row:
+    """``r`` with the std across replications of its prediction, where there is one."""
+    p = dict(STATS).get(r.stat)
+    sd = ss.get(r.metric) if r.stat == "value" else qs.get(r.metric, {}).get(p)
+    return replace(r, spread=sd) if sd is not None else r

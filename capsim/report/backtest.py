@@ -36,7 +36,8 @@ def fmt_value(metric: str, x: float) -> str:
 
 
 def frame(results: list[Backtest]) -> pd.DataFrame:
-    """One row per (run, metric, statistic): measured, predicted, relative error."""
+    """One row per (run, metric, statistic): measured, predicted, relative error, and the
+    prediction's std across replications where the replay reports one (finite runs)."""
     rows = []
     for bt in results:
         for r in bt.rows:
@@ -52,6 +53,7 @@ def frame(results: list[Backtest]) -> pd.DataFrame:
                     "measured": r.measured,
                     "predicted": r.predicted,
                     "rel_error": r.rel_error,
+                    "predicted_std": r.spread,
                 }
             )
     return pd.DataFrame(rows)
@@ -67,9 +69,12 @@ def table_lines(bt: Backtest) -> list[str]:
     for r in bt.rows:
         name = r.metric if r.stat == "value" else f"{r.metric} {r.stat}"
         err = f"{r.rel_error:+.1%}" if math.isfinite(r.rel_error) else "n/a"
+        sd = ""
+        if r.spread is not None and r.predicted:
+            sd = f"  (std {r.spread / abs(r.predicted):.1%} across replications)"
         out.append(
             f"  {name:<22}{fmt_value(r.metric, r.measured):>14}"
-            f"{fmt_value(r.metric, r.predicted):>14}{err:>9}"
+            f"{fmt_value(r.metric, r.predicted):>14}{err:>9}{sd}"
         )
     for a in bt.assumptions:
         out.append(f"  assumed: {a}")
