@@ -112,6 +112,30 @@ def main() -> None:
             vllm_a100(Path(tmp))
 
 
+def fit_and_report(
+    cat: Path, fit_dir: Path, held_dir: Path, gpu: str, title: str, fit_reps: int, reps: int
+) -> None:
+    """``fit-bench`` the ``gpu`` entry of catalog copy ``cat`` on the runs in ``fit_dir`` (the
+    ones in ``held_dir`` held out), then print both sets before (shipped catalog) and after."""
+    evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
+    args = ["--replications", str(fit_reps), "--max-evaluations", evals, "--format", "json"]
+    fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
+                            "--holdout", str(held_dir), "--gpu", gpu, *args))  # fmt: skip
+    v = fit["values"]
+    after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
+                  "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
+    rep = ["--replications", str(reps)]
+    print(f"## {title}\n")
+    print(f"{fit['evaluations']} evaluations; ", end="")
+    print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
+    for name, d in (("fit", fit_dir), ("held out", held_dir)):
+        before = rows(ROOT / "hardware_catalog", [str(d)], rep)
+        after = rows(cat, [str(d)], [*rep, *after_args])
+        print(f"### {name}\n")
+        table(before, after)
+        print()
+
+
 def vllm_a100(tmp: Path) -> None:
     """Fit the A100-40GB entry to the 1 and 16 req/s vLLM runs and report them and the held-out
     4 req/s run, before and after (on a fresh copy of the shipped catalog)."""
@@ -121,25 +145,10 @@ def vllm_a100(tmp: Path) -> None:
     for d, rates in ((fit_dir, A100_FIT), (held_dir, A100_HELD)):
         files = [str(A100 / A100_RUN.format(q)) for q in rates]
         capsim("bench", "import", *files, *A100_SETTINGS, "--out", str(d))
-    evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
     # finite 200-request runs (capsim.bench.finite): cheap, and one run's throughput spreads
     # by ~5%, so the fit averages 10 seeded replications and the report 20
-    args = ["--replications", "10", "--max-evaluations", evals, "--format", "json"]
-    fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
-                            "--holdout", str(held_dir), "--gpu", "a100-40gb-sxm", *args))  # fmt: skip
-    v = fit["values"]
-    after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
-                  "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
-    rep = ["--replications", "20"]
-    print("## vLLM 0.8.3 Llama-3.3-70B, 8x A100-40GB TP 8 (fit on 1 and 16 req/s; 4 held out)\n")
-    print(f"{fit['evaluations']} evaluations; ", end="")
-    print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
-    for name, d in (("fit", fit_dir), ("held out", held_dir)):
-        before = rows(ROOT / "hardware_catalog", [str(d)], rep)
-        after = rows(cat, [str(d)], [*rep, *after_args])
-        print(f"### {name}\n")
-        table(before, after)
-        print()
+    title = "vLLM 0.8.3 Llama-3.3-70B, 8x A100-40GB TP 8 (fit on 1 and 16 req/s; 4 held out)"
+    fit_and_report(cat, fit_dir, held_dir, "a100-40gb-sxm", title, 10, 20)
 
 
 def sglang(cat: Path, tmp: Path) -> None:
@@ -155,22 +164,8 @@ def sglang(cat: Path, tmp: Path) -> None:
         d.mkdir()
         for i in idx:
             shutil.copy(files[i], d)
-    evals = next((a.split("=")[1] for a in sys.argv if a.startswith("--evals=")), "120")
-    args = ["--replications", "2", "--max-evaluations", evals, "--format", "json"]
-    fit = json.loads(capsim("--catalog", str(cat), "calibrate", "fit-bench", str(fit_dir),
-                            "--holdout", str(held_dir), "--gpu", "h200-sxm", *args))  # fmt: skip
-    v = fit["values"]
-    after_args = ["--overhead-ms", f"{v['overhead_ms']}", "--per-seq-us", f"{v['per_seq_us']}",
-                  "--frontend-ms", f"{v['frontend_ms']}"]  # fmt: skip
-    rep = ["--replications", "2"]
-    print("## SGLang Llama-3.3-70B, 4x H200 TP 4 (fit on 1 and 4 req/s; 2 and 8 held out)\n")
-    print(f"fitted: {json.dumps({k: round(x, 4) for k, x in v.items()})}\n")
-    for name, d in (("fit", fit_dir), ("held out", held_dir)):
-        before = rows(ROOT / "hardware_catalog", [str(d)], rep)
-        after = rows(cat, [str(d)], [*rep, *after_args])
-        print(f"### {name}\n")
-        table(before, after)
-        print()
+    title = "SGLang Llama-3.3-70B, 4x H200 TP 4 (fit on 1 and 4 req/s; 2 and 8 held out)"
+    fit_and_report(cat, fit_dir, held_dir, "h200-sxm", title, 2, 2)
 
 
 if __name__ == "__main__":
