@@ -38,7 +38,7 @@ from capsim.load import load_model_card
 from capsim.service.fixed import Unsupported
 from capsim.spec.catalog import Catalog
 from capsim.spec.models import TransformerModel
-from capsim.spec.scenario import Scenario
+from capsim.spec.scenario import ContinuousBatching, Scenario
 
 STATS = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 SERIES = ("ttft", "tpot", "e2e")
@@ -325,10 +325,11 @@ def backtest_run(
             run, plan, seed=seed, replications=replications, engine=engine, overhead_ms=overhead_ms
         )
         finite = finite_load(run, scen.is_llm)
+        cached = run.workload.prompts_cached_by is not None
         try:
             if finite is not None:
                 pq, qs, ps, ss, unstable = _finite(
-                    scen, catalog, cfg, plan, finite, seed, replications
+                    scen, catalog, cfg, plan, finite, seed, replications, cached
                 )
             else:
                 ev = simulate(
@@ -361,6 +362,8 @@ def backtest_run(
                 f"lengths: the run's own {finite.n} (prompt, output) pairs, in the order sent"
             )
         bt.assumptions.append(f"{finite.describe()}; mean of {replications} seeded replications")
+    if cached:
+        bt.assumptions.append(_cache_note(run, finite is not None, scen))
     bt.unstable = unstable
     if not bt.rows:
         raise InputError(
@@ -379,13 +382,15 @@ def _finite(
     finite: FiniteLoad,
     seed: int,
     replications: int,
+    cached: bool = False,
 ) -> tuple[dict, dict, dict, dict, str]:
     """(mean percentiles, their std, mean scalars, their std, why unstable) of the finite
     replay (:func:`capsim.bench.finite.replay_finite`)."""
     svc = runnable_service(scen, catalog[cfg.gpu], cfg.precision, cfg.tp)
     fr = replay_finite(
-        scen, svc, plan, finite, replicas=cfg.replicas, seed=seed, replications=replications
-    )
+        scen, svc, plan, finite, replicas=cfg.replicas, seed=seed, replications=replications,
+        cached=cached,
+    )  # fmt: skip
     qm, qs, sm, ss = fr.mean_std()
     return qm, qs, sm, ss, fr.unstable
 
@@ -395,3 +400,20 @@ def _with_spread(r: Row, qs: dict, ss: dict) -> Row:
     p = dict(STATS).get(r.stat)
     sd = ss.get(r.metric) if r.stat == "value" else qs.get(r.metric, {}).get(p)
     return replace(r, spread=sd) if sd is not None else r
+
+
+def _cache_note(run: BenchRun, finite: bool, scen: Scenario) -> str:
+    """What the replay did with a run whose prompts were cached when it began."""
+    by = run.workload.prompts_cached_by
+    b = scen.fleet.batching
+    if not finite:
+        return (
+            f"prompts cached by {by}: not replayed (only a finite vLLM/SGLang rate run starts "
+            "with its prompts cached)"
+        )
+    if not isinstance(b, ContinuousBatching) or not b.engine.enable_prefix_caching:
+        return f"prompts cached by {by}: no effect, the engine's prefix caching is off"
+    return (
+        f"prompts cached by {by}: every prompt's full KV blocks in the prefix cache at the "
+        "start (the last partial block and at least one token computed)"
+    )

@@ -35,7 +35,9 @@ import numpy as np
 from capsim.bench.model import BenchRun
 from capsim.bench.replay import ReplayPlan
 from capsim.sim.llm_engine import run_llm
+from capsim.sim.llm_types import EngineLimits
 from capsim.spec.scenario import Scenario
+from capsim.workload.prefixes import Chain
 from capsim.workload.streams import seed_children
 from capsim.workload.tokens import token_lengths
 
@@ -129,6 +131,28 @@ class FiniteResult:
         return qm, qs, sm, ss
 
 
+def warm_prompts(
+    prompt: np.ndarray, output: np.ndarray, limits: EngineLimits
+) -> tuple[list[Chain | None] | None, list[tuple[Chain, int]] | None]:
+    """(chains, cached) for :func:`~capsim.sim.llm_engine.run_llm` when every prompt was
+    served before: request i's blocks are a chain of their own (prompts share nothing with
+    each other), and the full blocks of its prompt are cached, in send order. (None, None) with
+    prefix caching off.
+
+    >>> from capsim.sim.llm_types import EngineLimits
+    >>> ch, warm = warm_prompts(np.array([40, 8]), np.array([10, 30]), EngineLimits(prefix_caching=True))
+    >>> [c.segs for c in ch], [(c.segs, k) for c, k in warm]
+    ([[(0, 3)], [(1, 2)]], [([(0, 3)], 2), ([(1, 2)], 0)])
+    """
+    if not limits.prefix_caching:
+        return None, None
+    bs = limits.block_size
+    p, o = prompt.tolist(), output.tolist()
+    chains = [Chain([(i, (a + b) // bs)]) for i, (a, b) in enumerate(zip(p, o, strict=True))]
+    warm = [(c, a // bs) for c, a in zip(chains, p, strict=True)]
+    return list[Chain | None](chains), warm
+
+
 def replay_finite(
     s: Scenario,
     svc,
@@ -138,17 +162,22 @@ def replay_finite(
     replicas: int = 1,
     seed: int = 0,
     replications: int = 3,
+    cached: bool = False,
 ) -> FiniteResult:
     """Simulate ``replications`` finite runs of ``load`` on the LLM service ``svc`` (see the
-    module doc)."""
+    module doc). ``cached``: the server had served these prompts before (an earlier run of a
+    sweep, :mod:`capsim.bench.repeats`): with prefix caching on, each prompt's full KV blocks
+    are in the cache at the start (:func:`warm_prompts`)."""
     res_q, res_s, unstable = [], [], ""
     for rep in range(replications):
         arr_seq, size_seq = seed_children(seed, rep)[:2]
         t, gen_end = send_times(load.n, load.rate_rps, load.shape, np.random.default_rng(arr_seq))
         prompt, output = _lengths(s, plan, load.n, np.random.default_rng(size_seq))
+        chains, warm = warm_prompts(prompt, output, svc.limits) if cached else (None, None)
         res = run_llm(
             t, prompt, output, svc, svc.limits, replicas,
             router=s.fleet.router, max_wait_s=math.inf, horizon=gen_end,
+            chains=chains, cached=warm,
         )  # fmt: skip
         if not res.served.all():
             unstable = res.unstable_reason or f"{int((~res.served).sum())} requests not served"

@@ -142,6 +142,14 @@ class Workload(_Strict):
     dataset: str | None = None
     input_len: LengthDist | None = None
     output_len: LengthDist | None = None
+    prompts_cached_by: str | None = Field(
+        None,
+        description=(
+            "an earlier run (its file) that sent the same prompts to the same server: with "
+            "prefix caching on, their KV blocks were cached when this run began "
+            "(capsim.bench.repeats)"
+        ),
+    )
 
 
 class Dist(_Strict):

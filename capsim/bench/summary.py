@@ -64,4 +64,6 @@ def summary_line(run: BenchRun) -> str:
         if text:
             parts.append(text)
     parts.append(f"gpu {s.gpu or '?'}" + (f" model {s.model}" if s.model else ""))
+    if run.workload.prompts_cached_by:
+        parts.append(f"prompts cached by {Path(run.workload.prompts_cached_by).name}")
     return "  ".join(parts)

@@ -8,8 +8,9 @@ import click
 
 from capsim.bench import FORMATS
 from capsim.bench.backtest import backtest_run
+from capsim.bench.repeats import with_cache_mode
 from capsim.bench.runs import load_runs
-from capsim.cli.options import catalog_of, emit, handle_errors
+from capsim.cli.options import catalog_of, emit, handle_errors, prompts_cached_option
 from capsim.errors import InputError
 from capsim.report.backtest import error_summary, frame, table_lines, write_backtest
 from capsim.report.output import to_json
@@ -71,6 +72,7 @@ def given_settings(kw: dict) -> dict:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write backtest.csv, backtest.json and one plot per metric here.",
 )
+@prompts_cached_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 @handle_errors
@@ -88,7 +90,7 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
     """
     given = given_settings(kw)
     catalog = catalog_of(ctx)
-    loaded = load_runs(runs, given, kw["source_format"])
+    loaded = with_cache_mode(load_runs(runs, given, kw["source_format"]), kw["prompts_cached"])
     oh, per_seq = kw["overhead_ms"], kw["per_seq_us"]
     engine = None if oh is None else {"scheduler_overhead_ms": oh}
     if per_seq is not None:

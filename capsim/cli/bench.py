@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from capsim.bench import FORMATS, BenchRun, apply_settings, read_files
+from capsim.bench.repeats import CachedMode, with_cache_mode
 from capsim.bench.summary import summary_line
-from capsim.cli.options import catalog_of, emit, handle_errors
+from capsim.cli.options import catalog_of, emit, handle_errors, prompts_cached_option
 from capsim.errors import InputError
 from capsim.report.output import to_json, write_json
 from capsim.spec.precision import PRECISIONS
@@ -56,6 +57,7 @@ def run_filename(run: BenchRun) -> str:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write one normalised JSON file per run here.",
 )
+@prompts_cached_option
 @click.option(
     "--format",
     "fmt",
@@ -78,6 +80,7 @@ def import_cmd(
     max_num_seqs: int | None,
     source_format: str | None,
     out: Path | None,
+    prompts_cached: CachedMode,
     fmt: str,
 ) -> None:
     """Read benchmark result FILEs into capsim's run format (format detected per file).
@@ -101,6 +104,7 @@ def import_cmd(
         "max_num_seqs": max_num_seqs,
     }
     runs = [apply_settings(r, given) for r in read_files(files, source_format)]
+    runs = with_cache_mode(runs, prompts_cached)
     if out is not None:
         for run in runs:
             write_json(out / run_filename(run), run.model_dump(mode="json"))

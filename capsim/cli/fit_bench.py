@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from capsim.bench import apply_settings
+from capsim.bench.repeats import mark_repeats
 from capsim.bench.runs import load_runs
 from capsim.calibration.bench_fit import fit_bench
 from capsim.calibration.bench_writer import write_bench_fit
@@ -79,6 +80,8 @@ def fit_bench_cmd(
 
     fit_runs = gpu_filled(runs)
     hold_runs = gpu_filled(holdout) if holdout else []
+    marked = mark_repeats(fit_runs + hold_runs)  # a held-out run may repeat a fitted one's prompts
+    fit_runs, hold_runs = marked[: len(fit_runs)], marked[len(fit_runs) :]
     cat_dir = _writable_dir(_catalog_dir(ctx, catalog_dir), "--catalog-dir")
     path = _entry_path(cat_dir, gpu_id)
     catalog = load_catalog(cat_dir)

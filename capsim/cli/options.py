@@ -134,3 +134,15 @@ def show_result(
     if out is not None and write is not None:
         paths = write(out, result)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+
+#: ``--prompts-cached``: whether a run began with its prompts in the server's prefix cache
+prompts_cached_option = click.option(
+    "--prompts-cached",
+    type=click.Choice(["auto", "no", "yes"]),
+    default="auto",
+    show_default=True,
+    help="Did the server already hold the runs' prompts in its prefix cache? auto: a run that "
+    "repeats an earlier run's prompts (same settings, dataset, prompt length per request; "
+    "a sweep with one seed) did; yes: every run; no: none.",
+)

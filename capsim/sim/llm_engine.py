@@ -433,6 +433,7 @@ def run_llm(
     static_routing: bool = True,
     chains: Sequence[Chain | list[int] | None] | None = None,
     prefilled: np.ndarray | None = None,
+    cached: Sequence[tuple[Chain, int]] | None = None,
 ) -> LLMRunResult:
     """Simulate ``replicas`` continuous-batching replicas on one request stream.
 
@@ -448,6 +449,10 @@ def run_llm(
 
     ``prefilled`` (disaggregated decode): per request, True when it arrives with its prompt's
     KV cache and first token; see :meth:`ReplicaOps._prefilled`.
+
+    ``cached`` (with ``chains``): (chain, blocks) whose first blocks every replica's prefix
+    cache holds, free, at the start (in this order, the last the most recent): a server that
+    had already served these prompts (:meth:`~capsim.sim.prefix_cache.PrefixCache.warm`).
     """
     if replicas < 1:
         raise ValueError("replicas must be >= 1")
@@ -465,6 +470,10 @@ def run_llm(
         max_queue_length, fuse, static_routing, chains, prefilled,
     )  # fmt: skip
     fleet.inline = True
+    if cached is not None and fleet.pc:
+        for rp in fleet.reps:
+            for chain, blocks in cached:
+                rp.cache.warm(chain, blocks)
     if fleet.static:
         fleet.start()
     elif len(arrival):  # arrivals are taken by the loop below, not as events
