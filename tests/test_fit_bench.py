@@ -63,8 +63,10 @@ def test_table_reports_before_beside_after_and_dry_run_writes_nothing(tmp_path, 
     assert res.exit_code == 0, res.output
     assert "before (untouched roofline)" in res.output and "after" in res.output
     assert "none given" in res.output  # no held-out runs: said so
-    assert "loss: mean squared log" in res.output  # measured engine steps: least squares
+    assert "loss: mean squared log" in res.output  # measured engine steps: least squares (auto)
     assert not (catalog / "h200-sxm.yaml.bak").exists()
+    res = CliRunner().invoke(main, [*args, "--dry-run", "--max-evaluations", "10", "--loss", "absolute"])  # fmt: skip
+    assert res.exit_code == 0 and "loss: mean |log(predicted / measured)|" in res.output
 
 
 def test_runs_from_another_gpu_exit_2(tmp_path, catalog):

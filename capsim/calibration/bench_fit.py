@@ -280,9 +280,11 @@ def fit_bench(
     *,
     replications: int = 2,
     max_evaluations: int = 200,
+    loss: str = "auto",
 ) -> BenchFit:
     """Fit :data:`COEFFICIENTS` (and :data:`FRONTEND`) for ``gpu_id`` on ``runs``; evaluate
-    ``holdout`` too, with the coefficients fitted on ``runs`` only."""
+    ``holdout`` too, with the coefficients fitted on ``runs`` only. ``loss``: ``squared`` or
+    ``absolute`` log error, or ``auto`` (:func:`robust_loss`)."""
     if gpu_id not in catalog:
         raise InputError(f"unknown GPU {gpu_id!r}; the catalog has: {', '.join(catalog)}")
     other = sorted({str(r.settings.gpu) for r in runs + holdout if r.settings.gpu != gpu_id})
@@ -291,7 +293,7 @@ def fit_bench(
     gpu = catalog[gpu_id]
     llm = any(r.measured.iterations or r.workload.input_len for r in runs)
     coefs = _coefficients(runs, llm)
-    robust = robust_loss(runs)
+    robust = robust_loss(runs) if loss == "auto" else loss == "absolute"
     start = {c.name: c.start for c in COEFFICIENTS}
     start["collective_latency_us"] = gpu.interconnect.latency_us
     start["kernel_overhead_us"] = kernel_overhead_of(gpu)
@@ -315,18 +317,18 @@ def fit_bench(
         x = lo + np.asarray(u) * span
         return base | {c.name: float(v) for c, v in zip(coefs, x, strict=True)}
 
-    def loss(x: np.ndarray) -> float:
+    def objective(x: np.ndarray) -> float:
         count[0] += 1
         bts = fit_runner(values_of(x))
         return log_error([_shifted(bt, best_frontend(bts, robust)) for bt in bts], robust)
 
     u0 = (x0 - lo) / span
     res = optimize.minimize(
-        loss, u0, method="Powell", bounds=[(0.0, 1.0)] * len(coefs),
+        objective, u0, method="Powell", bounds=[(0.0, 1.0)] * len(coefs),
         options={"maxfev": max_evaluations, "xtol": 1e-3, "ftol": 1e-6},
     )  # fmt: skip
     values = values_of(res.x)
-    if not res.fun <= loss(u0):  # never worse than where it started
+    if not res.fun <= objective(u0):  # never worse than where it started
         values = values_of(u0)
     after_raw = fit_runner(values)
     values["frontend_ms"] = best_frontend(after_raw, robust)
@@ -343,10 +345,9 @@ def fit_bench(
         evaluations=count[0],
     )
     fit.notes.append(
-        "loss: mean |log(predicted / measured)| (served runs: robust to values the model "
-        "cannot follow)"
+        "loss: mean |log(predicted / measured)| (robust to values the model cannot follow)"
         if robust
-        else "loss: mean squared log(predicted / measured) (measured engine steps)"
+        else "loss: mean squared log(predicted / measured)"
     )
     if "collective_latency_us" not in {c.name for c in coefs}:
         fit.notes.append("collective latency not fitted: no run with tp > 1")

@@ -47,6 +47,14 @@ def _with_source(gpu: GPU, provenance: str) -> GPU:
     type=click.Path(file_okay=False, path_type=Path),
     help="Catalog directory to write to (default: capsim --catalog, else the shipped one).",
 )
+@click.option(
+    "--loss",
+    type=click.Choice(["auto", "squared", "absolute"]),
+    default="auto",
+    show_default=True,
+    help="Log error to minimise: squared, absolute (robust to a value the model cannot "
+    "follow), or auto: absolute when any run is a served run, squared for engine steps only.",
+)
 @click.option("--dry-run", is_flag=True, help="Fit and report; write nothing.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
@@ -54,7 +62,7 @@ def _with_source(gpu: GPU, provenance: str) -> GPU:
 @click.pass_context
 @handle_errors
 def fit_bench_cmd(
-    ctx, runs, gpu_id, holdout, replications, max_evaluations, catalog_dir, dry_run, fmt
+    ctx, runs, gpu_id, holdout, replications, max_evaluations, loss, catalog_dir, dry_run, fmt
 ):
     """Fit an entry's engine-level coefficients to imported serving runs.
 
@@ -87,7 +95,7 @@ def fit_bench_cmd(
     catalog = load_catalog(cat_dir)
     fit = fit_bench(
         fit_runs, hold_runs, catalog, gpu_id,
-        replications=replications, max_evaluations=max_evaluations,
+        replications=replications, max_evaluations=max_evaluations, loss=loss,
     )  # fmt: skip
     written = []
     if not dry_run:
