@@ -16,7 +16,9 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
 * with ``--vllm-a100``: vLLM 0.8.3 Llama-3.3-70B on 8x A100-SXM4-40GB, TP 8 (tests/data/bench/vllm/
   a100x8_llama3.3-70b_tp8, the public surajssd/llm-k8s ShareGPT sweep, with per-request lengths,
   TTFTs and ITLs; the llama-3.1-70b card): fit on the 1 and 16 req/s runs, report the held-out
-  4 req/s run (benchmarks/README.md, 2026-12-06), the same way as ``--sglang``.
+  4 req/s run (benchmarks/README.md, 2026-12-06), the same way as ``--sglang``. The four files
+  are imported together, so the runs that repeated the 1 req/s run's prompts are replayed
+  with them cached (capsim.bench.repeats).
 
 Run: ``python benchmarks/backtest_fit.py`` (about a minute on 2 cores; ``--sglang`` adds tens of
 minutes on a loaded 2-core machine).
