@@ -64,7 +64,6 @@ def test_table_reports_before_beside_after_and_dry_run_writes_nothing(tmp_path, 
     assert "before (untouched roofline)" in res.output and "after" in res.output
     assert "none given" in res.output  # no held-out runs: said so
     assert "loss: mean squared log" in res.output  # measured engine steps: least squares (auto)
-    assert "Latin-hypercube points" in res.output  # the search starts from the best of a screen
     assert not (catalog / "h200-sxm.yaml.bak").exists()
     res = CliRunner().invoke(main, [*args, "--dry-run", "--max-evaluations", "10", "--loss", "absolute"])  # fmt: skip
     assert res.exit_code == 0 and "loss: mean |log(predicted / measured)|" in res.output
@@ -137,17 +136,3 @@ def test_served_runs_are_fitted_with_the_robust_loss():
     # squares prefer raising every value to halve the one miss; absolute errors do not
     assert log_error([shifted]) < log_error([bt])
     assert log_error([bt], robust=True) < log_error([shifted], robust=True)
-
-
-def test_screen_points_are_seeded_and_spread_over_the_box():
-    # the starts the fit screens: the same every run (no global random state), one point in
-    # each of n equal slices of every coefficient's range (Latin hypercube)
-    import numpy as np
-
-    from capsim.calibration.bench_fit import screen_points
-
-    a, b = screen_points(5, 16), screen_points(5, 16)
-    assert all((x == y).all() for x, y in zip(a, b, strict=True))
-    slices = np.floor(np.array(a) * 16).astype(int)
-    assert all(sorted(slices[:, j].tolist()) == list(range(16)) for j in range(5))
-    assert screen_points(5, 0) == []

@@ -36,9 +36,7 @@ the model does not explain (the TTFT tail of a burst, a front-end slowing under 
 with squares one such value pulls every coefficient (on the public vLLM A100 sweep the
 squared fit bought a 16 req/s TTFT p99 of -46% with a 20 ms front-end time that put every
 other TTFT 10-20% long; benchmarks/README.md, 2026-12-06). It is minimised by
-bounded Powell search, started from the best of the untouched coefficients and
-:data:`SCREEN` seeded Latin-hypercube points of the bounds (:func:`screen_points`). Held-out
-runs are only evaluated, before and after.
+bounded Powell search. Held-out runs are only evaluated, before and after.
 
 >>> fitted_efficiency(Efficiency(compute=0.7, memory=0.8), 2.0, 1.0).compute
 1.0
@@ -54,7 +52,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
-from scipy.stats import qmc
 
 from capsim.bench.backtest import (
     FRONTEND_METRICS,
@@ -93,25 +90,6 @@ COEFFICIENTS = (
 )
 #: solved exactly inside each trial of the others (see the module doc)
 FRONTEND = Coefficient("frontend_ms", 0.0, 0.0, 1000.0, "front-end time per request (scenario)")
-
-
-#: points of the coefficient box tried before the local search (:func:`screen_points`)
-SCREEN = 16
-
-
-def screen_points(d: int, n: int) -> list[np.ndarray]:
-    """``n`` seeded Latin-hypercube points of the unit box in ``d`` dimensions: the fit
-    evaluates them with its start and runs the local search from the best, so that it does not
-    stop in the basin of the engine preset when another fits better (on the public SGLang
-    sweep a per-sequence CPU cost of ~0.1 ms, far from the preset's, fits the 1-8 req/s
-    medians better than the point a search from the preset ends at; benchmarks/README.md).
-
-    >>> pts = screen_points(3, 4); len(pts), all(((0 <= p) & (p <= 1)).all() for p in pts)
-    (4, True)
-    """
-    if n <= 0:
-        return []
-    return list(qmc.LatinHypercube(d=d, seed=np.random.default_rng(0)).random(n))
 
 
 def fitted_efficiency(eff: Efficiency, compute_scale: float, memory_scale: float) -> Efficiency:
@@ -345,15 +323,12 @@ def fit_bench(
         return log_error([_shifted(bt, best_frontend(bts, robust)) for bt in bts], robust)
 
     u0 = (x0 - lo) / span
-    starts = [u0, *screen_points(len(coefs), min(SCREEN, max_evaluations // 4))]
-    scores = [objective(u) for u in starts]
-    best = int(np.argmin(scores))
     res = optimize.minimize(
-        objective, starts[best], method="Powell", bounds=[(0.0, 1.0)] * len(coefs),
-        options={"maxfev": max(max_evaluations - len(starts), 1), "xtol": 1e-3, "ftol": 1e-6},
+        objective, u0, method="Powell", bounds=[(0.0, 1.0)] * len(coefs),
+        options={"maxfev": max_evaluations, "xtol": 1e-3, "ftol": 1e-6},
     )  # fmt: skip
     values = values_of(res.x)
-    if not res.fun <= scores[0]:  # never worse than where it started
+    if not res.fun <= objective(u0):  # never worse than where it started
         values = values_of(u0)
     after_raw = fit_runner(values)
     values["frontend_ms"] = best_frontend(after_raw, robust)
@@ -373,10 +348,6 @@ def fit_bench(
         "loss: mean |log(predicted / measured)| (robust to values the model cannot follow)"
         if robust
         else "loss: mean squared log(predicted / measured)"
-    )
-    fit.notes.append(
-        f"search: Powell from the best of the untouched start and {len(starts) - 1} "
-        f"Latin-hypercube points ({'the start' if best == 0 else f'point {best}'} was best)"
     )
     if "collective_latency_us" not in {c.name for c in coefs}:
         fit.notes.append("collective latency not fitted: no run with tp > 1")
