@@ -99,6 +99,7 @@ def test_cli_backtest_and_import_mark_the_repeated_run(tmp_path):
     files = [str(SWEEP / NAME.format(q)) for q in ("01", "04")]
     res = CliRunner().invoke(main, ["bench", "import", *files, *SETTINGS, "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
+    assert res.output.count(f"prompts cached by {Path(files[0]).name}") == 1  # the 4 req/s run
     by = {p.name.split("_")[-1].split("-")[0]: json.loads(p.read_text())["workload"]["prompts_cached_by"]
           for p in tmp_path.glob("*.json")}  # fmt: skip
     assert by == {"01": None, "04": files[0]}
