@@ -16,7 +16,8 @@ one is not touched) and prints the per-value errors as Markdown for benchmarks/R
 * with ``--vllm-a100``: vLLM 0.8.3 Llama-3.3-70B on 8x A100-SXM4-40GB, TP 8 (tests/data/bench/vllm/
   a100x8_llama3.3-70b_tp8, the public surajssd/llm-k8s ShareGPT sweep, with per-request lengths,
   TTFTs and ITLs; the llama-3.1-70b card): fit on the 1 and 16 req/s runs, report the held-out
-  4 req/s run (benchmarks/README.md, 2026-12-06), the same way as ``--sglang``. The four files
+  4 req/s run and the all-at-once burst (benchmarks/README.md, 2026-12-06), the same way as
+  ``--sglang``. The four files
   are imported together, so the runs that repeated the 1 req/s run's prompts are replayed
   with them cached (capsim.bench.repeats).
 
@@ -44,7 +45,7 @@ A100 = ROOT / "tests" / "data" / "bench" / "vllm" / "a100x8_llama3.3-70b_tp8"
 A100_SETTINGS = ["--gpu", "a100-40gb-sxm", "--model", "llama-3.1-70b", "--precision", "bf16",
                  "--tp", "8", "--engine", "vllm", "--engine-version", "0.8.3"]  # fmt: skip
 A100_RUN = "serving_meta-llama-Llama-3.3-70B-Instruct_tp8_pp1_sharegpt_qps_{}.json"
-A100_FIT, A100_HELD = ("01", "16"), ("04",)  # qps_inf (all at once) cannot be replayed yet
+A100_FIT, A100_HELD = ("01", "16"), ("04", "inf")  # inf: all 200 requests at once
 
 
 def capsim(*args: str) -> str:

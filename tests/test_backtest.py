@@ -243,6 +243,30 @@ def test_finite_replay_sends_exactly_n_and_measures_as_the_client(tmp_path):
     assert len({x["duration_s"] for x in fr.scalars}) == 3  # a new arrival sample per seed
 
 
+def test_a_vllm_burst_is_replayed_as_sent_all_at_t0():
+    # request rate inf: vLLM's client sends all num_prompts at once; replayed so, every
+    # request served, throughput = n / (last completion); the same every seed
+    import math
+
+    import numpy as np
+
+    from capsim.bench import apply_settings, read_runs
+    from capsim.bench.backtest import backtest_run
+    from capsim.bench.finite import finite_load, send_times
+    from capsim.load import load_catalog
+
+    burst = A100_04.with_name(A100_04.name.replace("qps_04", "qps_inf"))
+    run = apply_settings(read_runs(burst)[0], A100_SETTINGS)
+    load = finite_load(run, True)
+    assert load is not None and load.n == 200 and math.isinf(load.rate_rps)
+    t, end = send_times(200, math.inf, 1.0, np.random.default_rng(0))
+    assert not t.any() and end == 0.0
+    bt = backtest_run(run, load_catalog(), replications=2)
+    assert any(a.startswith("finite run as the client sent it: all 200") for a in bt.assumptions)
+    thr = next(r for r in bt.rows if r.metric == "throughput_rps")
+    assert 0.8 < thr.predicted / thr.measured < 1.2 and thr.spread == 0.0
+
+
 def test_frontend_latency_shifts_every_latency_percentile_by_itself(tmp_path):
     # a constant per-request front-end time adds to each e2e percentile exactly, and
     # throughput (a closed loop of one client here) is the GPU loop's, unchanged

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.bench.model import BenchRun
-from capsim.bench.replay import ReplayPlan
+from capsim.bench.replay import FINITE_FORMATS, ReplayPlan, finite_burst
 from capsim.sim.llm_engine import run_llm
 from capsim.sim.llm_types import EngineLimits
 from capsim.spec.scenario import Scenario
@@ -41,21 +41,24 @@ from capsim.workload.prefixes import Chain
 from capsim.workload.streams import seed_children
 from capsim.workload.tokens import token_lengths
 
-#: formats whose client sends exactly ``num_prompts`` requests at ``request_rate`` and measures
-#: the duration to the last completion (vLLM ``benchmark_serving.py``, SGLang ``bench_serving``)
-FINITE_FORMATS = frozenset({"vllm", "sglang"})
 STATS = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 
 
 @dataclass(frozen=True)
 class FiniteLoad:
-    """A finite open-loop run: ``n`` requests at ``rate_rps``, gamma gaps of shape ``shape``."""
+    """A finite open-loop run: ``n`` requests at ``rate_rps``, gamma gaps of shape ``shape``
+    (``rate_rps`` inf: all at once)."""
 
     n: int
     rate_rps: float
     shape: float = 1.0
 
     def describe(self) -> str:
+        if math.isinf(self.rate_rps):
+            return (
+                f"finite run as the client sent it: all {self.n} requests at t = 0, each "
+                f"served to completion; throughput = {self.n} / (end of the run)"
+            )
         gaps = "exponential" if self.shape == 1.0 else f"gamma (shape {self.shape:g})"
         return (
             f"finite run as the client sent it: exactly {self.n} requests at {self.rate_rps:g} "
@@ -69,6 +72,8 @@ def finite_load(run: BenchRun, llm: bool) -> FiniteLoad | None:
     (see :data:`FINITE_FORMATS`; LLM runs only), else None (the steady-state replay)."""
     load, w = run.workload.load, run.workload
     n = w.num_requests or w.completed
+    if llm and load is not None and load.kind == "offline" and finite_burst(run):
+        return FiniteLoad(int(n or 0), math.inf)
     if not llm or run.source.format not in FINITE_FORMATS or load is None or load.kind != "rate":
         return None
     if load.max_concurrency or not n or n < 2:
@@ -80,7 +85,10 @@ def send_times(
     n: int, rate_rps: float, shape: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
     """(send times of ``n`` requests from t = 0, the time the client's generator ends): ``n``
-    gaps ``gamma(shape, 1 / (rate * shape))``, the i-th request sent after the first i."""
+    gaps ``gamma(shape, 1 / (rate * shape))``, the i-th request sent after the first i; at an
+    infinite rate all at t = 0 (and the generator ends then)."""
+    if math.isinf(rate_rps):
+        return np.zeros(n), 0.0
     gaps = rng.gamma(shape, 1.0 / (rate_rps * shape), size=n)
     ends = np.cumsum(gaps)
     return np.concatenate([[0.0], ends[:-1]]), float(ends[-1])

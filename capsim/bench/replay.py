@@ -5,7 +5,9 @@
 * a rate -> ``poisson`` (burstiness 1 or unknown) or ``renewal`` with ``cv = 1/sqrt(burstiness)``
   (vLLM's burstiness is the shape of its gamma inter-arrival times);
 * a concurrency -> ``closed`` with that many clients and no think time;
-* offline (every request at t = 0) -> nothing yet: it is reported as missing;
+* offline (every request at t = 0) -> for a vLLM/SGLang client's burst of a known number of
+  requests, the finite replay (:mod:`capsim.bench.finite`) sends them all at t = 0; else it is
+  reported as missing;
 * lengths -> ``lognormal`` token lengths matched to the mean and standard deviation (a fixed
   length is sigma 0); lengths the run states to be uniform over [min, max] (both sides: a
   range whose standard deviation is the uniform's, ``(max - min + 1) / sqrt(12)``, as SGLang's
@@ -81,6 +83,12 @@ def _moments(d: LengthDist) -> tuple[float | None, float | None, str | None]:
     return d.mean, d.std, None
 
 
+#: formats whose client sends exactly ``num_prompts`` requests (at a rate, or all at once) and
+#: measures the duration to the last completion (vLLM ``benchmark_serving.py``, SGLang
+#: ``bench_serving``)
+FINITE_FORMATS = frozenset({"vllm", "sglang"})
+
+
 def _is_llm(run: BenchRun) -> bool:
     m, w = run.measured, run.workload
     token_facts = (m.ttft_s, m.tpot_s, m.itl_s, m.output_tokens_per_s, w.input_len, w.output_len)
@@ -103,8 +111,26 @@ def _arrivals(run: BenchRun, plan: ReplayPlan) -> None:
             )
     elif load.kind == "concurrency":
         plan.arrivals = {"kind": "closed", "concurrency": load.concurrency, "think_time_s": 0.0}
+    elif finite_burst(run):  # replayed as sent (capsim.bench.finite); arrivals unused there
+        plan.arrivals = {"kind": "poisson", "rate_rps": _burst_rate(run)}
     else:
-        plan.missing.append("offline load (every request at t = 0): no arrivals kind for it yet")
+        plan.missing.append(
+            "offline load (every request at t = 0): replayed only for vLLM/SGLang runs that "
+            "say how many requests they sent"
+        )
+
+
+def finite_burst(run: BenchRun) -> bool:
+    """Whether ``run`` is a vLLM/SGLang client's burst (request rate inf) of a known number of
+    requests, which :mod:`capsim.bench.finite` replays as sent: all at t = 0."""
+    w = run.workload
+    n = w.num_requests or w.completed
+    return run.source.format in FINITE_FORMATS and bool(n and n >= 2) and _is_llm(run)
+
+
+def _burst_rate(run: BenchRun) -> float:
+    """A stand-in rate for a burst's scenario (its measured throughput, else 1/s)."""
+    return run.measured.request_throughput_rps or 1.0
 
 
 def uniform_range(d: LengthDist) -> tuple[int, int] | None:
