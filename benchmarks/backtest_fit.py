@@ -73,7 +73,8 @@ def table(before: list[dict], after: list[dict]) -> None:
     print("| value | measured | before fit | after fit |")
     print("| --- | ---: | ---: | ---: |")
     for b, a in zip(before, after, strict=True):
-        run = f"{b['load']:g} req/s " if b.get("load_kind") == "rate" else ""
+        kind = b.get("load_kind")
+        run = f"{b['load']:g} req/s " if kind == "rate" else "burst " if kind == "offline" else ""
         name = run + f"{b['metric']} {b['stat']}".replace(" value", "")
         unit = 1e3 if b["metric"] not in ("throughput_rps", "output_tokens_per_s") else 1.0
         print(
