@@ -81,7 +81,9 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
 
     RUN is a file written by `capsim bench import --out` (or a directory of them), or a raw
     result file (then give the settings as for `bench import`). A run capsim cannot reproduce (unknown model, missing
-    lengths or load) stops with a message naming what is missing (exit code 2).
+    lengths or load) stops with a message naming what is missing (exit code 2). Give the runs
+    of one sweep together: a run that repeats an earlier run's prompts on the same server
+    began with them in its prefix cache and is replayed so (see --prompts-cached).
 
     \b
     Example:
