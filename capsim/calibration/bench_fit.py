@@ -35,7 +35,7 @@ served run is among them (:func:`robust_loss`): a served run's percentiles inclu
 the model does not explain (the TTFT tail of a burst, a front-end slowing under load), and
 with squares one such value pulls every coefficient (on the public vLLM A100 sweep the
 squared fit bought a 16 req/s TTFT p99 of -46% with a 20 ms front-end time that put every
-other TTFT 10-20% long; benchmarks/README.md, 2026-12-06). It is minimised by
+other TTFT 12-20% long; benchmarks/README.md, 2026-12-06). It is minimised by
 bounded Powell search. Held-out runs are only evaluated, before and after.
 
 >>> fitted_efficiency(Efficiency(compute=0.7, memory=0.8), 2.0, 1.0).compute
