@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from capsim.bench.finite import FiniteLoad, finite_load, replay_finite
+from capsim.bench.finite import STATS, FiniteLoad, finite_load, replay_finite
 from capsim.bench.model import BenchRun, Dist, IterationTime
 from capsim.bench.replay import ReplayPlan, require_replayable
 from capsim.errors import InputError
@@ -40,7 +40,6 @@ from capsim.spec.catalog import Catalog
 from capsim.spec.models import TransformerModel
 from capsim.spec.scenario import ContinuousBatching, Scenario
 
-STATS = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 SERIES = ("ttft", "tpot", "e2e")
 #: what a per-request front-end latency (HTTP, tokenisation, detokenisation, streaming: time
 #: the engine's GPU loop never sees) adds to: every request's first token and its end
@@ -408,8 +407,8 @@ def _cache_note(run: BenchRun, finite: bool, scen: Scenario) -> str:
     b = scen.fleet.batching
     if not finite:
         return (
-            f"prompts cached by {by}: not replayed (only a finite vLLM/SGLang rate run starts "
-            "with its prompts cached)"
+            f"prompts cached by {by}: not replayed (only a finite vLLM/SGLang run starts with "
+            "its prompts cached)"
         )
     if not isinstance(b, ContinuousBatching) or not b.engine.enable_prefix_caching:
         return f"prompts cached by {by}: no effect, the engine's prefix caching is off"

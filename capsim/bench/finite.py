@@ -68,15 +68,16 @@ class FiniteLoad:
 
 
 def finite_load(run: BenchRun, llm: bool) -> FiniteLoad | None:
-    """The finite load of ``run`` when its client sent a fixed number of requests at a rate
-    (see :data:`FINITE_FORMATS`; LLM runs only), else None (the steady-state replay)."""
+    """The finite load of ``run`` when its client sent a fixed number of requests at a rate or
+    all at once (see :data:`FINITE_FORMATS`; LLM runs only), else None (the steady-state
+    replay)."""
     load, w = run.workload.load, run.workload
     n = w.num_requests or w.completed
-    if llm and load is not None and load.kind == "offline" and finite_burst(run):
-        return FiniteLoad(int(n or 0), math.inf)
-    if not llm or run.source.format not in FINITE_FORMATS or load is None or load.kind != "rate":
+    if not llm or load is None or run.source.format not in FINITE_FORMATS or not n or n < 2:
         return None
-    if load.max_concurrency or not n or n < 2:
+    if load.kind == "offline":
+        return FiniteLoad(int(n), math.inf) if finite_burst(run) else None
+    if load.kind != "rate" or load.max_concurrency:
         return None
     return FiniteLoad(int(n), float(load.rate_rps), float(load.burstiness or 1.0))
 

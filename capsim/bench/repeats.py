@@ -58,19 +58,22 @@ def mark_repeats(runs: Sequence[BenchRun]) -> list[BenchRun]:
     """``runs`` (in the same order), each run that repeats the prompts of an earlier one given
     with it marked with that run's file in ``workload.prompts_cached_by`` and a note (see the
     module doc). A run already marked keeps its mark."""
+    keys = [_key(r) for r in runs]
     first: dict[tuple, BenchRun] = {}
-    for r in sorted(runs, key=lambda r: r.date or ""):
-        k = _key(r)
+    for k, r in sorted(zip(keys, runs, strict=True), key=lambda kr: kr[1].date or ""):
         if k is not None and k not in first:
             first[k] = r
     out = []
-    for r in runs:
-        k = _key(r)
+    for k, r in zip(keys, runs, strict=True):
         prev = first.get(k) if k is not None else None
         if r.workload.prompts_cached_by is None and prev is not None and prev is not r:
             assert prev.date is not None and r.date is not None
             if prev.date < r.date:
-                r = cached_by(r, prev.source.file, f"it repeats the prompts of {prev.source.file}")
+                why = (
+                    f"it repeats the prompts of {prev.source.file} (same settings, dataset and "
+                    "prompt length per request, run earlier)"
+                )
+                r = cached_by(r, prev.source.file, why)
         out.append(r)
     return out
 
@@ -78,8 +81,8 @@ def mark_repeats(runs: Sequence[BenchRun]) -> list[BenchRun]:
 def cached_by(run: BenchRun, by: str, why: str) -> BenchRun:
     """``run`` marked as started with its prompts cached by ``by``, with ``why`` in its notes."""
     note = (
-        f"prompts cached when the run began: {why} (same settings, dataset and prompt length "
-        "per request, run earlier); replayed with their KV blocks in the prefix cache"
+        f"prompts cached when the run began: {why}; replayed with their KV blocks in the "
+        "prefix cache"
     )
     w = run.workload.model_copy(update={"prompts_cached_by": by})
     return run.model_copy(update={"workload": w, "notes": [*run.notes, note]})
