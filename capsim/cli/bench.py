@@ -85,6 +85,9 @@ def import_cmd(
 ) -> None:
     """Read benchmark result FILEs into capsim's run format (format detected per file).
 
+    Import the runs of one sweep together: a run that sent the same prompts as an earlier one
+    is marked as having begun with them in the server's prefix cache (--prompts-cached).
+
     \b
     Example:
       capsim bench import results/*.json --gpu h100-sxm --model llama-3.1-8b --out runs/
