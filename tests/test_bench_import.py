@@ -464,6 +464,21 @@ def test_missing_field_is_named(runner, tmp_path):
     _bad(runner, [str(typo), "--gpu", "l4"], "typo.csv", "unknown column 'ttft_p99ms'")
 
 
+def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _bad(runner, [str(deep), "--gpu", "l4"], "deep.json", "nested too deeply", "64 levels")
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"a": 1}\n' + "[" * 5000 + "]" * 5000 + "\n")
+    _bad(runner, [str(lines), "--gpu", "l4"], "deep.jsonl", "line 2", "nested too deeply")
+    res = runner.invoke(main, ["backtest", str(deep), "--gpu", "l4"])
+    assert res.exit_code == 2 and "nested too deeply" in res.output, res.output
+    detail = (SERVER / "mlperf_log_detail.txt").read_text()
+    mllog = tmp_path / "mlperf_log_detail.txt"
+    mllog.write_text(":::MLLOG " + "[" * 5000 + "]" * 5000 + "\n" + detail)
+    _bad(runner, [str(mllog), "--gpu", "h100-sxm"], "line 1", "nested too deeply")
+
+
 def test_bad_options(runner):
     _bad(runner, [str(VLLM), "--gpu", "h100"], "--gpu", "unknown GPU 'h100'", "h100-sxm")
     _bad(runner, [str(VLLM), "--gpu", "l4", "--precision", "fp7"], "fp7")

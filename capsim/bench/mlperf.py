@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from capsim.bench.common import pct_field, read_text, to_float, to_int
+from capsim.bench.jsonio import loads
 from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
@@ -65,7 +66,7 @@ def detail_fields(text: str, path: Path) -> dict[str, Any]:
         if not line.startswith(DETAIL_MARK):
             continue
         try:
-            rec = json.loads(line[len(DETAIL_MARK) :])
+            rec = loads(line[len(DETAIL_MARK) :], path, where=f"line {n}")
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"not a valid MLLOG record: {exc.msg}", file=path, where=f"line {n}"
