@@ -464,6 +464,19 @@ def test_missing_field_is_named(runner, tmp_path):
     _bad(runner, [str(typo), "--gpu", "l4"], "typo.csv", "unknown column 'ttft_p99ms'")
 
 
+@pytest.mark.parametrize("key", ["input_lens", "output_lens", "ttfts", "itls"])
+def test_per_request_lists_of_different_lengths_are_refused(runner, tmp_path, key):
+    """They pair up by request: a short one would silently drop the e2e statistics or replay
+    lognormal lengths instead of the run's own."""
+    doc = json.loads(A100_RUNS["04"].read_text())
+    doc[key] = doc[key][:150]
+    bad = tmp_path / "short.json"
+    bad.write_text(json.dumps(doc))
+    _bad(runner, [str(bad), "--gpu", "l4"], "short.json", key, "different lengths", "150")
+    res = runner.invoke(main, ["backtest", str(bad), "--gpu", "l4"])
+    assert res.exit_code == 2 and "different lengths" in res.output, res.output
+
+
 def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

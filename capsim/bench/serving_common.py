@@ -86,8 +86,31 @@ def length_from(
     return LengthDist(kind="stats", mean=total / done, derived=f"{total_key} / completed")
 
 
+#: the per-request lists ``--save-detailed`` writes, one entry per request in each
+PER_REQUEST_KEYS = ("input_lens", "output_lens", "ttfts", "itls")
+
+
+def check_per_request(d: Mapping[str, Any], *, file: Path | str) -> None:
+    """Refuse per-request lists of different lengths: their entries pair up by request.
+
+    >>> check_per_request({"ttfts": [0.1, 0.2], "itls": [[0.01]]}, file="f.json")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.json: ttfts, itls: per-request lists of different lengths (2, 1); expected one entry per request in each
+    """
+    sizes = {k: len(d[k]) for k in PER_REQUEST_KEYS if isinstance(d.get(k), list) and d[k]}
+    if len(set(sizes.values())) > 1:
+        raise InputError(
+            f"per-request lists of different lengths ({', '.join(map(str, sizes.values()))}); "
+            "expected one entry per request in each",
+            file=file,
+            where=", ".join(sizes),
+        )
+
+
 def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:
     """Per-request TTFT (s), ITLs (s) and lengths saved by ``--save-detailed``/``--output-details``."""
+    check_per_request(d, file=file)
     out: dict[str, Any] = {}
     ttfts = d.get("ttfts")
     if isinstance(ttfts, list) and ttfts:
