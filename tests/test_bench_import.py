@@ -477,6 +477,40 @@ def test_per_request_lists_of_different_lengths_are_refused(runner, tmp_path, ke
     assert res.exit_code == 2 and "different lengths" in res.output, res.output
 
 
+@pytest.mark.parametrize(
+    ("key", "index", "value", "needle"),
+    [
+        ("p99_ttft_ms", None, -5.0, "expected a time >= 0"),
+        ("ttfts", 3, -1.0, "expected a time >= 0"),
+        ("input_lens", 3, -5, "expected a token count >= 0"),
+        ("output_lens", 0, -1, "expected a token count >= 0"),
+    ],
+)
+def test_negative_latencies_and_lengths_are_refused(runner, tmp_path, key, index, value, needle):
+    """A negative p99 gave a -3460% error in backtest; a negative TTFT dropped the request."""
+    doc = json.loads(A100_RUNS["04"].read_text())
+    if index is None:
+        doc[key] = value
+    else:
+        doc[key][index] = value
+    bad = tmp_path / "neg.json"
+    bad.write_text(json.dumps(doc))
+    where = key if index is None else f"{key}[{index}]"
+    _bad(runner, [str(bad), "--gpu", "l4"], "neg.json", where, needle)
+
+
+def test_negative_latency_in_a_csv_or_a_run_file_is_refused(runner, tmp_path):
+    bad_csv = tmp_path / "perf.csv"
+    bad_csv.write_text(PERF.read_text().replace(",51701\n", ",-51701\n"))
+    _bad(runner, [str(bad_csv), "--gpu", "l4"], "perf.csv", "row 3", "p99 latency", "time >= 0")
+    run = one(A100_RUNS["04"]).model_dump(mode="json")
+    run["measured"]["ttft_s"]["p99"] = -0.005
+    edited = tmp_path / "run.json"
+    edited.write_text(json.dumps(run))
+    res = runner.invoke(main, ["backtest", str(edited), "--gpu", "l4"])
+    assert res.exit_code == 2 and "measured.ttft_s.p99" in res.output, res.output
+
+
 def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

@@ -82,6 +82,20 @@ def to_float(value: Any, *, file: Path | str, where: str) -> float | None:
     raise InputError(f"expected a number, got {value!r}", file=file, where=where)
 
 
+def to_time(value: Any, *, file: Path | str, where: str) -> float | None:
+    """A latency (any unit): a number as :func:`to_float` reads it, and never negative.
+
+    >>> to_time("-5.0", file="f.json", where="p99_ttft_ms")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.json: p99_ttft_ms: expected a time >= 0, got '-5.0'
+    """
+    x = to_float(value, file=file, where=where)
+    if x is not None and x < 0:
+        raise InputError(f"expected a time >= 0, got {value!r}", file=file, where=where)
+    return x
+
+
 def finite_or_none(x: float | None) -> float | None:
     """``None`` for NaN; infinities are kept for the caller to interpret (rate ``inf``)."""
     return None if x is None or math.isnan(x) else x
@@ -123,7 +137,7 @@ def dist_from_keys(
             continue
         stat = m.group(1)
         field = "p50" if stat == "median" else (pct_field(m.group(2)) if m.group(2) else stat)
-        x = to_float(value, file=file, where=key)
+        x = to_time(value, file=file, where=key)
         if field is None or x is None:
             continue
         out[field] = x * scale

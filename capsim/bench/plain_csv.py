@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any, Literal
 
-from capsim.bench.common import to_float, to_int
+from capsim.bench.common import to_float, to_int, to_time
 from capsim.bench.model import (
     SETTING_KEYS,
     BenchRun,
@@ -159,6 +159,9 @@ def _run(row: dict[str, str], path: Path, sha: str, index: int) -> BenchRun:
     def num(col: str) -> float | None:
         return to_float(row.get(col), file=path, where=f"{where}, column '{col}'")
 
+    def ms(col: str) -> float | None:
+        return to_time(row.get(col), file=path, where=f"{where}, column '{col}'")
+
     rate, conc = (
         num("rate_rps"),
         to_int(row.get("concurrency"), file=path, where=f"{where}, column 'concurrency'"),
@@ -175,7 +178,7 @@ def _run(row: dict[str, str], path: Path, sha: str, index: int) -> BenchRun:
         load = ConcurrencyLoad(concurrency=conc)
     dists: dict[str, Any] = {}  # keyword arguments of Measured, each a Dist
     for m in METRICS:
-        stats = {s: num(f"{m}_{s}_ms") for s in STATS}
+        stats = {s: ms(f"{m}_{s}_ms") for s in STATS}
         stats = {s: v * 1e-3 for s, v in stats.items() if v is not None}
         if stats:
             dists[f"{m}_s"] = Dist(**stats)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from capsim.bench.common import dist_from_keys, to_float, to_int
+from capsim.bench.common import dist_from_keys, to_float, to_int, to_time
 from capsim.bench.model import (
     ConcurrencyLoad,
     Dist,
@@ -71,13 +71,23 @@ def load_from(rate: Any, max_concurrency: Any, burstiness: Any, *, file: Path | 
     return RateLoad(rate_rps=r, burstiness=b, max_concurrency=cap)
 
 
+def _tokens(value: Any, *, file: Path | str, where: str) -> int | None:
+    """A per-request token count: a whole number, never negative."""
+    n = to_int(value, file=file, where=where)
+    if n is not None and n < 0:
+        raise InputError(f"expected a token count >= 0, got {value!r}", file=file, where=where)
+    return n
+
+
 def length_from(
     d: Mapping[str, Any], per_request_key: str, total_key: str, *, file: Path | str
 ) -> LengthDist | None:
     """Per-request lengths when saved, else the mean from the total over completed requests."""
     values = d.get(per_request_key)
     if isinstance(values, list) and values:
-        ints = [to_int(v, file=file, where=f"{per_request_key}[{i}]") for i, v in enumerate(values)]
+        ints = [
+            _tokens(v, file=file, where=f"{per_request_key}[{i}]") for i, v in enumerate(values)
+        ]
         return LengthDist(kind="per_request", values=[int(v or 0) for v in ints])
     total = to_float(d.get(total_key), file=file, where=total_key)
     done = to_float(d.get("completed"), file=file, where="completed")
@@ -114,18 +124,18 @@ def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:
     out: dict[str, Any] = {}
     ttfts = d.get("ttfts")
     if isinstance(ttfts, list) and ttfts:
-        out["ttft_s"] = [to_float(x, file=file, where=f"ttfts[{i}]") for i, x in enumerate(ttfts)]
+        out["ttft_s"] = [to_time(x, file=file, where=f"ttfts[{i}]") for i, x in enumerate(ttfts)]
     itls = d.get("itls")
     if isinstance(itls, list) and itls:
         if not all(isinstance(row, list) for row in itls):
             raise InputError("expected a list of lists of seconds", file=file, where="itls")
         out["itl_s"] = [
-            [to_float(x, file=file, where=f"itls[{i}]") for x in row] for i, row in enumerate(itls)
+            [to_time(x, file=file, where=f"itls[{i}]") for x in row] for i, row in enumerate(itls)
         ]
     for key, field in (("input_lens", "input_len"), ("output_lens", "output_len")):
         vals = d.get(key)
         if isinstance(vals, list) and vals:
-            out[field] = [to_int(x, file=file, where=f"{key}[{i}]") for i, x in enumerate(vals)]
+            out[field] = [_tokens(x, file=file, where=f"{key}[{i}]") for i, x in enumerate(vals)]
     return Samples(**out) if out else None
 
 
