@@ -511,6 +511,26 @@ def test_negative_latency_in_a_csv_or_a_run_file_is_refused(runner, tmp_path):
     assert res.exit_code == 2 and "measured.ttft_s.p99" in res.output, res.output
 
 
+def test_csv_rows_that_do_not_match_the_header_are_refused(runner, tmp_path):
+    """A short or long row put its values under the wrong columns, silently."""
+    short = tmp_path / "perf.csv"
+    short.write_text(PERF.read_text().replace("\n3,84.2,237,", "\n3,84.2,"))
+    _bad(runner, [str(short), "--gpu", "l4"], "perf.csv", "row 3", "has 12 fields", "13 columns")
+    head = "phase,batch_size,seq_len,time_ms,model\n"
+    for body, needle in [
+        ("decode,1,2048,6.5,llama-3.1-8b\ndecode,8,2048,6.9\n", "row 3: has 4 fields"),
+        ("decode,1,2048,6.5,llama-3.1-8b,bf16\n", "row 2: has 6 fields"),
+        ("decode,4.5,2048,6.5,llama-3.1-8b\n", "expected a whole number, got '4.5'"),
+        ("decode,4,2048,inf,llama-3.1-8b\n", "a finite time_ms > 0"),
+    ]:
+        it = tmp_path / "iterations.csv"
+        it.write_text(head + body)
+        _bad(runner, [str(it), "--gpu", "l4"], "iterations.csv", needle)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("phase,phase,batch_size,seq_len,time_ms\ndecode,decode,1,2048,6.5\n")
+    _bad(runner, [str(twice), "--gpu", "l4"], "twice.csv", "column 'phase' appears twice")
+
+
 def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

@@ -96,6 +96,27 @@ def to_time(value: Any, *, file: Path | str, where: str) -> float | None:
     return x
 
 
+def check_row_width(row: Mapping[Any, Any], *, file: Path | str, where: str) -> None:
+    """Refuse a ``csv.DictReader`` row with more or fewer fields than the header: its values
+    would land in the wrong columns.
+
+    >>> check_row_width({"a": "1", "b": None}, file="f.csv", where="row 2")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.csv: row 2: has 1 fields but the header has 2 columns; expected one value per column (empty for none)
+    """
+    extra = row.get(None) or []
+    missing = sum(1 for k, v in row.items() if k is not None and v is None)
+    if extra or missing:
+        width = sum(1 for k in row if k is not None)
+        raise InputError(
+            f"has {width - missing + len(extra)} fields but the header has {width} columns; "
+            "expected one value per column (empty for none)",
+            file=file,
+            where=where,
+        )
+
+
 def finite_or_none(x: float | None) -> float | None:
     """``None`` for NaN; infinities are kept for the caller to interpret (rate ``inf``)."""
     return None if x is None or math.isnan(x) else x

@@ -14,7 +14,7 @@ import io
 import re
 from pathlib import Path
 
-from capsim.bench.common import pct_field, to_float, to_int, to_time
+from capsim.bench.common import check_row_width, pct_field, to_float, to_int, to_time
 from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
@@ -63,6 +63,7 @@ def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
     runs = []
     for i, row in enumerate(reader):
         where = f"row {i + 2}"
+        check_row_width(row, file=path, where=where)
         runs.append(_run(row, load_col, path, sha, i, where))
     if not runs:
         raise InputError("the CSV has a header but no rows", file=path)
