@@ -531,6 +531,14 @@ def test_csv_rows_that_do_not_match_the_header_are_refused(runner, tmp_path):
     _bad(runner, [str(twice), "--gpu", "l4"], "twice.csv", "column 'phase' appears twice")
 
 
+@pytest.mark.parametrize("text", ["NaN", '"nan"'])
+def test_a_nan_request_rate_is_refused_not_read_as_an_offline_burst(runner, tmp_path, text):
+    raw = A100_RUNS["04"].read_text().replace('"request_rate": 4.0', f'"request_rate": {text}')
+    bad = tmp_path / "nan_rate.json"
+    bad.write_text(raw)
+    _bad(runner, [str(bad), "--gpu", "l4"], "nan_rate.json", "request_rate", "got NaN")
+
+
 def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

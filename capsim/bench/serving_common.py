@@ -62,6 +62,12 @@ def load_from(rate: Any, max_concurrency: Any, burstiness: Any, *, file: Path | 
     without a cap every request is sent at once (offline burst).
     """
     r = to_float(rate, file=file, where="request_rate")
+    if r is None and isinstance(rate, float | str) and str(rate).strip().lower() == "nan":
+        raise InputError(
+            "expected a positive rate or inf (send all at once), got NaN",
+            file=file,
+            where="request_rate",
+        )
     cap = to_int(max_concurrency, file=file, where="max_concurrency")
     if r is None or math.isinf(r):
         return ConcurrencyLoad(concurrency=cap) if cap else OfflineLoad()
