@@ -464,6 +464,96 @@ def test_missing_field_is_named(runner, tmp_path):
     _bad(runner, [str(typo), "--gpu", "l4"], "typo.csv", "unknown column 'ttft_p99ms'")
 
 
+@pytest.mark.parametrize("key", ["input_lens", "output_lens", "ttfts", "itls"])
+def test_per_request_lists_of_different_lengths_are_refused(runner, tmp_path, key):
+    """They pair up by request: a short one would silently drop the e2e statistics or replay
+    lognormal lengths instead of the run's own."""
+    doc = json.loads(A100_RUNS["04"].read_text())
+    doc[key] = doc[key][:150]
+    bad = tmp_path / "short.json"
+    bad.write_text(json.dumps(doc))
+    _bad(runner, [str(bad), "--gpu", "l4"], "short.json", key, "different lengths", "150")
+    res = runner.invoke(main, ["backtest", str(bad), "--gpu", "l4"])
+    assert res.exit_code == 2 and "different lengths" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    ("key", "index", "value", "needle"),
+    [
+        ("p99_ttft_ms", None, -5.0, "expected a time >= 0"),
+        ("ttfts", 3, -1.0, "expected a time >= 0"),
+        ("input_lens", 3, -5, "expected a token count >= 0"),
+        ("output_lens", 0, -1, "expected a token count >= 0"),
+    ],
+)
+def test_negative_latencies_and_lengths_are_refused(runner, tmp_path, key, index, value, needle):
+    """A negative p99 gave a -3460% error in backtest; a negative TTFT dropped the request."""
+    doc = json.loads(A100_RUNS["04"].read_text())
+    if index is None:
+        doc[key] = value
+    else:
+        doc[key][index] = value
+    bad = tmp_path / "neg.json"
+    bad.write_text(json.dumps(doc))
+    where = key if index is None else f"{key}[{index}]"
+    _bad(runner, [str(bad), "--gpu", "l4"], "neg.json", where, needle)
+
+
+def test_negative_latency_in_a_csv_or_a_run_file_is_refused(runner, tmp_path):
+    bad_csv = tmp_path / "perf.csv"
+    bad_csv.write_text(PERF.read_text().replace(",51701\n", ",-51701\n"))
+    _bad(runner, [str(bad_csv), "--gpu", "l4"], "perf.csv", "row 3", "p99 latency", "time >= 0")
+    run = one(A100_RUNS["04"]).model_dump(mode="json")
+    run["measured"]["ttft_s"]["p99"] = -0.005
+    edited = tmp_path / "run.json"
+    edited.write_text(json.dumps(run))
+    res = runner.invoke(main, ["backtest", str(edited), "--gpu", "l4"])
+    assert res.exit_code == 2 and "measured.ttft_s.p99" in res.output, res.output
+
+
+def test_csv_rows_that_do_not_match_the_header_are_refused(runner, tmp_path):
+    """A short or long row put its values under the wrong columns, silently."""
+    short = tmp_path / "perf.csv"
+    short.write_text(PERF.read_text().replace("\n3,84.2,237,", "\n3,84.2,"))
+    _bad(runner, [str(short), "--gpu", "l4"], "perf.csv", "row 3", "has 12 fields", "13 columns")
+    head = "phase,batch_size,seq_len,time_ms,model\n"
+    for body, needle in [
+        ("decode,1,2048,6.5,llama-3.1-8b\ndecode,8,2048,6.9\n", "row 3: has 4 fields"),
+        ("decode,1,2048,6.5,llama-3.1-8b,bf16\n", "row 2: has 6 fields"),
+        ("decode,4.5,2048,6.5,llama-3.1-8b\n", "expected a whole number, got '4.5'"),
+        ("decode,4,2048,inf,llama-3.1-8b\n", "a finite time_ms > 0"),
+    ]:
+        it = tmp_path / "iterations.csv"
+        it.write_text(head + body)
+        _bad(runner, [str(it), "--gpu", "l4"], "iterations.csv", needle)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("phase,phase,batch_size,seq_len,time_ms\ndecode,decode,1,2048,6.5\n")
+    _bad(runner, [str(twice), "--gpu", "l4"], "twice.csv", "column 'phase' appears twice")
+
+
+@pytest.mark.parametrize("text", ["NaN", '"nan"'])
+def test_a_nan_request_rate_is_refused_not_read_as_an_offline_burst(runner, tmp_path, text):
+    raw = A100_RUNS["04"].read_text().replace('"request_rate": 4.0', f'"request_rate": {text}')
+    bad = tmp_path / "nan_rate.json"
+    bad.write_text(raw)
+    _bad(runner, [str(bad), "--gpu", "l4"], "nan_rate.json", "request_rate", "got NaN")
+
+
+def test_json_nested_too_deeply_is_refused_not_a_recursion_error(runner, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    _bad(runner, [str(deep), "--gpu", "l4"], "deep.json", "nested too deeply", "64 levels")
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"a": 1}\n' + "[" * 5000 + "]" * 5000 + "\n")
+    _bad(runner, [str(lines), "--gpu", "l4"], "deep.jsonl", "line 2", "nested too deeply")
+    res = runner.invoke(main, ["backtest", str(deep), "--gpu", "l4"])
+    assert res.exit_code == 2 and "nested too deeply" in res.output, res.output
+    detail = (SERVER / "mlperf_log_detail.txt").read_text()
+    mllog = tmp_path / "mlperf_log_detail.txt"
+    mllog.write_text(":::MLLOG " + "[" * 5000 + "]" * 5000 + "\n" + detail)
+    _bad(runner, [str(mllog), "--gpu", "h100-sxm"], "line 1", "nested too deeply")
+
+
 def test_bad_options(runner):
     _bad(runner, [str(VLLM), "--gpu", "h100"], "--gpu", "unknown GPU 'h100'", "h100-sxm")
     _bad(runner, [str(VLLM), "--gpu", "l4", "--precision", "fp7"], "fp7")

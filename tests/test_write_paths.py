@@ -76,3 +76,42 @@ def test_sigterm_during_a_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+VLLM_RUN = (
+    ROOT / "tests" / "data" / "bench" / "vllm" / "a100x8_llama3.3-70b_tp8"
+    / "serving_meta-llama-Llama-3.3-70B-Instruct_tp8_pp1_sharegpt_qps_04.json"
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", str(ROOT / "scenarios" / "embedding.yaml"), "-q"],
+        ["simulate", str(ROOT / "scenarios" / "embedding.yaml"), "--gpu", "t4"]
+        + ["--precision", "int8", "--replicas", "2"],
+        ["whatif", str(ROOT / "scenarios" / "embedding_autoscaled.yaml"), "-q"],
+        ["sweep", str(ROOT / "scenarios" / "embedding.yaml"), "--vary", "slo.latency_ms=30,60"],
+        ["bench", "import", str(VLLM_RUN), "--gpu", "a100-80gb-sxm"],
+        ["backtest", str(VLLM_RUN), "--gpu", "a100-80gb-sxm"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_out_under_a_file_is_refused_before_any_work(runner, tmp_path, args):
+    blocker = tmp_path / "results.json"
+    blocker.write_text("{}")
+    res = runner.invoke(main, [*args, "--out", str(blocker / "out")])
+    assert res.exit_code == 2, res.output
+    assert "--out" in res.output and "is a file, not a directory" in res.output
+    assert "Traceback" not in res.output and blocker.read_text() == "{}"
+
+
+def test_out_the_os_refuses_is_a_user_error_not_a_traceback(runner, tmp_path, monkeypatch):
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("capsim.cli.bench.write_json", refuse)
+    args = ["bench", "import", str(VLLM_RUN), "--gpu", "a100-80gb-sxm"]
+    res = runner.invoke(main, [*args, "--out", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "cannot write: Permission denied" in res.output
+    assert not isinstance(res.exception, PermissionError)

@@ -82,6 +82,41 @@ def to_float(value: Any, *, file: Path | str, where: str) -> float | None:
     raise InputError(f"expected a number, got {value!r}", file=file, where=where)
 
 
+def to_time(value: Any, *, file: Path | str, where: str) -> float | None:
+    """A latency (any unit): a number as :func:`to_float` reads it, and never negative.
+
+    >>> to_time("-5.0", file="f.json", where="p99_ttft_ms")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.json: p99_ttft_ms: expected a time >= 0, got '-5.0'
+    """
+    x = to_float(value, file=file, where=where)
+    if x is not None and x < 0:
+        raise InputError(f"expected a time >= 0, got {value!r}", file=file, where=where)
+    return x
+
+
+def check_row_width(row: Mapping[Any, Any], *, file: Path | str, where: str) -> None:
+    """Refuse a ``csv.DictReader`` row with more or fewer fields than the header: its values
+    would land in the wrong columns.
+
+    >>> check_row_width({"a": "1", "b": None}, file="f.csv", where="row 2")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.csv: row 2: has 1 fields but the header has 2 columns; expected one value per column (empty for none)
+    """
+    extra = row.get(None) or []
+    missing = sum(1 for k, v in row.items() if k is not None and v is None)
+    if extra or missing:
+        width = sum(1 for k in row if k is not None)
+        raise InputError(
+            f"has {width - missing + len(extra)} fields but the header has {width} columns; "
+            "expected one value per column (empty for none)",
+            file=file,
+            where=where,
+        )
+
+
 def finite_or_none(x: float | None) -> float | None:
     """``None`` for NaN; infinities are kept for the caller to interpret (rate ``inf``)."""
     return None if x is None or math.isnan(x) else x
@@ -123,7 +158,7 @@ def dist_from_keys(
             continue
         stat = m.group(1)
         field = "p50" if stat == "median" else (pct_field(m.group(2)) if m.group(2) else stat)
-        x = to_float(value, file=file, where=key)
+        x = to_time(value, file=file, where=key)
         if field is None or x is None:
             continue
         out[field] = x * scale

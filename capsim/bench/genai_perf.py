@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from capsim.bench.common import DIST_FIELDS, to_float, to_int
+from capsim.bench.common import DIST_FIELDS, to_float, to_int, to_time
 from capsim.bench.jsonio import parse_json
 from capsim.bench.model import (
     BenchRun,
@@ -65,7 +65,7 @@ def _dist(obj: Mapping[str, Any], scale: float, *, path: Path, where: str) -> Di
     for key, value in obj.items():
         field = _STAT_ALIASES.get(key, key)
         if field in DIST_FIELDS:
-            x = to_float(value, file=path, where=f"{where}.{key}")
+            x = to_time(value, file=path, where=f"{where}.{key}")
             if x is not None:
                 out[field] = x * scale
     return Dist(**out)

@@ -12,13 +12,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from capsim.errors import InputError
+from capsim.errors import MAX_DEPTH, InputError, check_depth
+
+
+def loads(text: str, path: Path | str, where: str = "") -> Any:
+    """``json.loads``, with nesting deeper than :data:`~capsim.errors.MAX_DEPTH` levels an
+    :class:`InputError` (the parser itself would raise ``RecursionError`` at ~1,000)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise InputError(
+            f"lists and objects nested too deeply (the limit is {MAX_DEPTH} levels)",
+            file=path,
+            where=where,
+        ) from None
+    check_depth(data, file=path)
+    return data
 
 
 def parse_json(text: str, path: Path | str) -> Any:
     """One JSON document (NaN/Infinity allowed, as Python writes them)."""
     try:
-        return json.loads(text)
+        return loads(text, path)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"not valid JSON: {exc.msg}", file=path, where=f"line {exc.lineno}, column {exc.colno}"
@@ -31,7 +46,7 @@ def json_records(text: str, path: Path | str, *, what: str) -> list[dict[str, An
     if not stripped:
         raise InputError(f"the file is empty; expected a {what}", file=path)
     try:
-        doc = json.loads(stripped)
+        doc = loads(stripped, path)
     except json.JSONDecodeError:
         doc = None
         records = []
@@ -39,7 +54,7 @@ def json_records(text: str, path: Path | str, *, what: str) -> list[dict[str, An
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                records.append(loads(line, path, where=f"line {n}"))
             except json.JSONDecodeError as exc:
                 raise InputError(
                     f"not valid JSON or JSON Lines: {exc.msg}",

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from capsim.bench.common import pct_field, read_text, to_float, to_int
+from capsim.bench.common import pct_field, read_text, to_float, to_int, to_time
+from capsim.bench.jsonio import loads
 from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
@@ -65,7 +66,7 @@ def detail_fields(text: str, path: Path) -> dict[str, Any]:
         if not line.startswith(DETAIL_MARK):
             continue
         try:
-            rec = json.loads(line[len(DETAIL_MARK) :])
+            rec = loads(line[len(DETAIL_MARK) :], path, where=f"line {n}")
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"not a valid MLLOG record: {exc.msg}", file=path, where=f"line {n}"
@@ -94,7 +95,7 @@ def _summary_dists(fields: dict[str, str], path: Path) -> dict[str, Dist]:
             which, field = _WHICH[mm.group(2).lower()], mm.group(1).lower()
         else:
             continue
-        x = to_float(value, file=path, where=key)
+        x = to_time(value, file=path, where=key)
         if field and x is not None:
             acc.setdefault(which, {})[field] = x * 1e-9
     return {k: Dist(**v) for k, v in acc.items()}
@@ -131,7 +132,7 @@ def _detail_dists(fields: dict[str, Any], path: Path) -> dict[str, Dist]:
                     break
         if target is None:
             continue
-        x = to_float(value, file=path, where=key)
+        x = to_time(value, file=path, where=key)
         if x is not None:
             acc.setdefault(target[0], {})[target[1]] = x * 1e-9
     return {k: Dist(**v) for k, v in acc.items()}

@@ -107,6 +107,12 @@ class OfflineLoad(_Strict):
 Load = Annotated[RateLoad | ConcurrencyLoad | OfflineLoad, Field(discriminator="kind")]
 
 
+Time = Annotated[float, Field(ge=0)]
+"""A latency in seconds."""
+Tokens = Annotated[int, Field(ge=0)]
+"""A token count."""
+
+
 class LengthDist(_Strict):
     """Prompt or output lengths: one fixed value, summary statistics, or one per request."""
 
@@ -118,7 +124,7 @@ class LengthDist(_Strict):
     max: float | None = Field(None, ge=0)
     p50: float | None = Field(None, ge=0)
     p99: float | None = Field(None, ge=0)
-    values: list[int] | None = Field(None, description="kind per_request")
+    values: list[Tokens] | None = Field(None, description="kind per_request")
     derived: str | None = Field(None, description="how capsim computed it, when not read directly")
 
     def mean_tokens(self) -> float | None:
@@ -153,33 +159,33 @@ class Workload(_Strict):
 
 
 class Dist(_Strict):
-    """Summary statistics of one latency, in seconds (each as the file gives it)."""
+    """Summary statistics of one latency, in seconds (each as the file gives it; never negative)."""
 
-    mean: float | None = None
-    std: float | None = None
-    min: float | None = None
-    max: float | None = None
-    p1: float | None = None
-    p5: float | None = None
-    p10: float | None = None
-    p25: float | None = None
-    p50: float | None = None
-    p75: float | None = None
-    p90: float | None = None
-    p95: float | None = None
-    p97: float | None = None
-    p99: float | None = None
-    p99_9: float | None = None
+    mean: Time | None = None
+    std: Time | None = None
+    min: Time | None = None
+    max: Time | None = None
+    p1: Time | None = None
+    p5: Time | None = None
+    p10: Time | None = None
+    p25: Time | None = None
+    p50: Time | None = None
+    p75: Time | None = None
+    p90: Time | None = None
+    p95: Time | None = None
+    p97: Time | None = None
+    p99: Time | None = None
+    p99_9: Time | None = None
 
 
 class Samples(_Strict):
     """Per-request measurements, in request order, when the file saves them."""
 
-    ttft_s: list[float] | None = None
-    itl_s: list[list[float]] | None = None
-    e2e_s: list[float] | None = None
-    input_len: list[int] | None = None
-    output_len: list[int] | None = None
+    ttft_s: list[Time] | None = None
+    itl_s: list[list[Time]] | None = None
+    e2e_s: list[Time] | None = None
+    input_len: list[Tokens] | None = None
+    output_len: list[Tokens] | None = None
 
 
 class IterationTime(_Strict):

@@ -14,7 +14,7 @@ import io
 import re
 from pathlib import Path
 
-from capsim.bench.common import pct_field, to_float, to_int
+from capsim.bench.common import check_row_width, pct_field, to_float, to_int, to_time
 from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
@@ -63,6 +63,7 @@ def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
     runs = []
     for i, row in enumerate(reader):
         where = f"row {i + 2}"
+        check_row_width(row, file=path, where=where)
         runs.append(_run(row, load_col, path, sha, i, where))
     if not runs:
         raise InputError("the CSV has a header but no rows", file=path)
@@ -92,7 +93,7 @@ def _run(row: dict, load_col: str, path: Path, sha: str, index: int, where: str)
     for col in row:
         m = _PCT.match(col or "")
         field = pct_field(m.group(1)) if m else ("mean" if col == "Avg latency" else None)
-        x = num(col) if field else None
+        x = to_time(row.get(col), file=path, where=f"{where}, column '{col}'") if field else None
         if field and x is not None:
             stats[field] = x * 1e-6
     parts = [f"{c} {row[c]} us" for c in _BREAKDOWN if row.get(c) not in (None, "")]

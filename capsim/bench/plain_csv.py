@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from capsim.bench.common import to_float, to_int
+from capsim.bench.common import check_row_width, to_float, to_int, to_time
 from capsim.bench.model import (
     SETTING_KEYS,
     BenchRun,
@@ -54,14 +55,24 @@ def looks_like(text: str) -> bool:
     return set(ITERATION_COLUMNS) <= cols or bool(cols & {"rate_rps", "concurrency"})
 
 
-def _rows(text: str) -> list[dict[str, str]]:
+def _rows(text: str, path: Path) -> list[dict[str, str]]:
     body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
-    return list(csv.DictReader(io.StringIO(body)))
+    rows = list(csv.DictReader(io.StringIO(body)))
+    for i, row in enumerate(rows):
+        check_row_width(row, file=path, where=f"row {i + 2}")
+    return rows
 
 
 def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
     """Runs (one per row) or one iteration-timing run."""
     cols = _header(text)
+    twice = [c for c in cols if cols.count(c) > 1]
+    if twice:
+        raise InputError(
+            f"column '{twice[0]}' appears twice; each column may appear once",
+            file=path,
+            where="header",
+        )
     if set(ITERATION_COLUMNS) <= set(cols):
         return [_iterations(path, text, sha, cols)]
     unknown = [c for c in cols if c not in RUN_COLUMNS]
@@ -71,7 +82,7 @@ def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
             file=path,
             where="header",
         )
-    runs = [_run(row, path, sha, i) for i, row in enumerate(_rows(text))]
+    runs = [_run(row, path, sha, i) for i, row in enumerate(_rows(text, path))]
     if not runs:
         raise InputError("the CSV has a header but no rows", file=path)
     return runs
@@ -87,7 +98,7 @@ def _iterations(path: Path, text: str, sha: str, cols: list[str]) -> BenchRun:
         )
     steps: list[IterationTime] = []
     settings: dict = {}
-    for i, row in enumerate(_rows(text)):
+    for i, row in enumerate(_rows(text, path)):
         where = f"row {i + 2}"
         raw = (row.get("phase") or "").strip()
         phase = _PHASES.get(raw)
@@ -98,7 +109,9 @@ def _iterations(path: Path, text: str, sha: str, cols: list[str]) -> BenchRun:
                 where=f"{where}, column 'phase'",
             )
         values = {
-            c: to_float(row.get(c), file=path, where=f"{where}, column '{c}'")
+            c: (to_float if c == "time_ms" else to_int)(
+                row.get(c), file=path, where=f"{where}, column '{c}'"
+            )
             for c in ITERATION_COLUMNS[1:]
         }
         for c, v in values.items():
@@ -117,9 +130,11 @@ def _iterations(path: Path, text: str, sha: str, cols: list[str]) -> BenchRun:
 
 
 def _step(phase: Literal["prefill", "decode"], v: dict, path: Path, where: str) -> IterationTime:
-    if v["time_ms"] <= 0 or v["batch_size"] < 1 or v["seq_len"] < 0:
+    if not 0 < v["time_ms"] < math.inf or v["batch_size"] < 1 or v["seq_len"] < 0:
         raise InputError(
-            "expected batch_size >= 1, seq_len >= 0 and time_ms > 0", file=path, where=where
+            "expected batch_size >= 1, seq_len >= 0 and a finite time_ms > 0",
+            file=path,
+            where=where,
         )
     return IterationTime(
         phase=phase,
@@ -159,6 +174,9 @@ def _run(row: dict[str, str], path: Path, sha: str, index: int) -> BenchRun:
     def num(col: str) -> float | None:
         return to_float(row.get(col), file=path, where=f"{where}, column '{col}'")
 
+    def ms(col: str) -> float | None:
+        return to_time(row.get(col), file=path, where=f"{where}, column '{col}'")
+
     rate, conc = (
         num("rate_rps"),
         to_int(row.get("concurrency"), file=path, where=f"{where}, column 'concurrency'"),
@@ -175,7 +193,7 @@ def _run(row: dict[str, str], path: Path, sha: str, index: int) -> BenchRun:
         load = ConcurrencyLoad(concurrency=conc)
     dists: dict[str, Any] = {}  # keyword arguments of Measured, each a Dist
     for m in METRICS:
-        stats = {s: num(f"{m}_{s}_ms") for s in STATS}
+        stats = {s: ms(f"{m}_{s}_ms") for s in STATS}
         stats = {s: v * 1e-3 for s, v in stats.items() if v is not None}
         if stats:
             dists[f"{m}_s"] = Dist(**stats)

@@ -25,8 +25,8 @@ def _normalised(path: Path) -> BenchRun | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None  # the importers read it again and say what is wrong
     if not (isinstance(data, dict) and "schema_version" in data and "source" in data):
         return None
     try:

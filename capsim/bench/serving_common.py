@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from capsim.bench.common import dist_from_keys, to_float, to_int
+from capsim.bench.common import dist_from_keys, to_float, to_int, to_time
 from capsim.bench.model import (
     ConcurrencyLoad,
     Dist,
@@ -62,6 +62,12 @@ def load_from(rate: Any, max_concurrency: Any, burstiness: Any, *, file: Path | 
     without a cap every request is sent at once (offline burst).
     """
     r = to_float(rate, file=file, where="request_rate")
+    if r is None and isinstance(rate, float | str) and str(rate).strip().lower() == "nan":
+        raise InputError(
+            "expected a positive rate or inf (send all at once), got NaN",
+            file=file,
+            where="request_rate",
+        )
     cap = to_int(max_concurrency, file=file, where="max_concurrency")
     if r is None or math.isinf(r):
         return ConcurrencyLoad(concurrency=cap) if cap else OfflineLoad()
@@ -71,13 +77,23 @@ def load_from(rate: Any, max_concurrency: Any, burstiness: Any, *, file: Path | 
     return RateLoad(rate_rps=r, burstiness=b, max_concurrency=cap)
 
 
+def _tokens(value: Any, *, file: Path | str, where: str) -> int | None:
+    """A per-request token count: a whole number, never negative."""
+    n = to_int(value, file=file, where=where)
+    if n is not None and n < 0:
+        raise InputError(f"expected a token count >= 0, got {value!r}", file=file, where=where)
+    return n
+
+
 def length_from(
     d: Mapping[str, Any], per_request_key: str, total_key: str, *, file: Path | str
 ) -> LengthDist | None:
     """Per-request lengths when saved, else the mean from the total over completed requests."""
     values = d.get(per_request_key)
     if isinstance(values, list) and values:
-        ints = [to_int(v, file=file, where=f"{per_request_key}[{i}]") for i, v in enumerate(values)]
+        ints = [
+            _tokens(v, file=file, where=f"{per_request_key}[{i}]") for i, v in enumerate(values)
+        ]
         return LengthDist(kind="per_request", values=[int(v or 0) for v in ints])
     total = to_float(d.get(total_key), file=file, where=total_key)
     done = to_float(d.get("completed"), file=file, where="completed")
@@ -86,23 +102,46 @@ def length_from(
     return LengthDist(kind="stats", mean=total / done, derived=f"{total_key} / completed")
 
 
+#: the per-request lists ``--save-detailed`` writes, one entry per request in each
+PER_REQUEST_KEYS = ("input_lens", "output_lens", "ttfts", "itls")
+
+
+def check_per_request(d: Mapping[str, Any], *, file: Path | str) -> None:
+    """Refuse per-request lists of different lengths: their entries pair up by request.
+
+    >>> check_per_request({"ttfts": [0.1, 0.2], "itls": [[0.01]]}, file="f.json")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.json: ttfts, itls: per-request lists of different lengths (2, 1); expected one entry per request in each
+    """
+    sizes = {k: len(d[k]) for k in PER_REQUEST_KEYS if isinstance(d.get(k), list) and d[k]}
+    if len(set(sizes.values())) > 1:
+        raise InputError(
+            f"per-request lists of different lengths ({', '.join(map(str, sizes.values()))}); "
+            "expected one entry per request in each",
+            file=file,
+            where=", ".join(sizes),
+        )
+
+
 def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:
     """Per-request TTFT (s), ITLs (s) and lengths saved by ``--save-detailed``/``--output-details``."""
+    check_per_request(d, file=file)
     out: dict[str, Any] = {}
     ttfts = d.get("ttfts")
     if isinstance(ttfts, list) and ttfts:
-        out["ttft_s"] = [to_float(x, file=file, where=f"ttfts[{i}]") for i, x in enumerate(ttfts)]
+        out["ttft_s"] = [to_time(x, file=file, where=f"ttfts[{i}]") for i, x in enumerate(ttfts)]
     itls = d.get("itls")
     if isinstance(itls, list) and itls:
         if not all(isinstance(row, list) for row in itls):
             raise InputError("expected a list of lists of seconds", file=file, where="itls")
         out["itl_s"] = [
-            [to_float(x, file=file, where=f"itls[{i}]") for x in row] for i, row in enumerate(itls)
+            [to_time(x, file=file, where=f"itls[{i}]") for x in row] for i, row in enumerate(itls)
         ]
     for key, field in (("input_lens", "input_len"), ("output_lens", "output_len")):
         vals = d.get(key)
         if isinstance(vals, list) and vals:
-            out[field] = [to_int(x, file=file, where=f"{key}[{i}]") for i, x in enumerate(vals)]
+            out[field] = [_tokens(x, file=file, where=f"{key}[{i}]") for i, x in enumerate(vals)]
     return Samples(**out) if out else None
 
 

@@ -10,7 +10,14 @@ from capsim.bench import FORMATS
 from capsim.bench.backtest import backtest_run
 from capsim.bench.repeats import with_cache_mode
 from capsim.bench.runs import load_runs
-from capsim.cli.options import catalog_of, emit, handle_errors, prompts_cached_option
+from capsim.cli.options import (
+    catalog_of,
+    check_out,
+    emit,
+    handle_errors,
+    prompts_cached_option,
+    write_out,
+)
 from capsim.errors import InputError
 from capsim.report.backtest import error_summary, frame, table_lines, write_backtest
 from capsim.report.output import to_json
@@ -90,6 +97,7 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
       capsim bench import benchmarks/gpu_runs/h200-2026-12-04-run2/iterations/holdout.csv --gpu h200-sxm --out runs/
       capsim backtest runs/ --out backtest/
     """
+    check_out(kw["out"])
     given = given_settings(kw)
     catalog = catalog_of(ctx)
     loaded = with_cache_mode(load_runs(runs, given, kw["source_format"]), kw["prompts_cached"])
@@ -125,5 +133,5 @@ def backtest(ctx: click.Context, runs: tuple[Path, ...], **kw) -> None:
             f"{s['median_abs_error']:.1%}, largest {s['max_abs_error']:.1%}"
         )
     if kw["out"] is not None:
-        paths = write_backtest(kw["out"], results)
+        paths = write_out(write_backtest, kw["out"], results)
         emit(f"wrote {len(paths)} files to {kw['out']}")

@@ -12,10 +12,22 @@ import click
 from capsim.bench import FORMATS, BenchRun, apply_settings, read_files
 from capsim.bench.repeats import CachedMode, with_cache_mode
 from capsim.bench.summary import summary_line
-from capsim.cli.options import catalog_of, emit, handle_errors, prompts_cached_option
+from capsim.cli.options import (
+    catalog_of,
+    check_out,
+    emit,
+    handle_errors,
+    prompts_cached_option,
+    write_out,
+)
 from capsim.errors import InputError
 from capsim.report.output import to_json, write_json
 from capsim.spec.precision import PRECISIONS
+
+
+def _write_runs(out: Path, runs: list[BenchRun]) -> list[Path]:
+    """One normalised JSON file per run in ``out``."""
+    return [write_json(out / run_filename(r), r.model_dump(mode="json")) for r in runs]
 
 
 @click.group("bench")
@@ -92,6 +104,7 @@ def import_cmd(
     Example:
       capsim bench import results/*.json --gpu h100-sxm --model llama-3.1-8b --out runs/
     """
+    check_out(out)
     catalog = catalog_of(ctx)
     if gpu not in catalog:
         raise InputError(
@@ -109,8 +122,7 @@ def import_cmd(
     runs = [apply_settings(r, given) for r in read_files(files, source_format)]
     runs = with_cache_mode(runs, prompts_cached)
     if out is not None:
-        for run in runs:
-            write_json(out / run_filename(run), run.model_dump(mode="json"))
+        write_out(_write_runs, out, runs)
     if fmt == "json":
         emit(to_json([r.model_dump(mode="json") for r in runs]).rstrip("\n"))
         return

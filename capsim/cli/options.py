@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from capsim.cli.catalog_dirs import _writable_dir, _write_error
 from capsim.errors import InputError
 from capsim.load import load_catalog
 from capsim.report.output import to_json
@@ -97,6 +98,21 @@ def handle_errors(fn):
     return wrapper
 
 
+def check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` directory that could not be created (a file, or under one) before
+    any work is done."""
+    if out is not None:
+        _writable_dir(out, "--out")
+
+
+def write_out(write: Callable[[Path, Any], list[Path]], out: Path, result: Any) -> list[Path]:
+    """``write(out, result)``; a directory or file the OS refuses is a user error naming it."""
+    try:
+        return write(out, result)
+    except OSError as exc:
+        raise _write_error(exc, out) from None
+
+
 def catalog_of(ctx: click.Context):
     """The catalog the command runs against (``--catalog``, ``CAPSIM_CATALOG`` or shipped)."""
     return load_catalog(ctx.obj.get("catalog") if ctx.obj else None)
@@ -132,7 +148,7 @@ def show_result(
     else:
         emit(as_text(result))
     if out is not None and write is not None:
-        paths = write(out, result)
+        paths = write_out(write, out, result)
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
 
 

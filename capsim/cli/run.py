@@ -9,6 +9,7 @@ import click
 from capsim.cli.options import (
     FORMATS,
     catalog_of,
+    check_out,
     executor_option,
     handle_errors,
     jobs_option,
@@ -80,6 +81,7 @@ def plan(
       capsim plan scenarios/embedding.yaml --out results/ --jobs 2
     """
     parse_executor(executor)  # a bad --executor fails before the scenario is read
+    check_out(out)
     cat = catalog_of(ctx)
     s = with_seed(load_scenario(scenario, cat), seed)
     check_traffic(s, file=str(scenario), jobs=jobs)  # memory for the parallel jobs
@@ -171,6 +173,7 @@ def simulate(
       capsim simulate scenarios/chatbot_disagg.yaml --gpu h100-sxm --precision fp8 \\
           --replicas 3 --decode-replicas 4
     """
+    check_out(out)
     cat = catalog_of(ctx)
     if gpu not in cat.gpus:
         raise InputError(f"unknown GPU '{gpu}'; the catalog has: {', '.join(cat)}", where="--gpu")

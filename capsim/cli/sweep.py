@@ -8,6 +8,7 @@ import click
 
 from capsim.cli.options import (
     catalog_of,
+    check_out,
     executor_option,
     handle_errors,
     jobs_option,
@@ -77,6 +78,7 @@ def sweep(ctx, scenario, varies, samples, seed, growth, months, fmt, out, jobs, 
       capsim sweep scenarios/embedding.yaml --growth 10%/month --months 2
     """
     parse_executor(executor)
+    check_out(out)
     parsed = [parse_vary(v) for v in varies]
     g = parse_growth(growth) if growth is not None else None
     if not parsed and g is None:

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from capsim.cli.options import (
     catalog_of,
+    check_out,
     emit,
     executor_option,
     handle_errors,
@@ -23,6 +24,7 @@ from capsim.cli.options import (
     quiet_option,
     seed_option,
     with_seed,
+    write_out,
 )
 from capsim.errors import InputError, format_validation_error
 from capsim.evaluate import check_measurable
@@ -166,6 +168,7 @@ def whatif(
       capsim whatif scenarios/chatbot_disagg.yaml --serving disaggregated --decode-tp 1
     """
     parse_executor(executor)  # a bad --executor fails before the scenario is read
+    check_out(out)
     cat = catalog_of(ctx)
     specs = [parse_policy(p) for p in policies] or None
     s = with_seed(load_scenario(scenario, cat), seed)
@@ -194,5 +197,5 @@ def whatif(
     else:
         emit(format_whatif(result))
     if out is not None:
-        paths = write_whatif(out, result)
+        paths = write_out(write_whatif, out, result)
         click.echo(f"wrote {len(paths)} files to {out}", err=True)
