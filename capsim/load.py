@@ -27,7 +27,7 @@ from capsim.spec.precision import PRECISIONS
 from capsim.spec.scenario import EmpiricalTokens, Scenario, Trace
 from capsim.workload.streams import check_traffic  # workload builds on this module
 from capsim.workload.tokens import token_pairs
-from capsim.workload.traces import check_trace_path
+from capsim.workload.traces import check_trace_path, read_trace
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SIDECAR_SUFFIX = ".calibration.yaml"
@@ -313,6 +313,11 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
             token_pairs(scenario.traffic.tokens)
         except InputError as exc:  # the trace's own message, placed in the scenario
             raise InputError(str(exc), file=file, where="traffic.tokens") from None
+    if isinstance(scenario.traffic.arrivals, Trace):
+        try:  # read now, so that a wrong column or row names this scenario too
+            read_trace(scenario.traffic.arrivals)
+        except InputError as exc:  # the trace's own message, placed in the scenario
+            raise InputError(str(exc), file=file, where="traffic.arrivals") from None
     check_traffic(scenario, file=str(file))
     return scenario
 

@@ -131,6 +131,8 @@ def test_vllm_detailed_arrays_become_samples(tmp_path):
     summary so the per-request path is exercised."""
     doc = _bench_serve_doc()
     doc |= {
+        "num_prompts": 2,
+        "completed": 2,
         "input_lens": [32] * 2,
         "output_lens": [16, 15],
         "ttfts": [0.05, 0.06],
@@ -475,6 +477,20 @@ def test_per_request_lists_of_different_lengths_are_refused(runner, tmp_path, ke
     _bad(runner, [str(bad), "--gpu", "l4"], "short.json", key, "different lengths", "150")
     res = runner.invoke(main, ["backtest", str(bad), "--gpu", "l4"])
     assert res.exit_code == 2 and "different lengths" in res.output, res.output
+
+
+def test_counts_that_contradict_num_prompts_are_refused(runner, tmp_path):
+    """Per-request lists hold one entry per prompt sent, and no more can complete than were
+    sent: a file that says otherwise is refused, not replayed with resampled lengths."""
+    doc = json.loads(A100_RUNS["04"].read_text())
+    for key in ("input_lens", "output_lens", "ttfts", "itls"):
+        doc[key] = doc[key][:150]
+    bad = tmp_path / "cut.json"
+    bad.write_text(json.dumps(doc))
+    _bad(runner, [str(bad), "--gpu", "l4"], "cut.json", "150 entries", "num_prompts 200")
+    doc = json.loads(A100_RUNS["04"].read_text()) | {"completed": 201}
+    bad.write_text(json.dumps(doc))
+    _bad(runner, [str(bad), "--gpu", "l4"], "cut.json", "completed", "201", "of 200 sent")
 
 
 @pytest.mark.parametrize(

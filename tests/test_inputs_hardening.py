@@ -293,6 +293,17 @@ def test_trace_errors_never_echo_data_rows(runner, write_scenario, tmp_path):
     assert "abc123" not in out
 
 
+def test_a_wrong_trace_column_names_the_scenario(runner, write_scenario, tmp_path):
+    """The fuzz suite found it: a missing column named only the trace file, not the scenario
+    field that asked for it."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP\n0.5\n1.0\n")
+    data = small_fixed_scenario()
+    data["traffic"] = {"arrivals": {"kind": "trace", "path": str(trace), "timestamp_column": ""}}
+    path = write_scenario(data)
+    _bad(runner, ["validate", str(path)], path.name, "traffic.arrivals", "t.csv", "no timestamp")
+
+
 def test_a_trace_must_be_a_csv_file(runner, write_scenario, tmp_path):
     (tmp_path / "passwd").write_text("root:x:0:0\n")
     data = small_fixed_scenario()

@@ -122,6 +122,37 @@ def check_per_request(d: Mapping[str, Any], *, file: Path | str) -> None:
             file=file,
             where=", ".join(sizes),
         )
+    check_counts(d, sizes, file=file)
+
+
+def check_counts(d: Mapping[str, Any], sizes: Mapping[str, int], *, file: Path | str) -> None:
+    """Refuse request counts that contradict each other: more ``completed`` than
+    ``num_prompts``, or per-request lists (one entry per prompt sent, failed ones included)
+    of another length than ``num_prompts``.
+
+    >>> check_counts({"num_prompts": 200, "completed": 201}, {}, file="f.json")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.json: completed: 201 requests completed of 200 sent (num_prompts); expected completed <= num_prompts
+    """
+    n = to_int(d.get("num_prompts"), file=file, where="num_prompts")
+    done = to_int(d.get("completed"), file=file, where="completed")
+    if n is None:
+        return
+    if done is not None and done > n:
+        raise InputError(
+            f"{done} requests completed of {n} sent (num_prompts); expected completed <= num_prompts",
+            file=file,
+            where="completed",
+        )
+    wrong = {k: v for k, v in sizes.items() if v != n}
+    if wrong:
+        raise InputError(
+            f"{', '.join(f'{v} entries' for v in wrong.values())} for num_prompts {n}; expected "
+            "one entry per prompt sent",
+            file=file,
+            where=", ".join(wrong),
+        )
 
 
 def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:

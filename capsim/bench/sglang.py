@@ -18,7 +18,13 @@ from typing import Any
 from capsim.bench.common import to_float, to_int
 from capsim.bench.jsonio import json_records
 from capsim.bench.model import BenchRun, LengthDist, Settings, Source, Tool, Workload
-from capsim.bench.serving_common import length_from, load_from, measured_from, precision_from
+from capsim.bench.serving_common import (
+    check_per_request,
+    length_from,
+    load_from,
+    measured_from,
+    precision_from,
+)
 from capsim.errors import InputError
 
 WHAT = "SGLang bench_serving result line"
@@ -113,6 +119,7 @@ def _run(d: Mapping[str, Any], path: Path, sha: str, index: int) -> BenchRun:
             file=path,
             where=f"line {index + 1}",
         )
+    check_per_request(d, file=path)  # before the lengths are read: they pair up by request
     settings, version = _settings(d, path)
     inp = length_from(d, "input_lens", "total_input_tokens", file=path)
     out = length_from(d, "output_lens", "total_output_tokens", file=path)

@@ -18,6 +18,7 @@ from capsim.bench.model import BenchRun, Settings, Source, Tool, Workload
 from capsim.bench.serving_common import (
     E2E_FROM_SAMPLES,
     ENGINES,
+    check_per_request,
     length_from,
     load_from,
     measured_from,
@@ -61,6 +62,7 @@ def _run(d: Mapping[str, Any], path: Path, sha: str, index: int) -> BenchRun:
             file=path,
             where=where,
         )
+    check_per_request(d, file=path)  # before the lengths are read: they pair up by request
     backend = d.get("backend")
     engine = backend if isinstance(backend, str) and backend in ENGINES else None
     extra: dict[str, Any] = {"client_backend": backend} if backend is not None else {}
