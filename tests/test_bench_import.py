@@ -479,6 +479,18 @@ def test_per_request_lists_of_different_lengths_are_refused(runner, tmp_path, ke
     assert res.exit_code == 2 and "different lengths" in res.output, res.output
 
 
+def test_a_key_given_twice_is_refused(runner, tmp_path):
+    """json.loads keeps the last of two equal keys: a file saying request_rate twice would be
+    replayed at whichever came last, without a word."""
+    text = A100_RUNS["04"].read_text()
+    bad = tmp_path / "twice.json"
+    bad.write_text(
+        text.replace('"request_rate": 4.0', '"request_rate": 4.0, "request_rate": 16.0', 1)
+    )
+    assert bad.read_text() != text
+    _bad(runner, [str(bad), "--gpu", "l4"], "twice.json", "'request_rate' appears twice")
+
+
 def test_counts_that_contradict_num_prompts_are_refused(runner, tmp_path):
     """Per-request lists hold one entry per prompt sent, and no more can complete than were
     sent: a file that says otherwise is refused, not replayed with resampled lengths."""

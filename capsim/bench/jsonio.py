@@ -4,6 +4,10 @@
 [{'a': 1}, {'a': 2}]
 >>> json_records('{"a": Infinity}', "f.json", what="x")[0]["a"]
 inf
+>>> parse_json('{"rate": 1, "rate": 4}', "f.json")
+Traceback (most recent call last):
+...
+capsim.errors.InputError: f.json: key 'rate' appears twice in one object; expected each key once (a reader would silently keep one of the two values)
 """
 
 from __future__ import annotations
@@ -15,11 +19,33 @@ from typing import Any
 from capsim.errors import MAX_DEPTH, InputError, check_depth
 
 
+class _Twice(ValueError):
+    """A key repeated inside one JSON object."""
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Twice(k)
+            seen.add(k)
+    return out
+
+
 def loads(text: str, path: Path | str, where: str = "") -> Any:
     """``json.loads``, with nesting deeper than :data:`~capsim.errors.MAX_DEPTH` levels an
     :class:`InputError` (the parser itself would raise ``RecursionError`` at ~1,000)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_once)
+    except _Twice as exc:
+        raise InputError(
+            f"key '{exc.args[0]}' appears twice in one object; expected each key once (a "
+            "reader would silently keep one of the two values)",
+            file=path,
+            where=where,
+        ) from None
     except RecursionError:
         raise InputError(
             f"lists and objects nested too deeply (the limit is {MAX_DEPTH} levels)",
