@@ -491,6 +491,15 @@ def test_a_key_given_twice_is_refused(runner, tmp_path):
     _bad(runner, [str(bad), "--gpu", "l4"], "twice.json", "'request_rate' appears twice")
 
 
+def test_a_perf_analyzer_column_named_twice_is_refused(runner, tmp_path):
+    lines = PERF.read_text().splitlines()
+    head = lines[0].split(",")
+    head[-2] = "p99 latency"  # the p95 column renamed: p99 twice
+    bad = tmp_path / "twice.csv"
+    bad.write_text("\n".join([",".join(head), *lines[1:]]) + "\n")
+    _bad(runner, [str(bad), "--gpu", "l4"], "twice.csv", "header", "'p99 latency' appears twice")
+
+
 def test_counts_that_contradict_num_prompts_are_refused(runner, tmp_path):
     """Per-request lists hold one entry per prompt sent, and no more can complete than were
     sent: a file that says otherwise is refused, not replayed with resampled lengths."""

@@ -117,6 +117,23 @@ def check_row_width(row: Mapping[Any, Any], *, file: Path | str, where: str) -> 
         )
 
 
+def check_unique_columns(cols: list[str], *, file: Path | str) -> None:
+    """Refuse a CSV header that names a column twice (a reader keeps one of the two values).
+
+    >>> check_unique_columns(["a", "b", "a"], file="f.csv")
+    Traceback (most recent call last):
+    ...
+    capsim.errors.InputError: f.csv: header: column 'a' appears twice; each column may appear once
+    """
+    twice = [c for c in cols if cols.count(c) > 1]
+    if twice:
+        raise InputError(
+            f"column '{twice[0]}' appears twice; each column may appear once",
+            file=file,
+            where="header",
+        )
+
+
 def finite_or_none(x: float | None) -> float | None:
     """``None`` for NaN; infinities are kept for the caller to interpret (rate ``inf``)."""
     return None if x is None or math.isnan(x) else x

@@ -14,7 +14,14 @@ import io
 import re
 from pathlib import Path
 
-from capsim.bench.common import check_row_width, pct_field, to_float, to_int, to_time
+from capsim.bench.common import (
+    check_row_width,
+    check_unique_columns,
+    pct_field,
+    to_float,
+    to_int,
+    to_time,
+)
 from capsim.bench.model import (
     BenchRun,
     ConcurrencyLoad,
@@ -60,6 +67,7 @@ def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
             file=path,
             where="header",
         )
+    check_unique_columns(list(header), file=path)
     runs = []
     for i, row in enumerate(reader):
         where = f"row {i + 2}"

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from capsim.bench.common import check_row_width, to_float, to_int, to_time
+from capsim.bench.common import check_row_width, check_unique_columns, to_float, to_int, to_time
 from capsim.bench.model import (
     SETTING_KEYS,
     BenchRun,
@@ -66,13 +66,7 @@ def _rows(text: str, path: Path) -> list[dict[str, str]]:
 def parse(path: Path, text: str, sha: str) -> list[BenchRun]:
     """Runs (one per row) or one iteration-timing run."""
     cols = _header(text)
-    twice = [c for c in cols if cols.count(c) > 1]
-    if twice:
-        raise InputError(
-            f"column '{twice[0]}' appears twice; each column may appear once",
-            file=path,
-            where="header",
-        )
+    check_unique_columns(cols, file=path)
     if set(ITERATION_COLUMNS) <= set(cols):
         return [_iterations(path, text, sha, cols)]
     unknown = [c for c in cols if c not in RUN_COLUMNS]
