@@ -156,8 +156,8 @@ def check_counts(d: Mapping[str, Any], sizes: Mapping[str, int], *, file: Path |
 
 
 def samples_from(d: Mapping[str, Any], *, file: Path | str) -> Samples | None:
-    """Per-request TTFT (s), ITLs (s) and lengths saved by ``--save-detailed``/``--output-details``."""
-    check_per_request(d, file=file)
+    """Per-request TTFT (s), ITLs (s) and lengths saved by ``--save-detailed``/``--output-details``
+    (the importers have run :func:`check_per_request` on ``d`` before reading any of them)."""
     out: dict[str, Any] = {}
     ttfts = d.get("ttfts")
     if isinstance(ttfts, list) and ttfts:
