@@ -308,18 +308,22 @@ def load_scenario(path: str | os.PathLike, catalog: Catalog | None = None) -> Sc
     check_against_catalog(scenario, cat, file=str(file))
     if scenario.is_llm:
         check_llm(scenario, cat, file=str(file))
+    # read the traces now: validate reads what simulate reads, and a wrong column or row names
+    # this scenario too
     if isinstance(scenario.traffic.tokens, EmpiricalTokens):
-        try:  # read now: validate reads what simulate reads
-            token_pairs(scenario.traffic.tokens)
-        except InputError as exc:  # the trace's own message, placed in the scenario
-            raise InputError(str(exc), file=file, where="traffic.tokens") from None
+        _read_placed(token_pairs, scenario.traffic.tokens, file, "traffic.tokens")
     if isinstance(scenario.traffic.arrivals, Trace):
-        try:  # read now, so that a wrong column or row names this scenario too
-            read_trace(scenario.traffic.arrivals)
-        except InputError as exc:  # the trace's own message, placed in the scenario
-            raise InputError(str(exc), file=file, where="traffic.arrivals") from None
+        _read_placed(read_trace, scenario.traffic.arrivals, file, "traffic.arrivals")
     check_traffic(scenario, file=str(file))
     return scenario
+
+
+def _read_placed(read, spec, file: Path, where: str) -> None:
+    """``read(spec)``; a trace's own error is raised again placed in the scenario at ``where``."""
+    try:
+        read(spec)
+    except InputError as exc:
+        raise InputError(str(exc), file=file, where=where) from None
 
 
 def check_llm(s: Scenario, catalog: Catalog, *, file: str | None = None) -> None:
